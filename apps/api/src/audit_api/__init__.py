@@ -1,0 +1,2 @@
+"""The placeholder accounts API: every request is answered only after its audit event is
+acknowledged by JetStream."""

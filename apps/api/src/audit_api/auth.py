@@ -1,0 +1,61 @@
+"""JWT bearer authentication: HS256 only, ``sub`` is the actor, ``exp`` is required.
+
+Pinning ``algorithms=["HS256"]`` is what rejects ``alg: none`` and HS/RS confusion; PyJWT
+checks the signature and expiry. A subject with control characters is refused so that an actor
+id can always be stored (PostgreSQL rejects NUL) and printed.
+"""
+
+import argparse
+import os
+import time
+import unicodedata
+
+import jwt
+
+MAX_TOKEN_BYTES = 8192
+MAX_SUBJECT_CHARS = 256
+
+
+class AuthError(Exception):
+    """The request is not authenticated; the message says why (logged, never sent back)."""
+
+
+def authenticate(authorization: str | None, secret: str) -> str:
+    """The actor (``sub``) of a valid ``Authorization: Bearer <jwt>``, else :class:`AuthError`."""
+    if not authorization:
+        raise AuthError("missing Authorization header")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("Authorization is not a Bearer token")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise AuthError("token too large")
+    try:
+        claims = jwt.decode(
+            token.strip(), secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
+        )
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+        raise AuthError("sub must be a string of 1-256 characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in subject):
+        raise AuthError("sub contains control characters")
+    return subject
+
+
+def issue_token(secret: str, subject: str, ttl_seconds: int = 12 * 3600) -> str:
+    """A signed HS256 token, for development and tests (``audit-token``)."""
+    now = int(time.time())
+    return jwt.encode({"sub": subject, "iat": now, "exp": now + ttl_seconds}, secret, "HS256")
+
+
+def token_main() -> None:
+    """``audit-token [--sub NAME] [--ttl SECONDS]``: print a token signed with AUDIT_JWT_SECRET."""
+    parser = argparse.ArgumentParser(prog="audit-token", description=token_main.__doc__)
+    parser.add_argument("--sub", default="dev-user")
+    parser.add_argument("--ttl", type=int, default=12 * 3600)
+    args = parser.parse_args()
+    secret = os.environ.get("AUDIT_JWT_SECRET")
+    if not secret:
+        raise SystemExit("AUDIT_JWT_SECRET is not set")
+    print(issue_token(secret, args.sub, args.ttl))

@@ -1,0 +1,76 @@
+"""``audit-api``: the FastAPI app factory and the uvicorn entry point."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from audit_api.publisher import NatsPublisher, Publisher
+from audit_api.routes import router
+from audit_api.settings import Settings
+
+
+def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> FastAPI:
+    """The API; tests pass their own ``publisher``, production connects to ``NATS_URL``."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if publisher is not None:
+            app.state.publisher = publisher
+            yield
+            return
+        nats_publisher = NatsPublisher(
+            settings.nats_url, settings.names, settings.publish_timeout_seconds
+        )
+        app.state.publisher = nats_publisher
+        await nats_publisher.start()
+        try:
+            yield
+        finally:
+            await nats_publisher.close()
+
+    app = FastAPI(
+        title="Audit API",
+        summary="Placeholder accounts API; every request leaves an audit event",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.publisher = publisher
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive (never depends on NATS)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"], responses={503: {"description": "NATS not connected"}})
+    async def readyz() -> JSONResponse:
+        """Ready to take traffic: connected to NATS."""
+        ready = app.state.publisher is not None and app.state.publisher.ready
+        return JSONResponse({"nats_connected": ready}, status_code=200 if ready else 503)
+
+    return app
+
+
+def main() -> None:
+    """Serve with uvicorn (uvloop + httptools); ``AUDIT_API_WORKERS`` processes."""
+    settings = Settings()  # fail fast, before forking workers, on a bad configuration
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(
+        "audit_api.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,94 @@
+"""Publishing audit events to JetStream, behind a one-method interface.
+
+The API answers a request only after :meth:`Publisher.publish` returned, and that happens only
+once JetStream acknowledged the event (stored in the stream, fsynced per the server's policy).
+``Nats-Msg-Id`` is the event id: if a publish is retried, JetStream drops the copy inside its
+duplicate window. A publish that fails or times out raises :class:`PublishUnavailable`, which
+the routes turn into 503 + ``Retry-After``: nothing is claimed that was not stored.
+"""
+
+import asyncio
+import logging
+from typing import Protocol
+
+import nats
+from nats.aio.client import Client as NATS
+
+from audit_events import AuditEvent, StreamNames, encode
+
+log = logging.getLogger("audit.api.publisher")
+
+
+class PublishUnavailable(Exception):
+    """The broker did not acknowledge the event; the client should retry later."""
+
+
+class Publisher(Protocol):
+    """Anything that durably accepts an audit event (NATS in production, a fake in tests)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def publish(self, event: AuditEvent) -> None: ...
+
+
+class NatsPublisher:
+    """One NATS connection per process, reconnecting forever, publishing with JetStream acks."""
+
+    def __init__(self, url: str, names: StreamNames, timeout: float) -> None:
+        self.url, self.names, self.timeout = url, names, timeout
+        self.nc: NATS | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def start(self) -> None:
+        """Connect in the background: the API serves (and answers 503) while NATS is away."""
+        self._connecting = asyncio.create_task(self._connect_forever())
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                self.nc = await nats.connect(
+                    self.url,
+                    name="audit-api",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    connect_timeout=5,
+                    error_cb=_log_error,
+                )
+                log.info("connected to NATS")
+                return
+            except Exception as exc:
+                log.warning("NATS not reachable (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def publish(self, event: AuditEvent) -> None:
+        # Fail fast while disconnected: nats-py would buffer and the client would wait the
+        # whole timeout for an ack that cannot come.
+        if self.nc is None or not self.nc.is_connected:
+            raise PublishUnavailable("not connected to NATS")
+        try:
+            await self.nc.jetstream().publish(
+                self.names.event_subject(event.action),
+                encode(event),
+                timeout=self.timeout,
+                stream=self.names.stream,
+                headers={"Nats-Msg-Id": str(event.id)},
+            )
+        except Exception as exc:  # timeout, no responders, stream full, connection lost
+            raise PublishUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("NATS: %s", exc)

@@ -1,0 +1,105 @@
+"""Turning an HTTP request into an audit event and getting it acknowledged.
+
+Every string that comes from the client (user agent, request id) is stripped of control
+characters and cut to the model's limits here, so that an event the API acknowledged can always
+be stored: it never reaches the consumer as something PostgreSQL would refuse.
+"""
+
+import re
+import unicodedata
+from datetime import UTC, datetime
+from ipaddress import ip_address
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+
+from audit_api.auth import AuthError, authenticate
+from audit_api.publisher import Publisher, PublishUnavailable
+from audit_events import AuditEvent, Outcome, uuid7
+
+ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def clean(text: str | None, limit: int) -> str | None:
+    """Printable text only, at most ``limit`` characters; ``None`` if nothing is left."""
+    if not text:
+        return None
+    kept = "".join(ch for ch in text if unicodedata.category(ch) != "Cc")[:limit]
+    return kept or None
+
+
+def _source_ip(request: Request) -> str | None:
+    host = request.client.host if request.client else None
+    try:
+        return str(ip_address(host)) if host else None
+    except ValueError:
+        return None
+
+
+def _trace_id(request: Request) -> str | None:
+    match = TRACEPARENT.match(request.headers.get("traceparent", ""))
+    return match.group(1) if match and match.group(1) != "0" * 32 else None
+
+
+def build_event(
+    request: Request,
+    *,
+    actor_type: str,
+    actor_id: str,
+    outcome: Outcome,
+    status: int,
+    extra: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """The audit event for this request: who, what, on which account, from where, outcome."""
+    account_id = str(request.path_params.get("account_id", ""))
+    return AuditEvent(
+        id=uuid7(),
+        occurred_at=datetime.now(UTC),
+        actor_type=actor_type,
+        actor_id=actor_id,
+        action=ACTIONS[request.method],
+        resource_type="account",
+        resource_id=clean(account_id, 256) or "-",
+        outcome=outcome,
+        source_ip=_source_ip(request),
+        user_agent=clean(request.headers.get("user-agent"), 1024),
+        request_id=clean(request.headers.get("x-request-id"), 128),
+        trace_id=_trace_id(request),
+        metadata={"method": request.method, "path": request.url.path, "status": status}
+        | (extra or {}),
+    )
+
+
+async def record(request: Request, event: AuditEvent) -> None:
+    """Publish and wait for JetStream's ack; 503 + ``Retry-After`` if the broker can't take it."""
+    publisher: Publisher = request.app.state.publisher
+    try:
+        await publisher.publish(event)
+    except PublishUnavailable as exc:
+        retry_after = str(request.app.state.settings.retry_after_seconds)
+        raise HTTPException(
+            503,
+            "audit log unavailable, retry later",
+            headers={"Retry-After": retry_after},
+        ) from exc
+
+
+async def current_actor(request: Request) -> str:
+    """The authenticated actor; otherwise record a ``denied`` event, then answer 401."""
+    try:
+        return authenticate(
+            request.headers.get("authorization"), request.app.state.settings.jwt_secret
+        )
+    except AuthError as exc:
+        event = build_event(
+            request, actor_type="anonymous", actor_id="anonymous", outcome="denied", status=401,
+            extra={"reason": str(exc)[:200]},
+        )  # fmt: skip
+        await record(request, event)
+        raise HTTPException(
+            401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+        ) from None
+
+
+Actor = Annotated[str, Depends(current_actor)]

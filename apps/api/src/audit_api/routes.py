@@ -1,0 +1,95 @@
+"""``/accounts/{account_id}``: a placeholder resource whose every access is audited.
+
+The account store itself is out of scope; what matters is that each response is sent only
+after the audit event describing it was acknowledged by JetStream.
+"""
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Path, Request
+from pydantic import BaseModel
+
+from audit_api.recording import Actor, build_event, clean, record
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FIELD_NAME = 128
+
+router = APIRouter(tags=["accounts"])
+AccountId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="Account id")
+]
+
+
+class AuditReceipt(BaseModel):
+    """The answer to every audited request: which account, and the id of its audit event."""
+
+    account_id: str
+    audit_event_id: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid bearer token (a `denied` event is recorded)"},
+    503: {"description": "The audit log cannot take the event now; see `Retry-After`"},
+}
+
+
+async def _audited(request: Request, actor: str, account_id: str, **extra: Any) -> AuditReceipt:
+    event = build_event(
+        request, actor_type="user", actor_id=actor, outcome="success", status=200, extra=extra
+    )
+    await record(request, event)
+    return AuditReceipt(account_id=account_id, audit_event_id=str(event.id))
+
+
+@router.get("/accounts/{account_id}", responses=ERRORS)
+async def read_account(request: Request, account_id: AccountId, actor: Actor) -> AuditReceipt:
+    """Read an account (placeholder): records `account.read`."""
+    return await _audited(request, actor, account_id)
+
+
+@router.delete("/accounts/{account_id}", responses=ERRORS)
+async def delete_account(request: Request, account_id: AccountId, actor: Actor) -> AuditReceipt:
+    """Delete an account (placeholder): records `account.delete`."""
+    return await _audited(request, actor, account_id)
+
+
+@router.patch(
+    "/accounts/{account_id}",
+    responses={**ERRORS, 413: {"description": "Body larger than 64 KiB"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object", "maxProperties": 1000}}},
+        }
+    },
+)
+async def update_account(request: Request, account_id: AccountId, actor: Actor) -> AuditReceipt:
+    """Update an account (placeholder): records `account.update` with the names (never the
+    values) of the top-level fields in the JSON object body."""
+    body = await _read_json_object(request)
+    return await _audited(request, actor, account_id, fields=sorted(body))
+
+
+async def _read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object of at most 64 KiB, read without buffering more than that."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPException(422, f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(422, "body must be a JSON object")
+    if len(body) > 1000:
+        raise HTTPException(422, "body has more than 1000 fields")
+    for name in body:
+        if len(name) > MAX_FIELD_NAME or clean(name, MAX_FIELD_NAME) != name:
+            raise HTTPException(422, "field names must be 1-128 printable characters")
+    return body

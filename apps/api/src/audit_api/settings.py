@@ -1,0 +1,39 @@
+"""API configuration, all from the environment (see README)."""
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from audit_events import StreamNames
+
+DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 (refused outside dev)
+"""The secret ``make dev`` and ``.env.example`` use; refused unless ``AUDIT_DEV_MODE`` is on."""
+
+
+class Settings(BaseSettings):
+    """Every knob of ``audit-api``; names are the env vars."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    nats_url: str = Field("nats://127.0.0.1:4222", alias="NATS_URL")
+    jwt_secret: str = Field("", alias="AUDIT_JWT_SECRET", repr=False)
+    dev_mode: bool = Field(False, alias="AUDIT_DEV_MODE")
+    host: str = Field("0.0.0.0", alias="AUDIT_API_HOST")
+    port: int = Field(8000, alias="AUDIT_API_PORT")
+    workers: int = Field(1, ge=1, le=64, alias="AUDIT_API_WORKERS")
+    publish_timeout_seconds: float = Field(2.0, gt=0, le=30, alias="AUDIT_PUBLISH_TIMEOUT_SECONDS")
+    retry_after_seconds: int = Field(1, ge=1, alias="AUDIT_RETRY_AFTER_SECONDS")
+    forwarded_allow_ips: str = Field("127.0.0.1", alias="AUDIT_FORWARDED_ALLOW_IPS")
+    names: StreamNames = Field(default_factory=StreamNames)
+
+    @model_validator(mode="after")
+    def _secret_is_real(self) -> "Settings":
+        """An audit trail is only as good as its actor ids: refuse guessable JWT secrets."""
+        if not self.jwt_secret:
+            raise ValueError("AUDIT_JWT_SECRET is empty: set a random secret of 32+ bytes")
+        weak = len(self.jwt_secret.encode()) < 32 or self.jwt_secret == DEV_JWT_SECRET
+        if weak and not self.dev_mode:
+            raise ValueError(
+                "AUDIT_JWT_SECRET is the dev default or shorter than 32 bytes;"
+                " use a random secret, or set AUDIT_DEV_MODE=true for local development"
+            )
+        return self

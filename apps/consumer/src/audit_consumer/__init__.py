@@ -1,0 +1,1 @@
+"""The audit consumer: JetStream durable → batched, idempotent inserts into PostgreSQL."""

@@ -1,0 +1,246 @@
+"""The consumer loop: fetch a batch from the durable, store it, then ack it.
+
+Order of operations per batch, and why no acknowledged event is lost or doubled:
+
+1. decode every message; one that is not a valid event is dead-lettered (below);
+2. write the valid ones in one transaction (``ON CONFLICT (id) DO NOTHING``) and COMMIT;
+   a row PostgreSQL rejects is isolated and dead-lettered, its neighbours are stored;
+3. publish each dead letter to ``AUDIT_DLQ`` and wait for JetStream's ack (``Nats-Msg-Id`` =
+   ``<stream>-<seq>``, so a redelivered poison message is dead-lettered once);
+4. only then ack the batch. A crash anywhere before 4 means redelivery after ``ack_wait``,
+   and the primary key makes the second write a no-op.
+
+If PostgreSQL is unavailable the batch stays in hand, unacked: the loop stops fetching, backs
+off with jitter, reconnects and retries the same rows, telling JetStream the messages are still
+in progress so they are not handed to another worker meanwhile. Nothing is dead-lettered for an
+outage, and the durable has no redelivery limit.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import psycopg
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.js.client import JetStreamContext
+
+from audit_consumer.settings import Settings
+from audit_consumer.writer import BatchWriter, WriteResult
+from audit_events import InvalidEvent, decode, row
+
+log = logging.getLogger("audit.consumer")
+
+REASON_HEADER = "Audit-Dlq-Reason"
+HEADER_LIMIT = 512
+
+
+@dataclass
+class Stats:
+    """Counters the health endpoint reports and the tests read."""
+
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+
+class Consumer:
+    """One worker on the shared durable. Any number of these run side by side."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self.nc: NATS | None = None
+        self.writer: BatchWriter | None = None
+        self.db_ok = False
+        self.last_progress = time.monotonic()
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return (SIGTERM/SIGINT)."""
+        if not self._stopping.is_set():
+            log.info("stopping: finishing the batch in hand")
+        self._stopping.set()
+
+    async def stop_requested(self) -> None:
+        """Returns once :meth:`stop` was called."""
+        await self._stopping.wait()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def nats_connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def run(self) -> None:
+        """Connect (waiting for NATS as long as it takes), then consume until stopped."""
+        self.nc = await self._connect_nats()
+        if self.nc is None:
+            return
+        js = self.nc.jetstream()
+        names = self.settings.names
+        sub = await js.pull_subscribe_bind(durable=names.durable, stream=names.stream)
+        log.info("consuming %s/%s", names.stream, names.durable)
+        try:
+            while not self.stopping:
+                self.last_progress = time.monotonic()
+                try:
+                    msgs = await sub.fetch(
+                        self.settings.batch_size, timeout=self.settings.fetch_wait_seconds
+                    )
+                except TimeoutError:
+                    continue  # nothing to do; the loop is alive
+                except ConnectionClosedError:
+                    break
+                except Exception as exc:  # e.g. disconnected while NATS restarts
+                    log.warning("fetch failed: %s", exc)
+                    await self._sleep(1.0)
+                    continue
+                await self.handle(js, msgs)
+        finally:
+            await self._close()
+
+    async def _connect_nats(self) -> NATS | None:
+        delay = 0.2
+        while not self.stopping:
+            try:
+                return await nats.connect(
+                    self.settings.nats_url,
+                    name="audit-consumer",
+                    max_reconnect_attempts=-1,  # reconnect forever
+                    reconnect_time_wait=1,
+                    connect_timeout=5,
+                    error_cb=_log_nats_error,
+                )
+            except Exception as exc:
+                log.warning("NATS not reachable (%s); retrying", exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, self.settings.backoff_max_seconds)
+        return None
+
+    async def _close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception as exc:
+                log.warning("drain failed: %s", exc)
+        if self.writer is not None:
+            await self.writer.close()
+            self.writer = None
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # -- one batch -----------------------------------------------------------------------
+
+    async def handle(self, js: JetStreamContext, msgs: list[Msg]) -> None:
+        """Store, dead-letter and ack one fetched batch (the order is the guarantee)."""
+        rows: list[tuple[Any, ...]] = []
+        valid: list[Msg] = []
+        dead: list[tuple[Msg, str, str]] = []  # (msg, kind, reason)
+        for msg in msgs:
+            try:
+                event = decode(msg.data)
+            except InvalidEvent as exc:
+                dead.append((msg, "invalid", exc.reason))
+                continue
+            rows.append(row(event, msg.metadata.sequence.stream))
+            valid.append(msg)
+
+        result = await self._write_until_stored(rows, msgs)
+        if result is None:  # stopping while PostgreSQL is down: hand the batch back
+            for msg in msgs:
+                await msg.nak()
+            return
+        dead += [(valid[i], "rejected", reason) for i, reason in result.rejected]
+
+        try:
+            for msg, kind, reason in dead:
+                await self._dead_letter(js, msg, kind, reason)
+            for msg in msgs:
+                await msg.ack()
+        except Exception as exc:
+            # Rows are committed but not acked: redelivery will find them already stored.
+            log.warning("could not dead-letter/ack the batch (%s); it will be redelivered", exc)
+            return
+        self.stats.batches += 1
+        self.stats.stored += result.inserted
+        self.stats.duplicates += result.duplicates
+        self.stats.dead_lettered += len(dead)
+
+    async def _write_until_stored(
+        self, rows: list[tuple[Any, ...]], msgs: list[Msg]
+    ) -> WriteResult | None:
+        """Write ``rows``, retrying through any PostgreSQL outage. ``None`` if asked to stop."""
+        if not rows:
+            return WriteResult()
+        delay = 0.1
+        while True:
+            try:
+                if self.writer is None:
+                    self.writer = await BatchWriter.connect(self.settings.database_url)
+                result = await self.writer.write(rows)
+                if not self.db_ok:
+                    log.info("PostgreSQL writes ok")
+                self.db_ok = True
+                return result
+            except (psycopg.Error, OSError) as exc:
+                self.db_ok = False
+                log.warning("write failed, retrying in ~%.1fs: %s", delay, _one_line(exc))
+                if self.writer is not None:
+                    await self.writer.close()
+                    self.writer = None
+            if self.stopping:
+                return None
+            self.last_progress = time.monotonic()  # waiting on PostgreSQL is not being stuck
+            for msg in msgs:  # keep the batch ours while we wait (resets ack_wait)
+                try:
+                    await msg.in_progress()
+                except Exception as exc:
+                    log.debug("in_progress failed: %s", exc)
+            await self._sleep(random.uniform(0, delay))  # full jitter
+            delay = min(delay * 2, self.settings.backoff_max_seconds)
+
+    async def _dead_letter(self, js: JetStreamContext, msg: Msg, kind: str, reason: str) -> None:
+        """Publish the original bytes to the DLQ with why, and wait for JetStream's ack."""
+        meta = msg.metadata
+        headers = dict(msg.headers or {})
+        headers.update(
+            {
+                REASON_HEADER: _header_safe(reason),
+                "Audit-Dlq-Kind": kind,
+                "Audit-Dlq-Subject": msg.subject,
+                "Audit-Dlq-Stream-Seq": str(meta.sequence.stream),
+                "Nats-Msg-Id": f"{meta.stream}-{meta.sequence.stream}",
+            }
+        )
+        names = self.settings.names
+        await js.publish(
+            names.dlq_subject(kind), msg.data, stream=names.dlq_stream, headers=headers
+        )
+        log.warning("dead-lettered seq %s: %s", meta.sequence.stream, reason)
+
+
+def _header_safe(text: str) -> str:
+    return " ".join(text.split())[:HEADER_LIMIT]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    log.warning("NATS: %s", exc)

@@ -1,0 +1,63 @@
+"""A tiny HTTP server for probes: ``/healthz`` (liveness) and ``/readyz`` (readiness).
+
+Liveness asks only "is the loop turning?" and never looks at PostgreSQL: a database outage must
+not make Kubernetes restart consumers that are correctly waiting it out. Readiness says whether
+this worker can do useful work now: NATS connected and the last database write succeeded.
+"""
+
+import asyncio
+import json
+import time
+
+from audit_consumer.consumer import Consumer
+
+
+class HealthServer:
+    """Serves probe endpoints for one :class:`Consumer` on ``host:port``."""
+
+    def __init__(self, consumer: Consumer, host: str, port: int) -> None:
+        self.consumer = consumer
+        self.host, self.port = host, port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def status(self, path: str) -> tuple[int, dict[str, object]]:
+        c = self.consumer
+        idle = time.monotonic() - c.last_progress
+        body: dict[str, object] = {
+            "nats_connected": c.nats_connected,
+            "db_ok": c.db_ok,
+            "seconds_since_progress": round(idle, 3),
+            **c.stats.__dict__,
+        }
+        if path == "/healthz":
+            return (200 if idle < c.settings.liveness_seconds else 503), body
+        if path == "/readyz":
+            return (200 if c.nats_connected and c.db_ok else 503), body
+        return 404, {"error": "not found"}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            parts = request.split(b" ", 2)
+            path = parts[1].decode("latin-1").split("?")[0] if len(parts) > 1 else "/"
+            code, body = self.status(path)
+            payload = json.dumps(body).encode()
+            writer.write(
+                f"HTTP/1.1 {code} {'OK' if code == 200 else 'Error'}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()

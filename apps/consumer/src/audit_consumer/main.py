@@ -1,0 +1,55 @@
+"""``audit-consumer``: one worker on the shared durable, with its probe server.
+
+SIGTERM/SIGINT: stop fetching, finish and ack the batch in hand, drain the NATS connection,
+exit 0. A second signal, or ``AUDIT_SHUTDOWN_SECONDS`` passing, does not lose anything either:
+unacked messages are simply redelivered to another worker.
+"""
+
+import asyncio
+import logging
+import signal
+import sys
+
+from audit_consumer.consumer import Consumer
+from audit_consumer.health import HealthServer
+from audit_consumer.settings import Settings
+
+log = logging.getLogger("audit.consumer")
+
+
+async def serve(settings: Settings) -> None:
+    consumer = Consumer(settings)
+    health = HealthServer(consumer, settings.health_host, settings.health_port)
+    await health.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.stop)
+    run = asyncio.create_task(consumer.run())
+    stop = asyncio.create_task(consumer.stop_requested())
+    await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    try:
+        await asyncio.wait_for(run, settings.shutdown_seconds)
+    except TimeoutError:
+        log.warning(
+            "shutdown took longer than %ss; unacked messages will be redelivered",
+            settings.shutdown_seconds,
+        )
+    finally:
+        await health.stop()
+    log.info("stopped: %s", consumer.stats)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings()
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except ImportError:  # pragma: no cover - Windows
+        asyncio.run(serve(settings))

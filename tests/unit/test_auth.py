@@ -1,0 +1,80 @@
+"""JWT authentication: only valid, unexpired HS256 tokens with a usable ``sub`` pass."""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from audit_api.auth import AuthError, authenticate, issue_token
+
+SECRET = "unit-test-secret-0123456789abcdef0123"
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def test_valid_token_gives_the_subject() -> None:
+    assert authenticate(bearer(issue_token(SECRET, "alice")), SECRET) == "alice"
+
+
+def test_scheme_is_case_insensitive() -> None:
+    assert authenticate("bearer " + issue_token(SECRET, "bob"), SECRET) == "bob"
+
+
+def _none_token() -> str:
+    return jwt.encode({"sub": "eve", "exp": int(time.time()) + 60}, None, algorithm="none")
+
+
+def _rs256_token() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode({"sub": "eve", "exp": int(time.time()) + 60}, key, algorithm="RS256")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _hs256_keyed_with_public_key() -> str:
+    """HS/RS confusion: an HS256 token whose HMAC key is an RSA public key (public knowledge)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = _b64(json.dumps({"sub": "eve", "exp": int(time.time()) + 60}).encode())
+    signature = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{_b64(signature)}"
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (None, "missing"),
+        ("", "missing"),
+        ("Basic dXNlcjpwYXNz", "not a Bearer"),
+        ("Bearer", "not a Bearer"),
+        (lambda: bearer(_none_token()), "invalid token"),
+        (lambda: bearer(_rs256_token()), "invalid token"),
+        (lambda: bearer(_hs256_keyed_with_public_key()), "invalid token"),
+        (lambda: bearer(issue_token("another-secret-0123456789abcdef0123", "eve")), "invalid token"),
+        (lambda: bearer(issue_token(SECRET, "eve", ttl_seconds=-10)), "invalid token"),
+        (lambda: bearer(jwt.encode({"exp": int(time.time()) + 60}, SECRET, "HS256")), "invalid"),
+        (lambda: bearer(jwt.encode({"sub": "eve"}, SECRET, "HS256")), "invalid token"),
+        (lambda: bearer(jwt.encode({"sub": "", "exp": 2**40}, SECRET, "HS256")), "sub"),
+        (lambda: bearer(jwt.encode({"sub": "a\x00b", "exp": 2**40}, SECRET, "HS256")), "sub"),
+        (lambda: bearer(jwt.encode({"sub": "x" * 300, "exp": 2**40}, SECRET, "HS256")), "sub"),
+        (lambda: bearer("a" * 9000), "too large"),
+        (lambda: bearer("not.a.jwt"), "invalid token"),
+    ],
+)
+def test_bad_credentials_are_refused(header, why: str) -> None:  # type: ignore[no-untyped-def]
+    value = header() if callable(header) else header
+    with pytest.raises(AuthError, match=why):
+        authenticate(value, SECRET)

@@ -1,0 +1,105 @@
+"""The event model: round-trip, strict decoding with precise reasons, ids and subject names."""
+
+import json
+import time
+from datetime import UTC, datetime
+from uuid import UUID
+
+import pytest
+
+from audit_events import MAX_EVENT_BYTES, AuditEvent, InvalidEvent, StreamNames, decode, encode, uuid7
+
+
+def make_event(**overrides: object) -> AuditEvent:
+    fields: dict[str, object] = {
+        "id": uuid7(),
+        "occurred_at": datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+        "actor_type": "user",
+        "actor_id": "alice",
+        "action": "account.update",
+        "resource_type": "account",
+        "resource_id": "acc-1",
+        "outcome": "success",
+        "source_ip": "10.0.0.7",
+        "user_agent": "curl/8",
+        "metadata": {"method": "PATCH", "fields": ["email"]},
+    }
+    fields.update(overrides)
+    return AuditEvent.model_validate(fields)
+
+
+def test_round_trip_is_lossless_and_compact() -> None:
+    event = make_event()
+    data = encode(event)
+    assert decode(data) == event
+    assert b" " not in data.replace(b"curl/8", b"")  # compact separators
+    body = json.loads(data)
+    assert body["schema_version"] == 1
+    assert "request_id" not in body  # absent optionals are left out
+
+
+def test_ipv6_and_no_ip_round_trip() -> None:
+    for ip in ("2001:db8::1", None):
+        event = make_event(source_ip=ip)
+        assert decode(encode(event)).source_ip == event.source_ip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda d: b"{not json", "not JSON"),
+        (lambda d: json.dumps({**d, "schema_version": 2}).encode(), "schema_version"),
+        (lambda d: json.dumps({k: v for k, v in d.items() if k != "actor_id"}).encode(), "actor_id"),
+        (lambda d: json.dumps({**d, "outcome": "maybe"}).encode(), "outcome"),
+        (lambda d: json.dumps({**d, "id": "not-a-uuid"}).encode(), "id"),
+        (lambda d: json.dumps({**d, "occurred_at": "2026-11-25T12:00:00"}).encode(), "occurred_at"),
+        (lambda d: json.dumps({**d, "source_ip": "999.1.1.1"}).encode(), "source_ip"),
+        (lambda d: json.dumps({**d, "action": "Account Update"}).encode(), "action"),
+        (lambda d: json.dumps({**d, "trace_id": "xyz"}).encode(), "trace_id"),
+        (lambda d: json.dumps({**d, "surprise": 1}).encode(), "surprise"),
+        (lambda d: json.dumps([d]).encode(), "event"),
+    ],
+)
+def test_decode_rejects_with_precise_reason(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
+    valid = json.loads(encode(make_event()))
+    with pytest.raises(InvalidEvent) as caught:
+        decode(mutate(valid))
+    assert caught.value.reason.startswith(reason), caught.value.reason
+
+
+def test_decode_rejects_oversize_before_parsing() -> None:
+    with pytest.raises(InvalidEvent, match="more than"):
+        decode(b" " * (MAX_EVENT_BYTES + 1))
+
+
+def test_uuid7_layout_and_time_order() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [uuid7() for _ in range(1000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 1000
+    for value in ids:
+        assert value.version == 7
+        assert value.variant == "specified in RFC 4122"
+        assert before <= value.int >> 80 <= after
+    ms = [u.int >> 80 for u in ids]
+    assert ms == sorted(ms)
+    assert isinstance(ids[0], UUID)
+
+
+def test_subject_names_follow_the_prefix() -> None:
+    names = StreamNames(subject_prefix="acme.audit")
+    assert names.event_subject("account.update") == "acme.audit.events.account.update"
+    assert names.events_subjects == "acme.audit.events.>"
+    assert names.dlq_subject("invalid") == "acme.audit.dlq.invalid"
+    assert StreamNames().stream == "AUDIT"
+    assert StreamNames().durable == "audit-writer"
+
+
+def test_names_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIT_STREAM", "AUDIT2")
+    monkeypatch.setenv("AUDIT_DURABLE", "writer2")
+    names = StreamNames()
+    assert (names.stream, names.durable) == ("AUDIT2", "writer2")
+    monkeypatch.setenv("AUDIT_STREAM", "bad name")
+    with pytest.raises(ValueError, match="stream"):
+        StreamNames()
