@@ -6,6 +6,7 @@ then TRUNCATE ``audit_events`` and recreate the ``AUDIT*`` streams there).
 """
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -96,10 +97,8 @@ async def streams(settings: ConsumerSettings, nc: NATS) -> ConsumerSettings:
     """Fresh ``AUDIT``/``AUDIT_DLQ`` streams and durable, exactly as ``audit-setup`` makes them."""
     js = nc.jetstream()
     for name in (settings.names.stream, settings.names.dlq_stream):
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
     await provision(settings)
     return settings
 
@@ -118,7 +117,7 @@ def service_env(settings: ConsumerSettings, **extra: str) -> dict[str, str]:
     return env
 
 
-async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> None:  # noqa: ASYNC109
     """Poll an (async or sync) predicate until true; fail with the timeout otherwise.
 
     A generous bound for "eventually", not a speed assertion."""

@@ -54,7 +54,9 @@ async def test_patch_records_who_what_where_and_field_names(
     assert "secret@example.com" not in event.model_dump_json()  # names, never values
 
 
-@pytest.mark.parametrize(("method", "action"), [("GET", "account.read"), ("DELETE", "account.delete")])
+@pytest.mark.parametrize(
+    ("method", "action"), [("GET", "account.read"), ("DELETE", "account.delete")]
+)
 async def test_read_and_delete_are_audited(
     client: httpx.AsyncClient, publisher: FakePublisher, method: str, action: str
 ) -> None:
@@ -66,7 +68,11 @@ async def test_read_and_delete_are_audited(
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {issue_token('x' * 40, 'a')}"}],
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": f"Bearer {issue_token('x' * 40, 'a')}"},
+    ],
 )
 async def test_unauthenticated_gets_401_and_a_denied_event(
     client: httpx.AsyncClient, publisher: FakePublisher, headers: dict[str, str]
@@ -108,7 +114,8 @@ async def test_oversize_chunked_body_is_413(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b"[1, 2]", b"not json", b"", b'"str"', b'{"a\\u0000b": 1}', b'{"' + b"k" * 200 + b'": 1}']
+    "body",
+    [b"[1, 2]", b"not json", b"", b'"str"', b'{"a\\u0000b": 1}', b'{"' + b"k" * 200 + b'": 1}'],
 )
 async def test_patch_body_must_be_a_json_object_with_sane_names(
     client: httpx.AsyncClient, publisher: FakePublisher, body: bytes

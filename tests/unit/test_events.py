@@ -7,7 +7,15 @@ from uuid import UUID
 
 import pytest
 
-from audit_events import MAX_EVENT_BYTES, AuditEvent, InvalidEvent, StreamNames, decode, encode, uuid7
+from audit_events import (
+    MAX_EVENT_BYTES,
+    AuditEvent,
+    InvalidEvent,
+    StreamNames,
+    decode,
+    encode,
+    uuid7,
+)
 
 
 def make_event(**overrides: object) -> AuditEvent:
@@ -49,7 +57,10 @@ def test_ipv6_and_no_ip_round_trip() -> None:
     [
         (lambda d: b"{not json", "not JSON"),
         (lambda d: json.dumps({**d, "schema_version": 2}).encode(), "schema_version"),
-        (lambda d: json.dumps({k: v for k, v in d.items() if k != "actor_id"}).encode(), "actor_id"),
+        (
+            lambda d: json.dumps({k: v for k, v in d.items() if k != "actor_id"}).encode(),
+            "actor_id",
+        ),
         (lambda d: json.dumps({**d, "outcome": "maybe"}).encode(), "outcome"),
         (lambda d: json.dumps({**d, "id": "not-a-uuid"}).encode(), "id"),
         (lambda d: json.dumps({**d, "occurred_at": "2026-11-25T12:00:00"}).encode(), "occurred_at"),
@@ -60,7 +71,7 @@ def test_ipv6_and_no_ip_round_trip() -> None:
         (lambda d: json.dumps([d]).encode(), "event"),
     ],
 )
-def test_decode_rejects_with_precise_reason(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_decode_rejects_with_precise_reason(mutate, reason: str) -> None:
     valid = json.loads(encode(make_event()))
     with pytest.raises(InvalidEvent) as caught:
         decode(mutate(valid))

@@ -92,6 +92,7 @@ class Consumer:
         names = self.settings.names
         sub = await js.pull_subscribe_bind(durable=names.durable, stream=names.stream)
         log.info("consuming %s/%s", names.stream, names.durable)
+        await self._connect_db()
         try:
             while not self.stopping:
                 self.last_progress = time.monotonic()
@@ -99,8 +100,10 @@ class Consumer:
                     msgs = await sub.fetch(
                         self.settings.batch_size, timeout=self.settings.fetch_wait_seconds
                     )
-                except TimeoutError:
-                    continue  # nothing to do; the loop is alive
+                except TimeoutError:  # idle: the loop is alive; reconnect the DB if it was lost
+                    if self.writer is None:
+                        await self._connect_db()
+                    continue
                 except ConnectionClosedError:
                     break
                 except Exception as exc:  # e.g. disconnected while NATS restarts
@@ -108,8 +111,26 @@ class Consumer:
                     await self._sleep(1.0)
                     continue
                 await self.handle(js, msgs)
+            await self._finish_in_flight(js, sub)
         finally:
-            await self._close()
+            await self._close(sub)
+
+    async def _finish_in_flight(
+        self, js: JetStreamContext, sub: JetStreamContext.PullSubscription
+    ) -> None:
+        """Store what the last pull request delivered after the loop's final fetch.
+
+        A pull request stays open on the server until it expires, so messages can land in our
+        inbox after we stopped fetching; left alone they would wait ``ack_wait`` for redelivery.
+        """
+        await asyncio.sleep(self.settings.fetch_wait_seconds)  # let that request expire
+        if sub.pending_msgs:
+            try:
+                msgs = await sub.fetch(self.settings.batch_size, timeout=1)
+            except Exception as exc:
+                log.warning("could not collect in-flight messages: %s", exc)
+                return
+            await self.handle(js, msgs)
 
     async def _connect_nats(self) -> NATS | None:
         delay = 0.2
@@ -129,12 +150,26 @@ class Consumer:
                 delay = min(delay * 2, self.settings.backoff_max_seconds)
         return None
 
-    async def _close(self) -> None:
+    async def _connect_db(self) -> None:
+        """Connect the writer now, so readiness is true before the first batch arrives."""
+        try:
+            self.writer = await BatchWriter.connect(self.settings.database_url)
+            self.db_ok = True
+        except (psycopg.Error, OSError) as exc:
+            self.db_ok = False
+            log.warning("PostgreSQL not reachable: %s", _one_line(exc))
+
+    async def _close(self, sub: JetStreamContext.PullSubscription) -> None:
+        """Stop the pull subscription, make sure every ack reached the server, disconnect.
+
+        (``nc.drain()`` would wait forever on a pull subscription's internal queue.)"""
         if self.nc is not None and not self.nc.is_closed:
             try:
-                await self.nc.drain()
+                await sub.unsubscribe()
+                await self.nc.flush(timeout=5)  # PING/PONG: the server has every ack before it
             except Exception as exc:
-                log.warning("drain failed: %s", exc)
+                log.warning("could not flush acks (%s); unacked ones will be redelivered", exc)
+            await self.nc.close()
         if self.writer is not None:
             await self.writer.close()
             self.writer = None

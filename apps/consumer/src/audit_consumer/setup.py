@@ -119,7 +119,11 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> str:
 
 async def provision(settings: Settings) -> None:
     """Streams ``AUDIT``, ``AUDIT_DLQ`` and the durable ``audit-writer``, created or updated."""
-    nc = await _retry("NATS", lambda: nats.connect(settings.nats_url, name="audit-setup"), settings)
+    nc = await _retry(
+        "NATS",
+        lambda: nats.connect(settings.nats_url, name="audit-setup", max_reconnect_attempts=1),
+        settings,
+    )
     try:
         js = nc.jetstream()
         for config in stream_configs(settings):
@@ -141,11 +145,17 @@ def migrations_dir(settings: Settings) -> Path:
     raise SystemExit(f"no alembic migrations found in {[str(c) for c in candidates]}")
 
 
-async def migrate(settings: Settings, revision: str = "head") -> None:
-    """``alembic upgrade head`` against ``DATABASE_URL``, once the database accepts connections."""
+def alembic_config(settings: Settings) -> Config:
+    """Alembic configured in code: this project's migrations, ``DATABASE_URL``."""
     config = Config()
     config.set_main_option("script_location", str(migrations_dir(settings)))
     config.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    return config
+
+
+async def migrate(settings: Settings, revision: str = "head") -> None:
+    """``alembic upgrade head`` against ``DATABASE_URL``, once the database accepts connections."""
+    config = alembic_config(settings)
     conn = await _retry("PostgreSQL", lambda: psycopg.AsyncConnection.connect(
         settings.database_url, connect_timeout=5), settings)  # fmt: skip
     await conn.close()

@@ -1,0 +1,82 @@
+"""The API against real NATS: what it acknowledged is exactly what the stream holds."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+
+from audit_api.auth import issue_token
+from audit_api.main import create_app
+from audit_api.publisher import NatsPublisher
+from audit_api.settings import Settings as ApiSettings
+from audit_consumer.settings import Settings
+from audit_events import decode
+from tests.conftest import JWT_SECRET, wait_for
+
+AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'carol')}"}
+
+
+async def api_client(url: str, names: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    publisher = NatsPublisher(url, names.names, timeout=2.0)
+    await publisher.start()
+    app = create_app(ApiSettings(AUDIT_JWT_SECRET=JWT_SECRET, NATS_URL=url), publisher)
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.4", 1234))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        yield client
+    await publisher.close()
+
+
+@pytest.fixture
+async def client(streams: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in api_client(streams.nats_url, streams):
+        publisher = c._transport.app.state.publisher  # type: ignore[attr-defined]
+        await wait_for(lambda p=publisher: p.ready)
+        yield c
+
+
+async def test_stream_holds_exactly_the_acknowledged_events(
+    client: httpx.AsyncClient, streams: Settings, nc: NATS
+) -> None:
+    calls = [client.patch(f"/accounts/acc-{i}", json={"plan": "pro"}, headers=AUTH)
+             for i in range(30)]  # fmt: skip
+    calls += [client.get("/accounts/acc-x") for _ in range(5)]  # unauthenticated: denied events
+    responses = await asyncio.gather(*calls)
+    assert [r.status_code for r in responses] == [200] * 30 + [401] * 5
+    acknowledged = {r.json()["audit_event_id"] for r in responses[:30]}
+
+    js = nc.jetstream()
+    info = await js.stream_info(streams.names.stream)
+    assert info.state.messages == 35
+    stored = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(streams.names.stream, seq)
+        event = decode(msg.data or b"")
+        assert msg.headers is not None
+        assert msg.headers["Nats-Msg-Id"] == str(event.id)
+        assert msg.subject == f"audit.events.{event.action}"
+        stored.append(event)
+    assert {str(e.id) for e in stored if e.outcome == "success"} == acknowledged
+    denied = [e for e in stored if e.outcome == "denied"]
+    assert len(denied) == 5
+    assert all(e.actor_id == "anonymous" and str(e.source_ip) == "198.51.100.4" for e in denied)
+    assert all(e.metadata["fields"] == ["plan"] for e in stored if e.outcome == "success")
+
+
+async def test_same_msg_id_is_stored_once_in_the_stream(streams: Settings, nc: NATS) -> None:
+    js = nc.jetstream()
+    payload = orjson.dumps({"any": "bytes"})
+    first = await js.publish("audit.events.account.read", payload, headers={"Nats-Msg-Id": "x1"})
+    again = await js.publish("audit.events.account.read", payload, headers={"Nats-Msg-Id": "x1"})
+    assert (first.duplicate, again.duplicate) == (None, True)
+    assert (await js.stream_info(streams.names.stream)).state.messages == 1
+
+
+async def test_unreachable_broker_answers_503_not_500(streams: Settings) -> None:
+    async for client in api_client("nats://127.0.0.1:1", streams):
+        response = await client.patch("/accounts/acc-1", json={}, headers=AUTH)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert (await client.get("/readyz")).status_code == 503

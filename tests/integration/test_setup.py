@@ -1,0 +1,67 @@
+"""``audit-setup``: migrations up and down, provisioning idempotent and repairing drift."""
+
+import subprocess
+
+import psycopg
+from alembic import command
+from nats.aio.client import Client as NATS
+from nats.js.api import RetentionPolicy
+
+from audit_consumer.settings import Settings
+from audit_consumer.setup import alembic_config, ensure_stream, migrate, provision, stream_configs
+from tests.conftest import BIN, ROOT, service_env
+
+
+async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str) -> None:
+    settings = Settings(DATABASE_URL=migrated, AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"))
+    with psycopg.connect(migrated) as conn:
+        indexes = {r[0] for r in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'")}  # fmt: skip
+    assert {"audit_events_pkey", "audit_events_resource_idx", "audit_events_actor_idx"} <= indexes
+
+    command.downgrade(alembic_config(settings), "base")
+    with psycopg.connect(migrated) as conn:
+        assert conn.execute("SELECT to_regclass('audit_events')").fetchone() == (None,)
+    await migrate(settings)
+    await migrate(settings)  # twice: nothing to do
+    with psycopg.connect(migrated) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001",)
+
+
+async def test_provision_is_idempotent_and_repairs_drift(streams: Settings, nc: NATS) -> None:
+    js = nc.jetstream()
+    audit = stream_configs(streams)[0]
+    assert await ensure_stream(js, audit) == "unchanged"
+
+    drifted = (await js.stream_info(streams.names.stream)).config
+    drifted.duplicate_window = 130.0
+    drifted.max_msg_size = 1024
+    await js.update_stream(drifted)
+    assert await ensure_stream(js, audit) == "updated (max_msg_size, duplicate_window)"
+
+    await provision(streams)  # and again through the public entry point
+    info = await js.stream_info(streams.names.stream)
+    assert info.config.retention == RetentionPolicy.WORK_QUEUE
+    assert info.config.duplicate_window == streams.duplicate_window_seconds
+    durable = await js.consumer_info(streams.names.stream, streams.names.durable)
+    assert durable.config.max_deliver == -1
+    assert durable.config.filter_subject == "audit.events.>"
+    assert (await js.stream_info(streams.names.dlq_stream)).config.subjects == ["audit.dlq.>"]
+
+
+def test_cli_runs_both_steps_twice(streams: Settings, migrated: str) -> None:
+    env = service_env(streams, AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"))
+    for _ in range(2):
+        done = subprocess.run([BIN / "audit-setup"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert "stream AUDIT: unchanged" in done.stderr
+    assert "durable audit-writer on AUDIT: ready" in done.stderr
+
+
+def test_cli_fails_clearly_when_nats_is_unreachable(streams: Settings) -> None:
+    env = service_env(streams, NATS_URL="nats://127.0.0.1:1", AUDIT_SETUP_WAIT_SECONDS="0")
+    done = subprocess.run(
+        [BIN / "audit-setup", "provision"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "setup failed" in done.stderr

@@ -1,0 +1,68 @@
+"""The repository layer against real PostgreSQL: set-based insert, duplicates absorbed, a row
+PostgreSQL rejects isolated while its neighbours are stored."""
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from audit_consumer.writer import BatchWriter
+from audit_events import row
+from tests.unit.test_events import make_event
+
+
+@pytest.fixture
+async def writer(db: psycopg.AsyncConnection[Any], migrated: str):
+    w = await BatchWriter.connect(migrated)
+    yield w
+    await w.close()
+
+
+async def count(db: psycopg.AsyncConnection[Any]) -> int:
+    cur = await db.execute("SELECT count(*) FROM audit_events")
+    (n,) = await cur.fetchone()  # type: ignore[misc]
+    return int(n)
+
+
+async def test_batch_insert_stores_every_column(writer: BatchWriter, db: Any) -> None:
+    events = [make_event(resource_id=f"acc-{i}", trace_id="ab" * 16) for i in range(50)]
+    result = await writer.write([row(e, 100 + i) for i, e in enumerate(events)])
+    assert (result.inserted, result.duplicates, result.rejected) == (50, 0, [])
+    cur = await db.execute(
+        "SELECT id, actor_id, action, resource_id, outcome, host(source_ip), user_agent,"
+        " trace_id, stream_seq, metadata, occurred_at, recorded_at >= occurred_at"
+        " FROM audit_events WHERE resource_id = 'acc-7'"
+    )
+    stored = await cur.fetchone()
+    e = events[7]
+    assert stored == (
+        e.id, "alice", "account.update", "acc-7", "success", "10.0.0.7", "curl/8",
+        "ab" * 16, 107, {"method": "PATCH", "fields": ["email"]}, e.occurred_at, True,
+    )  # fmt: skip
+
+
+async def test_duplicates_are_ignored(writer: BatchWriter, db: Any) -> None:
+    rows = [row(make_event(), i) for i in range(10)]
+    assert (await writer.write(rows)).inserted == 10
+    again = await writer.write([*rows[:5], row(make_event(), 99)])
+    assert (again.inserted, again.duplicates) == (1, 5)
+    assert await count(db) == 11
+
+
+async def test_rejected_rows_are_isolated(writer: BatchWriter, db: Any) -> None:
+    rows = [row(make_event(), i) for i in range(20)]
+    rows[3] = row(make_event(actor_id="nul\x00byte"), 3)  # text can't hold NUL
+    rows[17] = row(make_event(metadata={"k": "\u0000"}), 17)  # nor can jsonb
+    result = await writer.write(rows)
+    assert result.inserted == 18
+    assert [i for i, _ in result.rejected] == [3, 17]
+    assert "NUL" in result.rejected[0][1]
+    assert result.rejected[1][1].startswith("22P05")  # SQLSTATE class 22: data exception
+    assert await count(db) == 18
+
+
+async def test_connection_errors_propagate_instead_of_rejecting(migrated: str) -> None:
+    writer = await BatchWriter.connect(migrated)
+    await writer.conn.close()
+    with pytest.raises(psycopg.OperationalError):
+        await writer.write([row(make_event(), 1)])

@@ -1,0 +1,75 @@
+"""Real ``audit-api`` and ``audit-consumer`` child processes for end-to-end and fault tests."""
+
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from audit_devservers import free_port
+from tests.conftest import BIN
+
+
+class Service:
+    """One console script as a child process, its output in a log file, probed over HTTP."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, logs: Path):
+        self.name, self.argv, self.env, self.port = name, argv, env, port
+        self.log_path = logs / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Service":
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log)
+        return self
+
+    def probe(self, path: str) -> int:
+        """HTTP status of ``path`` on this service, 0 if it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.probe("/readyz") != 200:
+            assert self.proc is not None
+            assert self.proc.poll() is None, self.logs()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} not ready in {timeout}s\n{self.logs()}")
+            time.sleep(0.1)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def api(env: dict[str, str], logs: Path) -> Service:
+    port = free_port()
+    env = {**env, "AUDIT_API_PORT": str(port), "AUDIT_API_HOST": "127.0.0.1"}
+    return Service("api", [str(BIN / "audit-api")], env, port, logs)
+
+
+def consumer(env: dict[str, str], logs: Path, index: int) -> Service:
+    port = free_port()
+    env = {**env, "AUDIT_HEALTH_PORT": str(port), "AUDIT_HEALTH_HOST": "127.0.0.1"}
+    return Service(f"consumer-{index}", [str(BIN / "audit-consumer")], env, port, logs)
