@@ -40,13 +40,15 @@ class Pipeline:
 @pytest.fixture
 def pipeline(streams: Settings, db: Any, tmp_path: Path) -> Iterator[Pipeline]:
     p = Pipeline(streams, tmp_path)
-    for service in p.services:
-        service.start()
-    for service in p.services:
-        service.wait_ready()
-    yield p
-    for service in p.services:
-        service.stop()
+    try:
+        for service in p.services:
+            service.start()
+        for service in p.services:
+            service.wait_ready()
+        yield p
+    finally:
+        for service in p.services:
+            service.stop()
 
 
 async def rows(db: Any, sql: str = "SELECT count(*) FROM audit_events", *params: Any) -> Any:

@@ -124,9 +124,11 @@ class Consumer:
         inbox after we stopped fetching; left alone they would wait ``ack_wait`` for redelivery.
         """
         await asyncio.sleep(self.settings.fetch_wait_seconds)  # let that request expire
-        if sub.pending_msgs:
+        if sub.pending_msgs:  # may be only status messages, hence the short timeout
             try:
-                msgs = await sub.fetch(self.settings.batch_size, timeout=1)
+                msgs = await sub.fetch(self.settings.batch_size, timeout=0.2)
+            except TimeoutError:
+                return
             except Exception as exc:
                 log.warning("could not collect in-flight messages: %s", exc)
                 return
@@ -183,6 +185,8 @@ class Consumer:
 
     async def handle(self, js: JetStreamContext, msgs: list[Msg]) -> None:
         """Store, dead-letter and ack one fetched batch (the order is the guarantee)."""
+        if not msgs:
+            return
         rows: list[tuple[Any, ...]] = []
         valid: list[Msg] = []
         dead: list[tuple[Msg, str, str]] = []  # (msg, kind, reason)

@@ -182,9 +182,15 @@ class NatsServer(_Server):
 
     name = "nats"
 
-    def __init__(self, root: Path, port: int | None = None, sync: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        sync: str | None = None,
+        monitor_port: int | None = None,
+    ) -> None:
         super().__init__(root, port)
-        self.monitor_port = free_port()
+        self.monitor_port = monitor_port or free_port()
         self.store = root / "jetstream"
         self.sync = sync  # e.g. "always": fsync every write (see docs on durability)
 

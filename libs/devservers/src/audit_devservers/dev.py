@@ -1,0 +1,123 @@
+"""``make dev``: the whole pipeline on embedded servers, in one terminal, no Docker.
+
+PostgreSQL and NATS keep their data in ``.dev/`` between runs. One ``audit-api`` and two
+``audit-consumer`` processes run with their logs prefixed. Ctrl-C stops the apps first (so
+consumers finish and ack their batch), then the servers.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from audit_api.auth import issue_token
+from audit_api.settings import DEV_JWT_SECRET
+from audit_consumer.settings import Settings
+from audit_consumer.setup import run as setup
+from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer
+
+ROOT = Path.cwd()
+BIN = Path(sys.executable).parent
+COLORS = {"api": "36", "consumer-1": "33", "consumer-2": "35"}
+
+
+def _pipe(name: str, stream: IO[bytes]) -> None:
+    color = COLORS.get(name, "0") if sys.stdout.isatty() else ""
+    prefix = f"\033[{color}m{name:>10} |\033[0m " if color else f"{name:>10} | "
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(prefix + line.decode(errors="replace"))
+        sys.stdout.flush()
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    assert proc.stdout is not None
+    threading.Thread(target=_pipe, args=(name, proc.stdout), daemon=True).start()
+    return proc
+
+
+def main() -> None:
+    data = ROOT / ".dev"
+    api_port = int(os.environ.get("AUDIT_API_PORT", "8000"))
+    pg = PostgresServer(data / "postgres", port=int(os.environ.get("AUDIT_DEV_PG_PORT", "54329")))
+    nats = NatsServer(
+        data / "nats",
+        port=int(os.environ.get("AUDIT_DEV_NATS_PORT", "4222")),
+        monitor_port=int(os.environ.get("AUDIT_DEV_NATS_MONITOR_PORT", "8222")),
+    )
+    pg.start()
+    nats.start()
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg.url,
+        "NATS_URL": nats.url,
+        "AUDIT_JWT_SECRET": DEV_JWT_SECRET,
+        "AUDIT_DEV_MODE": "true",
+        "AUDIT_API_PORT": str(api_port),
+        "AUDIT_API_HOST": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update(env)
+    procs: list[subprocess.Popen[bytes]] = []
+    logging.basicConfig(level=logging.INFO, format="     setup | %(message)s")
+    try:
+        asyncio.run(setup("all", Settings()))
+        procs.append(_spawn("api", [str(BIN / "audit-api")], env))
+        for i in (1, 2):
+            consumer_env = {**env, "AUDIT_HEALTH_PORT": str(api_port + i)}
+            procs.append(_spawn(f"consumer-{i}", [str(BIN / "audit-consumer")], consumer_env))
+        token = issue_token(DEV_JWT_SECRET, "dev-user")
+        print(
+            f"""
+  audit pipeline is up (data in {data})
+    API        http://127.0.0.1:{api_port}/docs
+    consumers  http://127.0.0.1:{api_port + 1}/readyz  http://127.0.0.1:{api_port + 2}/readyz
+    NATS       {nats.url}  (monitoring {nats.monitor_url}/jsz?consumers=true)
+    Postgres   {pg.url}
+
+  try it:
+    export TOKEN={token}
+    curl -s -X PATCH http://127.0.0.1:{api_port}/accounts/acc-1 \\
+      -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{{"email": "new@example.com"}}'
+    {PG_BIN / "psql"} {pg.url} \\
+      -c 'SELECT occurred_at, actor_id, action, resource_id, outcome, source_ip FROM audit_events ORDER BY stream_seq DESC LIMIT 5'
+
+  Ctrl-C stops everything.
+""",
+            flush=True,
+        )
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(0.5)
+        print("a process exited on its own; stopping the rest", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping apps...", flush=True)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        nats.stop()
+        pg.stop()
+        print("stopped.", flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    main()
