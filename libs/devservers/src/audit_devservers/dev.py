@@ -24,6 +24,10 @@ from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer
 
 ROOT = Path.cwd()
 BIN = Path(sys.executable).parent
+LATEST_ROWS = (
+    "SELECT occurred_at, actor_id, action, resource_id, outcome, source_ip"
+    " FROM audit_events ORDER BY stream_seq DESC LIMIT 5"
+)
 COLORS = {"api": "36", "consumer-1": "33", "consumer-2": "35"}
 
 
@@ -75,7 +79,7 @@ def main() -> None:
             consumer_env = {**env, "AUDIT_HEALTH_PORT": str(api_port + i)}
             procs.append(_spawn(f"consumer-{i}", [str(BIN / "audit-consumer")], consumer_env))
         token = issue_token(DEV_JWT_SECRET, "dev-user")
-        print(
+        print(  # noqa: S608 (no SQL is built here, only printed)
             f"""
   audit pipeline is up (data in {data})
     API        http://127.0.0.1:{api_port}/docs
@@ -88,8 +92,7 @@ def main() -> None:
     curl -s -X PATCH http://127.0.0.1:{api_port}/accounts/acc-1 \\
       -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
       -d '{{"email": "new@example.com"}}'
-    {PG_BIN / "psql"} {pg.url} \\
-      -c 'SELECT occurred_at, actor_id, action, resource_id, outcome, source_ip FROM audit_events ORDER BY stream_seq DESC LIMIT 5'
+    {PG_BIN / "psql"} {pg.url} -c '{LATEST_ROWS}'
 
   Ctrl-C stops everything.
 """,
