@@ -79,7 +79,7 @@ def main() -> None:
             consumer_env = {**env, "AUDIT_HEALTH_PORT": str(api_port + i)}
             procs.append(_spawn(f"consumer-{i}", [str(BIN / "audit-consumer")], consumer_env))
         token = issue_token(DEV_JWT_SECRET, "dev-user")
-        print(  # noqa: S608 (no SQL is built here, only printed)
+        print(
             f"""
   audit pipeline is up (data in {data})
     API        http://127.0.0.1:{api_port}/docs
