@@ -25,7 +25,7 @@ async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str)
     await migrate(settings)
     await migrate(settings)  # twice: nothing to do
     with psycopg.connect(migrated) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
 
 
 async def test_provision_is_idempotent_and_repairs_drift(streams: Settings, nc: NATS) -> None:

@@ -155,7 +155,7 @@ class Consumer:
     async def _connect_db(self) -> None:
         """Connect the writer now, so readiness is true before the first batch arrives."""
         try:
-            self.writer = await BatchWriter.connect(self.settings.database_url)
+            self.writer = await BatchWriter.connect(self.settings.consumer_database_url)
             self.db_ok = True
         except (psycopg.Error, OSError) as exc:
             self.db_ok = False
@@ -230,7 +230,7 @@ class Consumer:
         while True:
             try:
                 if self.writer is None:
-                    self.writer = await BatchWriter.connect(self.settings.database_url)
+                    self.writer = await BatchWriter.connect(self.settings.consumer_database_url)
                 result = await self.writer.write(rows)
                 if not self.db_ok:
                     log.info("PostgreSQL writes ok")

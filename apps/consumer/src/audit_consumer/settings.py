@@ -12,6 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", alias="DATABASE_URL")
+    writer_database_url: str | None = Field(None, alias="AUDIT_WRITER_DATABASE_URL")
     nats_url: str = Field("nats://127.0.0.1:4222", alias="NATS_URL")
     health_port: int = Field(8001, alias="AUDIT_HEALTH_PORT")
     health_host: str = Field("0.0.0.0", alias="AUDIT_HEALTH_HOST")
@@ -32,3 +33,8 @@ class Settings(BaseSettings):
     migrations_dir: str | None = Field(None, alias="AUDIT_MIGRATIONS_DIR")
 
     names: StreamNames = Field(default_factory=StreamNames)
+
+    @property
+    def consumer_database_url(self) -> str:
+        """The consumer writes as the least-privileged writer when it has its own URL."""
+        return self.writer_database_url or self.database_url

@@ -31,6 +31,8 @@ from nats.js.api import (
 )
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from audit_consumer.settings import Settings
 from audit_events import MAX_EVENT_BYTES
@@ -161,6 +163,29 @@ async def migrate(settings: Settings, revision: str = "head") -> None:
     await conn.close()
     await asyncio.to_thread(command.upgrade, config, revision)
     log.info("database migrated to %s", revision)
+    await ensure_writer_login(settings)
+
+
+async def ensure_writer_login(settings: Settings) -> None:
+    """Give the login in ``AUDIT_WRITER_DATABASE_URL`` membership of ``audit_writer`` (created
+    by the migrations), creating it or refreshing its password. No-op without that URL or when
+    it names the owner itself."""
+    if not settings.writer_database_url:
+        return
+    writer = conninfo_to_dict(settings.writer_database_url)
+    user, password = writer.get("user"), writer.get("password")
+    if not user or user == conninfo_to_dict(settings.database_url).get("user"):
+        return
+    role = sql.Identifier(str(user))
+    secret = sql.SQL(" PASSWORD {}").format(sql.Literal(str(password))) if password else sql.SQL("")
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as conn:
+        cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
+        verb = sql.SQL("ALTER" if await cur.fetchone() else "CREATE")
+        await conn.execute(sql.SQL("{} ROLE {} LOGIN{}").format(verb, role, secret))
+        await conn.execute(sql.SQL("GRANT audit_writer TO {}").format(role))
+    log.info("writer login %s: member of audit_writer", user)
 
 
 async def _retry(what: str, attempt: Callable[[], Awaitable[T]], settings: Settings) -> T:
