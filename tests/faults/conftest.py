@@ -1,0 +1,110 @@
+"""The fault rig: a PostgreSQL and a NATS of its own (these tests kill them), fresh streams and
+table per test, the API and N consumers as real processes, and a summary table at the end."""
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+import pytest
+
+from audit_consumer.settings import Settings
+from audit_consumer.setup import migrate, provision
+from audit_devservers import NatsServer, PostgresServer
+from tests.conftest import ROOT, service_env
+from tests.faults.harness import RESULTS
+from tests.processes import Service, api, consumer
+
+ACK_WAIT = "5"  # short, so redelivery after a crash shows up quickly
+
+
+@pytest.fixture(scope="module")
+def fault_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path_factory.mktemp("fault-pg"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def fault_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("fault-nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+class Rig:
+    """Servers, settings and processes of one fault scenario."""
+
+    def __init__(self, pg: PostgresServer, ns: NatsServer, settings: Settings, logs: Path):
+        self.pg, self.nats, self.settings, self.logs = pg, ns, settings, logs
+        writer = settings.database_url.replace("postgres@", "audit_consumer:pw@")
+        self.env = service_env(settings, AUDIT_WRITER_DATABASE_URL=writer)
+        self.services: list[Service] = []
+        self.api: Service | None = None
+        self.consumers: list[Service] = []
+
+    @property
+    def url(self) -> str:
+        assert self.api is not None
+        return f"http://127.0.0.1:{self.api.port}"
+
+    def start(self, consumers: int, **env: str) -> "Rig":
+        self.api = api(self.env, self.logs).start()
+        self.consumers = [
+            consumer({**self.env, **env}, self.logs, i).start() for i in range(consumers)
+        ]
+        self.services = [self.api, *self.consumers]
+        for service in self.services:
+            service.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        for service in self.services:
+            service.stop()
+
+
+@pytest.fixture
+async def rig(
+    fault_pg: PostgresServer, fault_nats: NatsServer, tmp_path: Path
+) -> AsyncIterator[Rig]:
+    fault_pg.start()  # a previous scenario may have left it stopped
+    fault_nats.start()
+    settings = Settings(
+        DATABASE_URL=fault_pg.url,
+        NATS_URL=fault_nats.url,
+        AUDIT_WRITER_DATABASE_URL=fault_pg.url.replace("postgres@", "audit_consumer:pw@"),
+        AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"),
+        AUDIT_ACK_WAIT_SECONDS=ACK_WAIT,
+        AUDIT_FETCH_WAIT_SECONDS=0.5,
+    )
+    await migrate(settings)
+    nc = await nats.connect(settings.nats_url)
+    for name in (settings.names.stream, settings.names.dlq_stream):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await nc.jetstream().delete_stream(name)
+    await nc.close()
+    await provision(settings)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE audit_events")
+    r = Rig(fault_pg, fault_nats, settings, tmp_path)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture
+def db(rig: Rig) -> str:
+    """The owner's URL, for checking rows."""
+    return rig.pg.url
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if RESULTS:
+        terminalreporter.section("fault scenarios")
+        for summary in RESULTS:
+            terminalreporter.write_line(summary.line())

@@ -1,0 +1,212 @@
+"""Break things for real — kill consumers, stop PostgreSQL and NATS, feed poison — and check
+that every event the API acknowledged is stored exactly once.
+
+Each scenario prints one summary line; `make test-faults` prints them all as a table at the end
+(docs/reliability.md holds one run)."""
+
+import asyncio
+import json
+import signal
+import time
+
+import nats
+import psycopg
+
+from audit_events import MAX_EVENT_BYTES, encode
+from tests.conftest import wait_for
+from tests.faults.conftest import Rig
+from tests.faults.harness import Load, health, stored_ids, verify, wait_stored
+from tests.unit.test_events import make_event
+
+
+async def rows_at_least(db: str, n: int) -> bool:
+    return len(await stored_ids(db)) >= n
+
+
+async def test_consumer_sigkilled_mid_batch(rig: Rig, db: str) -> None:
+    rig.start(consumers=3)
+    load = Load(rig.url, concurrency=16, total=2000).start()
+    await wait_for(lambda: rows_at_least(db, 300))
+    victim = rig.consumers[0]
+    victim.signal(signal.SIGKILL)
+    assert await asyncio.to_thread(victim.wait) == -signal.SIGKILL
+    victim.start()
+    fault_end_acks = list(load.acknowledged)
+    recovery = await wait_stored(db, fault_end_acks)
+    await load.done()
+    await verify("consumer SIGKILL mid-batch", db, load, recovery_s=recovery)
+
+
+async def test_postgres_down_under_load(rig: Rig, db: str) -> None:
+    rig.start(consumers=2)
+    load = Load(rig.url, concurrency=8).start()
+    await wait_for(lambda: rows_at_least(db, 100))
+    rig.pg.stop()
+    saw_unready: set[str] = set()
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:  # "several seconds" down, probing all along
+        for c in rig.consumers:
+            assert c.probe("/healthz") == 200, "liveness must not depend on PostgreSQL"
+            if c.probe("/readyz") == 503:
+                saw_unready.add(c.name)
+        await asyncio.sleep(0.2)
+    assert saw_unready == {c.name for c in rig.consumers}
+    rig.pg.start()
+    restarted = time.monotonic()
+    for c in rig.consumers:
+        await asyncio.to_thread(c.wait_ready, 60)
+    ready_after = time.monotonic() - restarted
+    await load.stop()
+    assert all(c.proc is not None and c.proc.poll() is None for c in rig.consumers)
+    recovery = ready_after + await wait_stored(db, load.acknowledged)
+    dead = sum(health(c)["dead_lettered"] for c in rig.consumers)
+    assert dead == 0
+    await verify("PostgreSQL stopped 6 s", db, load, recovery_s=recovery, dlq=dead)
+
+
+async def test_nats_down_under_load(rig: Rig, db: str) -> None:
+    rig.start(consumers=2)
+    load = Load(rig.url, concurrency=8).start()
+    await wait_for(lambda: rows_at_least(db, 100))
+    rig.nats.stop()  # file storage stays on disk
+    down_mark = load.answered
+    await asyncio.sleep(5)
+    during = load.since(down_mark)
+    assert during[503] > 0, during
+    assert set(during) <= {200, 503}, during  # 200s: acks that arrived just before the stop
+    rig.nats.start()
+    restarted = time.monotonic()
+    up_mark = load.answered
+    await wait_for(lambda: load.since(up_mark)[200] > 0)
+    api_back = time.monotonic() - restarted
+    await load.stop()
+    for c in rig.consumers:
+        await asyncio.to_thread(c.wait_ready, 60)
+    recovery = await wait_stored(db, load.acknowledged) + (time.monotonic() - restarted)
+    assert all(c.proc is not None and c.proc.poll() is None for c in rig.consumers)
+    await verify(
+        "NATS stopped 5 s", db, load, recovery_s=recovery,
+        api_503=load.statuses[503], api_back_s=round(api_back, 1),
+    )  # fmt: skip
+
+
+async def test_sigterm_every_consumer_during_load(rig: Rig, db: str) -> None:
+    grace = 20
+    rig.start(consumers=3, AUDIT_SHUTDOWN_SECONDS=str(grace))
+    load = Load(rig.url, concurrency=8, total=1500).start()
+    await wait_for(lambda: rows_at_least(db, 200))
+    for c in rig.consumers:
+        c.signal(signal.SIGTERM)
+    codes = [await asyncio.to_thread(c.wait, grace + 5) for c in rig.consumers]
+    assert codes == [0, 0, 0]
+    await load.done()
+    restarted = time.monotonic()
+    for c in rig.consumers:
+        c.start()
+    await wait_stored(db, load.acknowledged)
+    await verify(
+        "SIGTERM all consumers", db, load, recovery_s=time.monotonic() - restarted, exit_codes=codes
+    )
+
+
+async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db: str) -> None:
+    rig.start(consumers=2)
+    nc = await nats.connect(rig.settings.nats_url)
+    js = nc.jetstream()
+    good = [make_event(resource_id=f"good-{i}") for i in range(20)]
+    poison = {
+        "not JSON": b"\x00\x01 definitely not json",
+        "schema_version": json.dumps({"schema_version": 7, "id": "x"}).encode(),
+        "event is": b'{"pad": "' + b"x" * (MAX_EVENT_BYTES + 10) + b'"}',  # oversize
+        "22P05": encode(make_event(metadata={"note": "\u0000"})),  # PostgreSQL refuses it
+    }
+    payloads = [encode(e) for e in good]
+    for i, bad in enumerate(poison.values()):
+        payloads.insert(3 + i * 5, bad)
+    for payload in payloads:
+        await js.publish("audit.events.account.update", payload)
+    ids = [str(e.id) for e in good]
+    await wait_stored(db, ids)
+    dlq = rig.settings.names.dlq_stream
+    await wait_for(lambda: _messages(js, dlq, len(poison)))
+    letters = [await js.get_msg(dlq, seq) for seq in range(1, len(poison) + 1)]
+    reasons = {m.data: (m.headers or {}).get("Audit-Dlq-Reason", "") for m in letters}
+    for prefix, payload in poison.items():
+        assert reasons[payload].startswith(prefix), (prefix, reasons[payload])
+    await nc.close()
+    assert sorted(await stored_ids(db)) == sorted(ids)
+    await verify(
+        "poison published to stream", db, None, sent=len(payloads), acknowledged=ids,
+        dead_lettered=len(letters),
+    )  # fmt: skip
+
+
+async def _messages(js: object, stream: str, n: int) -> bool:
+    return int((await js.stream_info(stream)).state.messages) == n  # type: ignore[attr-defined]
+
+
+async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db: str) -> None:
+    nc = await nats.connect(rig.settings.nats_url)
+    js = nc.jetstream()
+    subject = "audit.events.account.update"
+    twice = make_event()
+    for msg_id in ("dup", "dup"):  # JetStream drops the copy
+        await js.publish(subject, encode(twice), headers={"Nats-Msg-Id": msg_id})
+    await js.publish(subject, encode(twice), headers={"Nats-Msg-Id": "dup-2"})  # PK drops it
+    batch = [make_event() for _ in range(50)]
+    for e in batch:
+        await js.publish(subject, encode(e), headers={"Nats-Msg-Id": str(e.id)})
+
+    # A worker that stores a batch and dies before acking: fetch, write, never ack.
+    sub = await js.pull_subscribe_bind(rig.settings.names.durable, rig.settings.names.stream)
+    msgs = await sub.fetch(100, timeout=5)
+    assert len(msgs) == 52
+    from audit_consumer.writer import BatchWriter
+    from audit_events import decode, row
+
+    writer = await BatchWriter.connect(rig.pg.url)
+    first = await writer.write([row(decode(m.data), m.metadata.sequence.stream) for m in msgs])
+    await writer.close()
+    await nc.close()  # gone without an ack: JetStream redelivers after ack_wait
+    assert first.inserted == 51  # twice + 50; the second copy of `twice` was a duplicate
+
+    rig.start(consumers=2)
+    ids = [str(twice.id)] + [str(e.id) for e in batch]
+    await wait_for(lambda: _all_acked(rig), timeout=60)
+    duplicates_seen = sum(health(c)["duplicates"] for c in rig.consumers)
+    assert duplicates_seen == 52  # every redelivered message was already stored
+    assert sorted(await stored_ids(db)) == sorted(ids)
+    await verify(
+        "duplicate publish + redelivery", db, None, sent=53, acknowledged=ids,
+        redelivered=len(msgs), absorbed=duplicates_seen + 1,
+    )  # fmt: skip
+
+
+async def _all_acked(rig: Rig) -> bool:
+    nc = await nats.connect(rig.settings.nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(
+            rig.settings.names.stream, rig.settings.names.durable
+        )
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+    finally:
+        await nc.close()
+
+
+async def test_three_consumers_share_the_durable(rig: Rig, db: str) -> None:
+    rig.start(consumers=3, AUDIT_BATCH_SIZE="50")
+    load = Load(rig.url, concurrency=16, total=3000).start()
+    await load.done()
+    await wait_stored(db, load.acknowledged)
+    await wait_for(lambda: _all_acked(rig))
+    stored_by = [health(c)["stored"] for c in rig.consumers]
+    assert all(n > 0 for n in stored_by), stored_by
+    assert sum(stored_by) == len(load.acknowledged)  # no overlap
+    async with await psycopg.AsyncConnection.connect(db) as conn:
+        cur = await conn.execute(
+            "SELECT count(*), count(DISTINCT stream_seq), max(stream_seq) - min(stream_seq) + 1"
+            " FROM audit_events"
+        )
+        count, distinct, span = await cur.fetchone()  # type: ignore[misc]
+    assert count == distinct == span == 3000  # no gap
+    await verify("3 consumers share durable", db, load, stored_by=stored_by)
