@@ -117,7 +117,7 @@ def service_env(settings: ConsumerSettings, **extra: str) -> dict[str, str]:
     return env
 
 
-async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> None:  # noqa: ASYNC109
+async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> None:
     """Poll an (async or sync) predicate until true; fail with the timeout otherwise.
 
     A generous bound for "eventually", not a speed assertion."""

@@ -126,9 +126,16 @@ async def wait_stored(db: str, ids: list[str], timeout: float = 120) -> float:
 
 
 async def verify(
-    scenario: str, db: str, load: Load | None, *, sent: int = 0, acknowledged: list[str] | None = None,
-    dead_lettered: int = 0, recovery_s: float = 0.0, **notes: Any,
-) -> Summary:  # fmt: skip
+    scenario: str,
+    db: str,
+    load: Load | None,
+    *,
+    sent: int = 0,
+    acknowledged: list[str] | None = None,
+    dead_lettered: int = 0,
+    recovery_s: float = 0.0,
+    **notes: Any,
+) -> Summary:
     """Every acknowledged event is stored exactly once; nothing else claims to be one."""
     ids = acknowledged if acknowledged is not None else (load.acknowledged if load else [])
     await wait_stored(db, ids)
@@ -158,7 +165,7 @@ def health(service: Service) -> dict[str, Any]:
     """The consumer's probe body (counters included), or {} if it does not answer."""
     url = f"http://127.0.0.1:{service.port}/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=2) as response:
             return dict(json.loads(response.read()))
     except urllib.error.HTTPError as exc:
         return dict(json.loads(exc.read()))

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from audit_api.auth import AuthError, authenticate, issue_token
+from tests.conftest import JWT_SECRET
 
-SECRET = "unit-test-secret-0123456789abcdef0123"
+SECRET = JWT_SECRET
 
 
 def bearer(token: str) -> str:
@@ -53,30 +54,30 @@ def _hs256_keyed_with_public_key() -> str:
     return f"{header}.{payload}.{_b64(signature)}"
 
 
-@pytest.mark.parametrize(
-    ("header", "why"),
-    [
-        (None, "missing"),
-        ("", "missing"),
-        ("Basic dXNlcjpwYXNz", "not a Bearer"),
-        ("Bearer", "not a Bearer"),
-        (lambda: bearer(_none_token()), "invalid token"),
-        (lambda: bearer(_rs256_token()), "invalid token"),
-        (lambda: bearer(_hs256_keyed_with_public_key()), "invalid token"),
-        (
-            lambda: bearer(issue_token("another-secret-0123456789abcdef0123", "eve")),
-            "invalid token",
-        ),
-        (lambda: bearer(issue_token(SECRET, "eve", ttl_seconds=-10)), "invalid token"),
-        (lambda: bearer(jwt.encode({"exp": int(time.time()) + 60}, SECRET, "HS256")), "invalid"),
-        (lambda: bearer(jwt.encode({"sub": "eve"}, SECRET, "HS256")), "invalid token"),
-        (lambda: bearer(jwt.encode({"sub": "", "exp": 2**40}, SECRET, "HS256")), "sub"),
-        (lambda: bearer(jwt.encode({"sub": "a\x00b", "exp": 2**40}, SECRET, "HS256")), "sub"),
-        (lambda: bearer(jwt.encode({"sub": "x" * 300, "exp": 2**40}, SECRET, "HS256")), "sub"),
-        (lambda: bearer("a" * 9000), "too large"),
-        (lambda: bearer("not.a.jwt"), "invalid token"),
-    ],
-)
+BAD_CREDENTIALS = [
+    (None, "missing"),
+    ("", "missing"),
+    ("Basic dXNlcjpwYXNz", "not a Bearer"),
+    ("Bearer", "not a Bearer"),
+    (lambda: bearer(_none_token()), "invalid token"),
+    (lambda: bearer(_rs256_token()), "invalid token"),
+    (lambda: bearer(_hs256_keyed_with_public_key()), "invalid token"),
+    (
+        lambda: bearer(issue_token("another-secret-0123456789abcdef0123", "eve")),
+        "invalid token",
+    ),
+    (lambda: bearer(issue_token(SECRET, "eve", ttl_seconds=-10)), "invalid token"),
+    (lambda: bearer(jwt.encode({"exp": int(time.time()) + 60}, SECRET, "HS256")), "invalid"),
+    (lambda: bearer(jwt.encode({"sub": "eve"}, SECRET, "HS256")), "invalid token"),
+    (lambda: bearer(jwt.encode({"sub": "", "exp": 2**40}, SECRET, "HS256")), "sub"),
+    (lambda: bearer(jwt.encode({"sub": "a\x00b", "exp": 2**40}, SECRET, "HS256")), "sub"),
+    (lambda: bearer(jwt.encode({"sub": "x" * 300, "exp": 2**40}, SECRET, "HS256")), "sub"),
+    (lambda: bearer("a" * 9000), "too large"),
+    (lambda: bearer("not.a.jwt"), "invalid token"),
+]
+
+
+@pytest.mark.parametrize(("header", "why"), BAD_CREDENTIALS)
 def test_bad_credentials_are_refused(header, why: str) -> None:
     value = header() if callable(header) else header
     with pytest.raises(AuthError, match=why):

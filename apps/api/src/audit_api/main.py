@@ -5,8 +5,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit_api.publisher import NatsPublisher, Publisher
 from audit_api.routes import router
@@ -42,6 +45,16 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.settings = settings
     app.state.publisher = publisher
     app.include_router(router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """405s list every method of the path (Starlette names only the first route's)."""
+        if exc.status_code == 405:
+            path = request.url.path
+            allowed = {m for r in app.routes if isinstance(r, APIRoute)
+                       and r.path_regex.match(path) for m in r.methods or ()}  # fmt: skip
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+        return await http_exception_handler(request, exc)
 
     @app.get("/healthz", tags=["probes"])
     async def healthz() -> dict[str, str]:

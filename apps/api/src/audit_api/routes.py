@@ -8,12 +8,24 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from audit_api.recording import Actor, build_event, clean, record
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_FIELD_NAME = 128
+
+PATCH_BODY_SCHEMA = {
+    "type": "object",
+    "description": "Any JSON object of at most 64 KiB; only its field names are recorded",
+    "maxProperties": 1000,
+    "propertyNames": {
+        "minLength": 1,
+        "maxLength": MAX_FIELD_NAME,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",  # no control characters
+    },
+}
 
 router = APIRouter(tags=["accounts"])
 AccountId = Annotated[
@@ -60,7 +72,7 @@ async def delete_account(request: Request, account_id: AccountId, actor: Actor) 
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"type": "object", "maxProperties": 1000}}},
+            "content": {"application/json": {"schema": PATCH_BODY_SCHEMA}},
         }
     },
 )
@@ -84,12 +96,17 @@ async def _read_json_object(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise HTTPException(422, f"body is not valid JSON: {exc}") from None
+        raise _invalid_body("json_invalid", f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise HTTPException(422, "body must be a JSON object")
+        raise _invalid_body("dict_type", "body must be a JSON object")
     if len(body) > 1000:
-        raise HTTPException(422, "body has more than 1000 fields")
+        raise _invalid_body("too_long", "body has more than 1000 fields")
     for name in body:
         if len(name) > MAX_FIELD_NAME or clean(name, MAX_FIELD_NAME) != name:
-            raise HTTPException(422, "field names must be 1-128 printable characters")
+            raise _invalid_body("field_name", "field names must be 1-128 printable characters")
     return body
+
+
+def _invalid_body(kind: str, message: str) -> RequestValidationError:
+    """A 422 shaped like FastAPI's own (``HTTPValidationError`` in the OpenAPI schema)."""
+    return RequestValidationError([{"type": kind, "loc": ("body",), "msg": message}])
