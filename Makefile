@@ -35,6 +35,14 @@ test: sync ## Unit + integration + end-to-end tests on real PostgreSQL and NATS 
 test-unit: sync ## Unit tests only (no servers)
 	$(UV) run --frozen pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: test-faults
+test-faults: sync ## Only the fault-injection suite (kills consumers, PostgreSQL, NATS); prints a table
+	$(UV) run --frozen pytest tests/faults -p no:cacheprovider $(PYTEST_ARGS)
+
+.PHONY: bench-durability
+bench-durability: sync ## Publish latency/throughput with NATS default fsync vs sync_interval: always
+	$(UV) run --frozen python bench/publish_durability.py
+
 .PHONY: dev
 dev: sync ## Run PostgreSQL, NATS, setup, the API and two consumers locally; Ctrl-C stops all
 	$(UV) run --frozen python -m audit_devservers.dev
