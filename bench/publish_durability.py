@@ -65,7 +65,9 @@ async def run(events: int) -> list[str]:
                 for concurrency in (1, 32):
                     rate, p50, p99 = await measure(server.url, events, concurrency)
                     label = f"sync_interval: {sync}" if sync else "default (fsync every 2 min)"
-                    rows.append(f"| {label} | {concurrency} | {rate:,.0f} | {p50:.2f} | {p99:.2f} |")
+                    rows.append(
+                        f"| {label} | {concurrency} | {rate:,.0f} | {p50:.2f} | {p99:.2f} |"
+                    )
             finally:
                 server.stop()
     return rows
