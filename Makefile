@@ -46,6 +46,14 @@ test-faults: sync ## Only the fault-injection suite (kills consumers, PostgreSQL
 bench-durability: sync ## Publish latency/throughput with NATS default fsync vs sync_interval: always
 	$(UV) run --frozen python bench/publish_durability.py
 
+.PHONY: bench
+bench: sync ## Benchmark against this machine's ceilings (DB, broker, consumer, API, end to end)
+	$(UV) run --frozen python bench/run.py $(BENCH_ARGS)
+
+.PHONY: bench-smoke
+bench-smoke: sync ## CI: the benchmark on tiny inputs (must finish and print; never asserts speed)
+	$(UV) run --frozen python bench/run.py --quick
+
 .PHONY: dev
 dev: sync ## Run PostgreSQL, NATS, setup, the API and two consumers locally; Ctrl-C stops all
 	$(UV) run --frozen python -m audit_devservers.dev

@@ -61,6 +61,7 @@ class Consumer:
         self.writer: BatchWriter | None = None
         self.db_ok = False
         self.last_progress = time.monotonic()
+        self._prefetched: list[Msg] = []  # fetched ahead, waiting for the batch in hand
         self._stopping = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -93,27 +94,49 @@ class Consumer:
         sub = await js.pull_subscribe_bind(durable=names.durable, stream=names.stream)
         log.info("consuming %s/%s", names.stream, names.durable)
         await self._connect_db()
+        # Pipelining: the next batch is fetched while this one is written, so PostgreSQL's
+        # time hides behind NATS's. At most two batches are in hand, each acked only after its
+        # own commit, so this changes throughput, not guarantees.
+        pending = asyncio.create_task(self._fetch(sub))
         try:
-            while not self.stopping:
-                self.last_progress = time.monotonic()
-                try:
-                    msgs = await sub.fetch(
-                        self.settings.batch_size, timeout=self.settings.fetch_wait_seconds
-                    )
-                except TimeoutError:  # idle: the loop is alive; reconnect the DB if it was lost
-                    if self.writer is None:
-                        await self._connect_db()
-                    continue
-                except ConnectionClosedError:
+            while True:
+                msgs = await pending
+                self._prefetched = []
+                if msgs is None:  # connection closed for good
                     break
-                except Exception as exc:  # e.g. disconnected while NATS restarts
-                    log.warning("fetch failed: %s", exc)
-                    await self._sleep(1.0)
-                    continue
-                await self.handle(js, msgs)
+                stop = self.stopping  # the batch in hand is finished, no new fetch starts
+                if not stop:
+                    pending = asyncio.create_task(self._fetch(sub))
+                if msgs:
+                    await self.handle(js, msgs)
+                elif self.writer is None:  # idle: reconnect the DB if it was lost
+                    await self._connect_db()
+                if stop:
+                    break
             await self._finish_in_flight(js, sub)
         finally:
+            if not pending.done():
+                pending.cancel()
             await self._close(sub)
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg] | None:
+        """One batch; ``[]`` when idle or NATS is away (the loop stays alive), ``None`` once
+        the connection is closed."""
+        self.last_progress = time.monotonic()
+        try:
+            msgs: list[Msg] = await sub.fetch(
+                self.settings.batch_size, timeout=self.settings.fetch_wait_seconds
+            )
+        except TimeoutError:
+            return []
+        except ConnectionClosedError:
+            return None
+        except Exception as exc:  # e.g. disconnected while NATS restarts
+            log.warning("fetch failed: %s", exc)
+            await self._sleep(1.0)
+            return []
+        self._prefetched = msgs
+        return msgs
 
     async def _finish_in_flight(
         self, js: JetStreamContext, sub: JetStreamContext.PullSubscription
@@ -245,7 +268,7 @@ class Consumer:
             if self.stopping:
                 return None
             self.last_progress = time.monotonic()  # waiting on PostgreSQL is not being stuck
-            for msg in msgs:  # keep the batch ours while we wait (resets ack_wait)
+            for msg in msgs + self._prefetched:  # keep them ours while we wait (resets ack_wait)
                 try:
                     await msg.in_progress()
                 except Exception as exc:

@@ -1,0 +1,101 @@
+"""A small HTTP/1.1 keep-alive load generator (its own process, uvloop), for ``make bench``.
+
+Closed loop: ``--concurrency`` connections each send the next request as soon as the previous
+answer arrived, for ``--seconds``. Open loop: ``--rate`` requests/s on a fixed schedule (the
+end-to-end latency run). Prints one JSON object: requests/s, latency percentiles, status counts
+and, with ``--ids``, ``[audit_event_id, unix time of the 200]`` pairs.
+"""
+
+import argparse
+import asyncio
+import json
+import time
+
+import uvloop
+
+
+def request_bytes(method: str, path: str, host: str, token: str, body: bytes) -> bytes:
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes
+) -> tuple[int, bytes]:
+    writer.write(payload)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, await reader.readexactly(length)
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    host, port = args.host, args.port
+    body = b'{"email": "x@example.com", "plan": "pro"}' if args.method == "PATCH" else b""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    acked: list[tuple[str, float]] = []
+    deadline = time.perf_counter() + args.seconds
+    interval = 1 / args.rate if args.rate else 0.0
+    started = time.perf_counter()
+    next_slot = [started]
+
+    async def connection(index: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        n = 0
+        while time.perf_counter() < deadline:
+            if interval:  # open loop: take the next slot on the shared schedule
+                slot = next_slot[0]
+                next_slot[0] += interval
+                delay = slot - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            path = args.path.replace("{n}", f"{index}-{n}")
+            n += 1
+            t = time.perf_counter()
+            status, answer = await exchange(
+                reader, writer, request_bytes(args.method, path, host, args.token, body)
+            )
+            latencies.append(time.perf_counter() - t)
+            statuses[status] = statuses.get(status, 0) + 1
+            if args.ids and status == 200:
+                acked.append((json.loads(answer)["audit_event_id"], time.time()))
+        writer.close()
+
+    await asyncio.gather(*(connection(i) for i in range(args.concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000
+
+    return {
+        "requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed,
+        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "statuses": statuses,
+        "acked": acked if args.ids else None,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--method", default="PATCH")
+    parser.add_argument("--path", default="/accounts/bench-{n}")
+    parser.add_argument("--token", default="")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rate", type=float, default=0, help="open loop: requests per second")
+    parser.add_argument("--ids", action="store_true", help="report audit ids with ack times")
+    args = parser.parse_args()
+    print(json.dumps(uvloop.run(run(args))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""``make bench``: the pipeline's throughput and latency against this machine's own ceilings,
+measured in one run on the same data, reported as ratios (absolute numbers mean little on a
+shared machine). Prints a markdown table and writes ``bench-results/bench.json``.
+
+``--quick`` (CI) runs the same steps on tiny inputs: it must finish and print, nothing more.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+from nats.js.client import JetStreamContext
+
+from audit_api.auth import issue_token
+from audit_consumer.settings import Settings
+from audit_consumer.setup import migrate, provision
+from audit_devservers import NatsServer, PostgresServer, free_port
+from audit_events import COLUMNS, AuditEvent, encode, row, uuid7
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SECRET = "bench-secret-0123456789abcdef0123456789"
+SUBJECT = "audit.events.account.update"
+
+
+def event(i: int) -> AuditEvent:
+    return AuditEvent.model_validate({
+        "id": uuid7(), "occurred_at": datetime.now(UTC), "actor_type": "user",
+        "actor_id": f"user-{i % 97}", "action": "account.update", "resource_type": "account",
+        "resource_id": f"acc-{i % 1009}", "outcome": "success", "source_ip": "10.1.2.3",
+        "user_agent": "bench/1.0", "request_id": f"req-{i}",
+        "metadata": {"method": "PATCH", "path": f"/accounts/acc-{i % 1009}", "status": 200,
+                     "fields": ["email", "plan"]},
+    })  # fmt: skip
+
+
+class Bench:
+    def __init__(self, root: Path, quick: bool) -> None:
+        self.quick = quick
+        self.n = 2_000 if quick else 50_000
+        self.seconds = 1.0 if quick else 8.0
+        self.pg = PostgresServer(root / "pg")
+        self.nats = NatsServer(root / "nats")
+        self.results: dict[str, dict[str, Any]] = {}
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(DATABASE_URL=self.pg.url, NATS_URL=self.nats.url,
+                        AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"))  # fmt: skip
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+        env.update(DATABASE_URL=self.pg.url, NATS_URL=self.nats.url, AUDIT_JWT_SECRET=SECRET,
+                   PYTHONUNBUFFERED="1", **extra)  # fmt: skip
+        return env
+
+    def record(self, name: str, **values: Any) -> None:
+        self.results[name] = values
+        shown = ", ".join(f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in values.items())  # fmt: skip
+        print(f"  {name}: {shown}", flush=True)
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def reset(self) -> None:
+        """Empty table, fresh streams and durable."""
+        async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
+            await conn.execute("TRUNCATE audit_events")
+        nc = await nats.connect(self.nats.url)
+        for name in ("AUDIT", "AUDIT_DLQ"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await nc.jetstream().delete_stream(name)
+        await nc.close()
+        await provision(self.settings)
+
+    async def backlog(self, n: int) -> None:
+        """``n`` events in the stream, published with acks, 256 in flight."""
+        nc = await nats.connect(self.nats.url)
+        js = nc.jetstream()
+        payloads = [encode(event(i)) for i in range(n)]
+        gate = asyncio.Semaphore(256)
+
+        async def one(p: bytes) -> None:
+            async with gate:
+                await js.publish(SUBJECT, p)
+
+        await asyncio.gather(*(one(p) for p in payloads))
+        await nc.close()
+
+    async def rows(self) -> int:
+        async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
+            cur = await conn.execute("SELECT count(*) FROM audit_events")
+            (n,) = await cur.fetchone()  # type: ignore[misc]
+            return int(n)
+
+    # -- ceilings ------------------------------------------------------------------------
+
+    async def db_ceiling(self) -> None:
+        rows = [row(event(i), i) for i in range(self.n)]
+        cols = ", ".join(COLUMNS)
+        async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
+            await conn.execute("TRUNCATE audit_events")
+            await conn.commit()
+            started = time.perf_counter()
+            async with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY audit_events ({cols}) FROM STDIN") as copy,
+            ):
+                for r in rows:
+                    await copy.write_row([*r[:-1], json.dumps(r[-1])])
+            await conn.commit()
+            elapsed = time.perf_counter() - started
+        self.record("db_ceiling", rows=self.n, per_s=self.n / elapsed)
+
+    async def broker_ceiling(self) -> None:
+        await self.reset()
+        await self.backlog(self.n)
+        nc = await nats.connect(self.nats.url)
+        sub = await nc.jetstream().pull_subscribe_bind("audit-writer", "AUDIT")
+        done = 0
+        started = time.perf_counter()
+        while done < self.n:
+            msgs = await sub.fetch(500, timeout=2)
+            for m in msgs:
+                await m.ack()
+            done += len(msgs)
+        await nc.flush()
+        elapsed = time.perf_counter() - started
+        await nc.close()
+        self.record("broker_ceiling", msgs=done, per_s=done / elapsed)
+
+    # -- consumers -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def processes(self, argvs: list[list[str]], envs: list[dict[str, str]]) -> Iterator[None]:
+        procs = [subprocess.Popen(a, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for a, e in zip(argvs, envs, strict=True)]  # fmt: skip
+        try:
+            yield
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(30)
+
+    async def drain(self, consumers: int) -> None:
+        """Time ``consumers`` audit-consumer processes take to store a backlog of n events."""
+        await self.reset()
+        nc = await nats.connect(self.nats.url)
+        js: JetStreamContext = nc.jetstream()
+        await js.pause_consumer("AUDIT", "audit-writer", "2999-01-01T00:00:00Z")
+        await self.backlog(self.n)
+        ports = [free_port() for _ in range(consumers)]
+        envs = [self.env(AUDIT_HEALTH_PORT=str(p), AUDIT_HEALTH_HOST="127.0.0.1") for p in ports]
+        with self.processes([[str(BIN / "audit-consumer")]] * consumers, envs):
+            await asyncio.sleep(2.0)  # started, connected, idle on the paused durable
+            started = time.perf_counter()
+            await js.resume_consumer("AUDIT", "audit-writer")
+            while await self.rows() < self.n:
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+        await nc.close()
+        self.record(f"consumer_{consumers}p", events=self.n, per_s=self.n / elapsed)
+
+    async def per_message(self) -> None:
+        """The usual design: fetch 1, INSERT 1, COMMIT, ack 1 — same data, one at a time."""
+        n = 300 if self.quick else 3_000
+        await self.reset()
+        await self.backlog(n)
+        nc = await nats.connect(self.nats.url)
+        sub = await nc.jetstream().pull_subscribe_bind("audit-writer", "AUDIT")
+        cols = ", ".join(COLUMNS)
+        marks = ", ".join(["%s"] * len(COLUMNS))
+        insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"  # noqa: S608
+        from audit_events import decode
+
+        async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
+            started = time.perf_counter()
+            for _ in range(n):
+                (msg,) = await sub.fetch(1, timeout=2)
+                r = list(row(decode(msg.data), msg.metadata.sequence.stream))
+                r[-1] = psycopg.types.json.Jsonb(r[-1])
+                await conn.execute(insert, r)
+                await conn.commit()
+                await msg.ack()
+            elapsed = time.perf_counter() - started
+        await nc.close()
+        self.record("per_message_baseline", events=n, per_s=n / elapsed)
+
+    # -- API -----------------------------------------------------------------------------
+
+    def loadgen(self, port: int, **opts: Any) -> dict[str, Any]:
+        argv = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--port", str(port),
+                "--token", issue_token(SECRET, "bench")]  # fmt: skip
+        for key, value in opts.items():
+            flag = "--" + key.replace("_", "-")
+            argv += [flag] if value is True else [flag, str(value)]
+        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        return dict(json.loads(out))
+
+    def wait_http(self, port: int, path: str = "/readyz") -> None:
+        import urllib.request
+
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1):
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"nothing answers on {port}{path}")
+
+    async def api(self, workers: int) -> None:
+        await self.reset()
+        concurrency = 64
+        port = free_port()
+        env = self.env(AUDIT_API_PORT=str(port), AUDIT_API_HOST="127.0.0.1",
+                       AUDIT_API_WORKERS=str(workers))  # fmt: skip
+        with self.processes([[str(BIN / "audit-api")]], [env]):
+            self.wait_http(port)
+            real = self.loadgen(port, concurrency=concurrency, seconds=self.seconds)
+            plain = self.loadgen(port, concurrency=concurrency, seconds=self.seconds / 2,
+                                 method="GET", path="/healthz")  # fmt: skip
+        noop_port = free_port()
+        noop = [sys.executable, "-m", "uvicorn", "--factory", "bench.noop_api:create_app",
+                "--port", str(noop_port), "--workers", str(workers), "--loop", "uvloop",
+                "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        with self.processes([noop], [{**env, "PYTHONPATH": str(ROOT)}]):
+            self.wait_http(noop_port)
+            fake = self.loadgen(noop_port, concurrency=concurrency, seconds=self.seconds)
+        self.record(f"api_publish_w{workers}", rps=real["rps"], p50_ms=real["p50_ms"],
+                    p99_ms=real["p99_ms"], statuses=real["statuses"])  # fmt: skip
+        self.record(f"api_noop_w{workers}", rps=fake["rps"], p50_ms=fake["p50_ms"],
+                    p99_ms=fake["p99_ms"])  # fmt: skip
+        self.record(f"loadgen_healthz_w{workers}", rps=plain["rps"])
+
+    async def end_to_end(self, workers: int) -> None:
+        """Steady load at half the API's measured maximum: API ack → committed row visible."""
+        await self.reset()
+        rate = self.results[f"api_publish_w{workers}"]["rps"] / 2
+        port = free_port()
+        env = self.env(AUDIT_API_PORT=str(port), AUDIT_API_HOST="127.0.0.1",
+                       AUDIT_API_WORKERS=str(workers), AUDIT_FETCH_WAIT_SECONDS="0.5")  # fmt: skip
+        consumer_env = self.env(AUDIT_HEALTH_PORT=str(free_port()), AUDIT_HEALTH_HOST="127.0.0.1")
+        argvs = [[str(BIN / "audit-api")], [str(BIN / "audit-consumer")]]
+        seen: dict[str, float] = {}
+        with self.processes(argvs, [env, consumer_env]):
+            self.wait_http(port)
+            stop = asyncio.Event()
+
+            async def watch() -> None:  # when does each row become visible?
+                last = 0
+                async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as c:
+                    while not stop.is_set():
+                        cur = await c.execute(
+                            "SELECT id::text, stream_seq FROM audit_events WHERE stream_seq > %s",
+                            (last,),
+                        )
+                        now = time.time()
+                        for id_, seq in await cur.fetchall():
+                            seen[id_] = now
+                            last = max(last, seq)
+                        await asyncio.sleep(0.005)
+
+            watcher = asyncio.create_task(watch())
+            result = await asyncio.to_thread(
+                self.loadgen, port, concurrency=64, seconds=self.seconds, rate=rate, ids=True
+            )
+            acked = dict(result["acked"])
+            while len(seen) < len(acked):
+                await asyncio.sleep(0.05)
+            stop.set()
+            await watcher
+        lat = sorted(max(0.0, seen[i] - t) for i, t in acked.items())
+        self.record(f"end_to_end_w{workers}", rate=rate, events=len(lat),
+                    p50_ms=lat[len(lat) // 2] * 1000, p99_ms=lat[int(len(lat) * 0.99)] * 1000)  # fmt: skip
+
+
+def table(r: dict[str, dict[str, Any]], workers: int) -> str:
+    broker, db = r["broker_ceiling"]["per_s"], r["db_ceiling"]["per_s"]
+    c1, c2 = r["consumer_1p"]["per_s"], r["consumer_2p"]["per_s"]
+    base = r["per_message_baseline"]["per_s"]
+    api, noop = r[f"api_publish_w{workers}"], r[f"api_noop_w{workers}"]
+    e2e = r[f"end_to_end_w{workers}"]
+
+    def ok(flag: bool) -> str:
+        return "yes" if flag else "**no**"
+
+    lines = [
+        "| measurement | value | ratio | target |",
+        "|---|---:|---:|---|",
+        f"| DB ceiling: COPY into audit_events (indexes on) | {db:,.0f} rows/s | | |",
+        f"| broker ceiling: fetch + ack, no DB | {broker:,.0f} msgs/s | | |",
+        f"| consumer, 1 process, draining {r['consumer_1p']['events']:,} | {c1:,.0f} events/s "
+        f"| {c1 / broker:.2f} × broker | ≥ 0.75: {ok(c1 >= 0.75 * broker)} |",
+        f"| consumer, 2 processes | {c2:,.0f} events/s | {c2 / c1:.2f} × 1 process | |",
+        f"| per-message baseline (fetch 1, insert, commit, ack) | {base:,.0f} events/s "
+        f"| consumer = {c1 / base:.1f} × baseline | ≥ 10: {ok(c1 >= 10 * base)} |",
+        f"| API PATCH, publish + JetStream ack ({workers} worker(s), 64 conns) "
+        f"| {api['rps']:,.0f} req/s, p50 {api['p50_ms']:.1f} ms, p99 {api['p99_ms']:.1f} ms "
+        f"| {api['rps'] / noop['rps']:.2f} × no-op | ≥ 0.6: {ok(api['rps'] >= 0.6 * noop['rps'])} |",
+        f"| API PATCH, no-op publish | {noop['rps']:,.0f} req/s, p50 {noop['p50_ms']:.1f} ms, "
+        f"p99 {noop['p99_ms']:.1f} ms | | |",
+        f"| load generator alone (GET /healthz) | {r[f'loadgen_healthz_w{workers}']['rps']:,.0f} "
+        f"req/s | | not the bottleneck if ≫ the rows above |",
+        f"| end to end at {e2e['rate']:,.0f} req/s (half the API max): ack → row | "
+        f"p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms | | p99 ≤ 250 ms: "
+        f"{ok(e2e['p99_ms'] <= 250)} |",
+    ]
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp), args.quick)
+        bench.pg.start()
+        bench.nats.start()
+        try:
+            await migrate(bench.settings)
+            print(f"benchmark: {bench.n:,} events, {os.cpu_count()} CPUs", flush=True)
+            await bench.db_ceiling()
+            await bench.broker_ceiling()
+            await bench.drain(1)
+            await bench.drain(2)
+            await bench.per_message()
+            await bench.api(args.workers)
+            await bench.end_to_end(args.workers)
+        finally:
+            bench.nats.stop()
+            bench.pg.stop()
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(bench.results, indent=2))
+    print("\n" + table(bench.results, args.workers))
+    print(f"\n(JSON: {out / 'bench.json'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny inputs (CI smoke)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for the API")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
