@@ -184,7 +184,7 @@ class Bench:
         sub = await nc.jetstream().pull_subscribe_bind("audit-writer", "AUDIT")
         cols = ", ".join(COLUMNS)
         marks = ", ".join(["%s"] * len(COLUMNS))
-        insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"  # noqa: S608
+        insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
         from audit_events import decode
 
         async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
@@ -214,10 +214,10 @@ class Bench:
     def wait_http(self, port: int, path: str = "/readyz") -> None:
         import urllib.request
 
+        url = f"http://127.0.0.1:{port}{path}"
         for _ in range(200):
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1):
-                    return
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
+                return
             time.sleep(0.1)
         raise TimeoutError(f"nothing answers on {port}{path}")
 
@@ -283,8 +283,8 @@ class Bench:
             stop.set()
             await watcher
         lat = sorted(max(0.0, seen[i] - t) for i, t in acked.items())
-        self.record(f"end_to_end_w{workers}", rate=rate, events=len(lat),
-                    p50_ms=lat[len(lat) // 2] * 1000, p99_ms=lat[int(len(lat) * 0.99)] * 1000)  # fmt: skip
+        p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+        self.record(f"end_to_end_w{workers}", rate=rate, events=len(lat), p50_ms=p50, p99_ms=p99)
 
 
 def table(r: dict[str, dict[str, Any]], workers: int) -> str:
@@ -309,7 +309,8 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"| consumer = {c1 / base:.1f} × baseline | ≥ 10: {ok(c1 >= 10 * base)} |",
         f"| API PATCH, publish + JetStream ack ({workers} worker(s), 64 conns) "
         f"| {api['rps']:,.0f} req/s, p50 {api['p50_ms']:.1f} ms, p99 {api['p99_ms']:.1f} ms "
-        f"| {api['rps'] / noop['rps']:.2f} × no-op | ≥ 0.6: {ok(api['rps'] >= 0.6 * noop['rps'])} |",
+        f"| {api['rps'] / noop['rps']:.2f} × no-op "
+        f"| ≥ 0.6: {ok(api['rps'] >= 0.6 * noop['rps'])} |",
         f"| API PATCH, no-op publish | {noop['rps']:,.0f} req/s, p50 {noop['p50_ms']:.1f} ms, "
         f"p99 {noop['p99_ms']:.1f} ms | | |",
         f"| load generator alone (GET /healthz) | {r[f'loadgen_healthz_w{workers}']['rps']:,.0f} "
