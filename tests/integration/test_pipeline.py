@@ -99,6 +99,29 @@ async def test_every_acknowledged_request_becomes_exactly_one_row(
     seqs = await rows(db, "SELECT count(DISTINCT stream_seq) FROM audit_events")
     assert seqs[0][0] == n
 
+    # The metrics tell the same story: every row counted once across the consumers, every
+    # publish timed by the API, lag back to zero.
+    async with httpx.AsyncClient() as http:
+        scraped = [
+            (await http.get(f"http://127.0.0.1:{c.port}/metrics")).text for c in pipeline.consumers
+        ]
+        api_text = (await http.get(f"{pipeline.url}/metrics")).text
+    assert sum(metric(t, "audit_consumer_messages_total", result="stored") for t in scraped) == n
+    assert metric(api_text, "audit_api_publish_duration_seconds_count") == n
+    assert all(metric(t, "audit_consumer_db_up") == 1 for t in scraped)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus text exposition (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
 
 async def _count_is(db: Any, n: int) -> bool:
     got = await count(db)

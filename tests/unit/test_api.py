@@ -169,3 +169,31 @@ def test_dev_mode_allows_the_dev_secret_but_never_an_empty_one() -> None:
     assert Settings(AUDIT_JWT_SECRET=DEV_JWT_SECRET, AUDIT_DEV_MODE=True).dev_mode
     with pytest.raises(ValueError, match="empty"):
         Settings(AUDIT_JWT_SECRET="", AUDIT_DEV_MODE=True)
+
+
+def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+async def test_metrics_move_with_traffic_by_route_template(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    key = (("method", "PATCH"), ("route", "/accounts/{account_id}"), ("status", "200"))
+    before = _samples((await client.get("/metrics")).text, "audit_api_requests_total")
+    for i in range(3):
+        await client.patch(f"/accounts/acc-{i}", json={"a": 1}, headers=AUTH)
+    publisher.fail = True
+    await client.patch("/accounts/acc-9", json={"a": 1}, headers=AUTH)
+    text = (await client.get("/metrics")).text
+    after = _samples(text, "audit_api_requests_total")
+    assert after[key] - before.get(key, 0) == 3  # one series for every account id
+    assert after[(*key[:2], ("status", "503"))] >= 1
+    assert not any("acc-1" in str(k) for k in after)  # raw paths never become labels
+    assert "audit_api_request_duration_seconds_bucket" in text

@@ -1,6 +1,8 @@
 """``audit-api``: the FastAPI app factory and the uvicorn entry point."""
 
 import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from audit_api import metrics
 from audit_api.publisher import NatsPublisher, Publisher
 from audit_api.routes import router
 from audit_api.settings import Settings
@@ -45,6 +48,8 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.settings = settings
     app.state.publisher = publisher
     app.include_router(router)
+    app.middleware("http")(metrics.record_request)
+    app.add_route("/metrics", metrics.render, include_in_schema=False)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -73,6 +78,9 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
 def main() -> None:
     """Serve with uvicorn (uvloop + httptools); ``AUDIT_API_WORKERS`` processes."""
     settings = Settings()  # fail fast, before forking workers, on a bad configuration
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers share metrics through files; a fresh dir per start (stale files lie).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="audit-api-metrics-")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     uvicorn.run(
         "audit_api.main:create_app",

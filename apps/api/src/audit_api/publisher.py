@@ -9,11 +9,13 @@ the routes turn into 503 + ``Retry-After``: nothing is claimed that was not stor
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 import nats
 from nats.aio.client import Client as NATS
 
+from audit_api.metrics import NATS_CONNECTED, PUBLISH_FAILURES, PUBLISH_SECONDS
 from audit_events import AuditEvent, StreamNames, encode
 
 log = logging.getLogger("audit.api.publisher")
@@ -59,7 +61,10 @@ class NatsPublisher:
                     reconnect_time_wait=1,
                     connect_timeout=5,
                     error_cb=_log_error,
+                    disconnected_cb=_disconnected,
+                    reconnected_cb=_reconnected,
                 )
+                NATS_CONNECTED.set(1)
                 log.info("connected to NATS")
                 return
             except Exception as exc:
@@ -77,7 +82,9 @@ class NatsPublisher:
         # Fail fast while disconnected: nats-py would buffer and the client would wait the
         # whole timeout for an ack that cannot come.
         if self.nc is None or not self.nc.is_connected:
+            PUBLISH_FAILURES.labels("not_connected").inc()
             raise PublishUnavailable("not connected to NATS")
+        started = time.perf_counter()
         try:
             await self.nc.jetstream().publish(
                 self.names.event_subject(event.action),
@@ -87,8 +94,21 @@ class NatsPublisher:
                 headers={"Nats-Msg-Id": str(event.id)},
             )
         except Exception as exc:  # timeout, no responders, stream full, connection lost
+            reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+            PUBLISH_FAILURES.labels(reason).inc()
             raise PublishUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
 
 async def _log_error(exc: Exception) -> None:
     log.warning("NATS: %s", exc)
+
+
+async def _disconnected() -> None:
+    NATS_CONNECTED.set(0)
+    log.warning("disconnected from NATS; reconnecting")
+
+
+async def _reconnected() -> None:
+    NATS_CONNECTED.set(1)
+    log.info("reconnected to NATS")

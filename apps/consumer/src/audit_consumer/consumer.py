@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.js.client import JetStreamContext
 
+from audit_consumer import metrics
 from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter, WriteResult
 from audit_events import InvalidEvent, decode, row
@@ -63,6 +64,8 @@ class Consumer:
         self.last_progress = time.monotonic()
         self._prefetched: list[Msg] = []  # fetched ahead, waiting for the batch in hand
         self._stopping = asyncio.Event()
+        metrics.DB_UP.set_function(lambda: float(self.db_ok))
+        metrics.NATS_UP.set_function(lambda: float(self.nats_connected))
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class Consumer:
         # time hides behind NATS's. At most two batches are in hand, each acked only after its
         # own commit, so this changes throughput, not guarantees.
         pending = asyncio.create_task(self._fetch(sub))
+        lag = asyncio.create_task(self._poll_lag(js))
         try:
             while True:
                 msgs = await pending
@@ -115,9 +119,21 @@ class Consumer:
                     break
             await self._finish_in_flight(js, sub)
         finally:
+            lag.cancel()
             if not pending.done():
                 pending.cancel()
             await self._close(sub)
+
+    async def _poll_lag(self, js: JetStreamContext, every: float = 5.0) -> None:
+        """Keep ``audit_consumer_lag_messages`` current: what KEDA sees, from any worker."""
+        names = self.settings.names
+        while True:
+            try:
+                info = await js.consumer_info(names.stream, names.durable)
+                metrics.LAG.set(info.num_pending + info.num_ack_pending)
+            except Exception as exc:
+                log.debug("lag poll failed: %s", exc)
+            await asyncio.sleep(every)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg] | None:
         """One batch; ``[]`` when idle or NATS is away (the loop stays alive), ``None`` once
@@ -222,6 +238,8 @@ class Consumer:
             rows.append(row(event, msg.metadata.sequence.stream))
             valid.append(msg)
 
+        metrics.BATCH_SIZE.observe(len(msgs))
+        metrics.REDELIVERIES.inc(sum(1 for m in msgs if m.metadata.num_delivered > 1))
         result = await self._write_until_stored(rows, msgs)
         if result is None:  # stopping while PostgreSQL is down: hand the batch back
             for msg in msgs:
@@ -242,6 +260,9 @@ class Consumer:
         self.stats.stored += result.inserted
         self.stats.duplicates += result.duplicates
         self.stats.dead_lettered += len(dead)
+        metrics.MESSAGES.labels("stored").inc(result.inserted)
+        metrics.MESSAGES.labels("duplicate").inc(result.duplicates)
+        metrics.MESSAGES.labels("dead_lettered").inc(len(dead))
 
     async def _write_until_stored(
         self, rows: list[tuple[Any, ...]], msgs: list[Msg]
@@ -254,7 +275,9 @@ class Consumer:
             try:
                 if self.writer is None:
                     self.writer = await BatchWriter.connect(self.settings.consumer_database_url)
-                result = await self.writer.write(rows)
+                with metrics.WRITE_SECONDS.time():
+                    result = await self.writer.write(rows)
+                metrics.LAST_WRITE.set_to_current_time()
                 if not self.db_ok:
                     log.info("PostgreSQL writes ok")
                 self.db_ok = True

@@ -1,4 +1,5 @@
-"""A tiny HTTP server for probes: ``/healthz`` (liveness) and ``/readyz`` (readiness).
+"""A tiny HTTP server for probes, ``/healthz`` (liveness) and ``/readyz`` (readiness), and
+``/metrics`` (Prometheus).
 
 Liveness asks only "is the loop turning?" and never looks at PostgreSQL: a database outage must
 not make Kubernetes restart consumers that are correctly waiting it out. Readiness says whether
@@ -8,6 +9,8 @@ this worker can do useful work now: NATS connected and the last database write s
 import asyncio
 import json
 import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from audit_consumer.consumer import Consumer
 
@@ -48,14 +51,17 @@ class HealthServer:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             parts = request.split(b" ", 2)
             path = parts[1].decode("latin-1").split("?")[0] if len(parts) > 1 else "/"
-            code, body = self.status(path)
-            payload = json.dumps(body).encode()
-            writer.write(
+            if path == "/metrics":
+                code, content_type, payload = 200, CONTENT_TYPE_LATEST, generate_latest()
+            else:
+                code, body = self.status(path)
+                content_type, payload = "application/json", json.dumps(body).encode()
+            head = (
                 f"HTTP/1.1 {code} {'OK' if code == 200 else 'Error'}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + payload
+                f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
+                "Connection: close\r\n\r\n"
             )
+            writer.write(head.encode() + payload)
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass

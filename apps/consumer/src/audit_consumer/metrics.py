@@ -1,0 +1,30 @@
+"""Prometheus metrics of a consumer worker, served on ``/metrics`` of its probe port.
+
+Bounded labels only (``result`` has three values). ``audit_consumer_lag_messages`` is what KEDA
+scales on: the durable's ``num_pending + num_ack_pending``, polled from JetStream.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES = Counter(
+    "audit_consumer_messages_total",
+    "Messages handled, by result: stored, duplicate (already stored), dead_lettered",
+    ["result"],
+)
+REDELIVERIES = Counter(
+    "audit_consumer_redeliveries_total", "Messages received more than once from JetStream"
+)
+BATCH_SIZE = Histogram(
+    "audit_consumer_batch_size_messages", "Messages per fetched batch",
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)  # fmt: skip
+WRITE_SECONDS = Histogram(
+    "audit_consumer_write_duration_seconds", "One batch's PostgreSQL transaction",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)  # fmt: skip
+LAST_WRITE = Gauge(
+    "audit_consumer_last_write_timestamp_seconds", "Unix time of the last committed batch"
+)
+LAG = Gauge("audit_consumer_lag_messages", "Durable's num_pending + num_ack_pending (polled)")
+DB_UP = Gauge("audit_consumer_db_up", "1 if the last PostgreSQL connect/write succeeded")
+NATS_UP = Gauge("audit_consumer_nats_connected", "1 if connected to NATS")
