@@ -34,6 +34,16 @@ lint: sync ## ruff (lint + format check) and mypy --strict
 test: sync ## Unit + integration + end-to-end tests on real PostgreSQL and NATS (no Docker)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
+PROMTOOL ?= $(shell command -v promtool 2>/dev/null || echo .tools/bin/promtool)
+
+.tools/bin/promtool:  # Debian's prometheus package ships promtool; extract it, install nothing
+	mkdir -p .tools/bin .tools/deb
+	cd .tools/deb && apt-get download prometheus && dpkg-deb -x prometheus_*.deb .
+	cp .tools/deb/usr/bin/promtool .tools/bin/promtool && rm -rf .tools/deb
+
+.PHONY: promtool
+promtool: $(if $(filter .tools/bin/promtool,$(PROMTOOL)),.tools/bin/promtool) ## Get promtool (from Debian's prometheus package) for the config tests
+
 .PHONY: test-unit
 test-unit: sync ## Unit tests only (no servers)
 	$(UV) run --frozen pytest tests/unit $(PYTEST_ARGS)

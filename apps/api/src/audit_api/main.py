@@ -1,6 +1,5 @@
 """``audit-api``: the FastAPI app factory and the uvicorn entry point."""
 
-import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -11,17 +10,20 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit_api import metrics
 from audit_api.publisher import NatsPublisher, Publisher
 from audit_api.routes import router
 from audit_api.settings import Settings
+from audit_events import tracing
 
 
 def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> FastAPI:
     """The API; tests pass their own ``publisher``, production connects to ``NATS_URL``."""
     settings = settings or Settings()
+    tracing.init_tracing("audit-api")  # per process: each uvicorn worker exports its own spans
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +51,8 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.publisher = publisher
     app.include_router(router)
     app.middleware("http")(metrics.record_request)
+    if tracing.enabled():
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     app.add_route("/metrics", metrics.render, include_in_schema=False)
 
     @app.exception_handler(StarletteHTTPException)
@@ -81,7 +85,7 @@ def main() -> None:
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers share metrics through files; a fresh dir per start (stale files lie).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="audit-api-metrics-")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    tracing.configure_logging("audit-api")
     uvicorn.run(
         "audit_api.main:create_app",
         factory=True,

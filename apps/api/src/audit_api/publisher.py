@@ -14,11 +14,14 @@ from typing import Protocol
 
 import nats
 from nats.aio.client import Client as NATS
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from audit_api.metrics import NATS_CONNECTED, PUBLISH_FAILURES, PUBLISH_SECONDS
-from audit_events import AuditEvent, StreamNames, encode
+from audit_events import AuditEvent, StreamNames, encode, tracing
 
 log = logging.getLogger("audit.api.publisher")
+TRACER = trace.get_tracer("audit_api.publisher")
 
 
 class PublishUnavailable(Exception):
@@ -84,15 +87,23 @@ class NatsPublisher:
         if self.nc is None or not self.nc.is_connected:
             PUBLISH_FAILURES.labels("not_connected").inc()
             raise PublishUnavailable("not connected to NATS")
+        subject = self.names.event_subject(event.action)
         started = time.perf_counter()
         try:
-            await self.nc.jetstream().publish(
-                self.names.event_subject(event.action),
-                encode(event),
-                timeout=self.timeout,
-                stream=self.names.stream,
-                headers={"Nats-Msg-Id": str(event.id)},
-            )
+            with TRACER.start_as_current_span(
+                f"publish {subject}",
+                kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                            "messaging.message.id": str(event.id)},
+            ):  # fmt: skip
+                headers = tracing.inject({"Nats-Msg-Id": str(event.id)})
+                await self.nc.jetstream().publish(
+                    subject,
+                    encode(event),
+                    timeout=self.timeout,
+                    stream=self.names.stream,
+                    headers=headers,
+                )
         except Exception as exc:  # timeout, no responders, stream full, connection lost
             reason = "timeout" if isinstance(exc, TimeoutError) else "error"
             PUBLISH_FAILURES.labels(reason).inc()

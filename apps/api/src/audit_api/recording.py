@@ -15,7 +15,7 @@ from fastapi import Depends, HTTPException, Request
 
 from audit_api.auth import AuthError, authenticate
 from audit_api.publisher import Publisher, PublishUnavailable
-from audit_events import AuditEvent, Outcome, uuid7
+from audit_events import AuditEvent, Outcome, tracing, uuid7
 
 ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -38,6 +38,10 @@ def _source_ip(request: Request) -> str | None:
 
 
 def _trace_id(request: Request) -> str | None:
+    """The trace this request belongs to: the active span's (tracing on), else the caller's
+    ``traceparent`` (tracing off), so the row can always be joined with the caller's trace."""
+    if active := tracing.current_trace_id():
+        return active
     match = TRACEPARENT.match(request.headers.get("traceparent", ""))
     return match.group(1) if match and match.group(1) != "0" * 32 else None
 

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +31,17 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.js.client import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind
 
 from audit_consumer import metrics
 from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter, WriteResult
-from audit_events import InvalidEvent, decode, row
+from audit_events import InvalidEvent, decode, row, tracing
 
 log = logging.getLogger("audit.consumer")
 
+TRACER = trace.get_tracer("audit_consumer")
 REASON_HEADER = "Audit-Dlq-Reason"
 HEADER_LIMIT = 512
 
@@ -240,22 +244,26 @@ class Consumer:
 
         metrics.BATCH_SIZE.observe(len(msgs))
         metrics.REDELIVERIES.inc(sum(1 for m in msgs if m.metadata.num_delivered > 1))
-        result = await self._write_until_stored(rows, msgs)
-        if result is None:  # stopping while PostgreSQL is down: hand the batch back
-            for msg in msgs:
-                await msg.nak()
-            return
-        dead += [(valid[i], "rejected", reason) for i, reason in result.rejected]
-
+        spans = _consume_spans(valid)
         try:
-            for msg, kind, reason in dead:
-                await self._dead_letter(js, msg, kind, reason)
-            for msg in msgs:
-                await msg.ack()
+            with _batch_span(spans, len(msgs)):
+                result = await self._write_until_stored(rows, msgs)
+                if result is None:  # stopping while PostgreSQL is down: hand the batch back
+                    for msg in msgs:
+                        await msg.nak()
+                    return
+                dead += [(valid[i], "rejected", reason) for i, reason in result.rejected]
+                for msg, kind, reason in dead:
+                    await self._dead_letter(js, msg, kind, reason)
+                for msg in msgs:
+                    await msg.ack()
         except Exception as exc:
             # Rows are committed but not acked: redelivery will find them already stored.
             log.warning("could not dead-letter/ack the batch (%s); it will be redelivered", exc)
             return
+        finally:
+            for span in spans:
+                span.end()
         self.stats.batches += 1
         self.stats.stored += result.inserted
         self.stats.duplicates += result.duplicates
@@ -317,6 +325,37 @@ class Consumer:
             names.dlq_subject(kind), msg.data, stream=names.dlq_stream, headers=headers
         )
         log.warning("dead-lettered seq %s: %s", meta.sequence.stream, reason)
+
+
+def _consume_spans(msgs: list[Msg]) -> list[Span]:
+    """One CONSUMER span per message, child of the publish span its headers carry, so each
+    event's trace runs from the HTTP request to its row (only when tracing is on)."""
+    if not tracing.enabled():
+        return []
+    return [
+        TRACER.start_span(
+            "consume audit event",
+            context=tracing.extract(msg.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.message.id": (msg.headers or {}).get("Nats-Msg-Id", ""),
+                "messaging.nats.stream_sequence": msg.metadata.sequence.stream,
+            },
+        )
+        for msg in msgs
+    ]
+
+
+def _batch_span(spans: list[Span], size: int) -> AbstractContextManager[Span]:
+    """The batch write: a child of the first message's span, linked to all the others (a span
+    has one parent; links keep every event's trace one click from its INSERT)."""
+    parent = trace.set_span_in_context(spans[0]) if spans else None
+    links = [Link(s.get_span_context()) for s in spans[1:]]
+    return TRACER.start_as_current_span(
+        "store audit batch", context=parent, links=links,
+        attributes={"messaging.batch.message_count": size},
+    )  # fmt: skip
 
 
 def _header_safe(text: str) -> str:

@@ -8,11 +8,13 @@ unacked messages are simply redelivered to another worker.
 import asyncio
 import logging
 import signal
-import sys
+
+from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
 from audit_consumer.consumer import Consumer
 from audit_consumer.health import HealthServer
 from audit_consumer.settings import Settings
+from audit_events import tracing
 
 log = logging.getLogger("audit.consumer")
 
@@ -41,11 +43,9 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    tracing.configure_logging("audit-consumer")
+    if tracing.init_tracing("audit-consumer"):
+        PsycopgInstrumentor().instrument(enable_commenter=False)
     settings = Settings()
     try:
         import uvloop

@@ -1,5 +1,6 @@
 """Shared by every audit process: the event model, its encoding, ids and JetStream names."""
 
+from audit_events import tracing
 from audit_events.ids import uuid7
 from audit_events.model import (
     COLUMNS,
@@ -25,5 +26,6 @@ __all__ = [
     "decode",
     "encode",
     "row",
+    "tracing",
     "uuid7",
 ]

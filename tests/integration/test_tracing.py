@@ -1,0 +1,85 @@
+"""One trace from the caller's request to the database row: the API continues the caller's
+``traceparent``, the publish injects it into the NATS headers, the consumer continues it per
+message, and the row's ``trace_id`` is the same id. Spans land in an in-memory exporter."""
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from audit_api.auth import issue_token
+from audit_api.main import create_app
+from audit_api.publisher import NatsPublisher
+from audit_api.settings import Settings as ApiSettings
+from audit_consumer.consumer import Consumer
+from audit_consumer.settings import Settings
+from tests.conftest import JWT_SECRET, wait_for
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # the first (and only) one in this process
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    PsycopgInstrumentor().instrument(enable_commenter=False)
+    yield exporter
+    PsycopgInstrumentor().uninstrument()
+
+
+async def test_one_trace_from_request_to_row(
+    spans: InMemorySpanExporter, streams: Settings, db: Any
+) -> None:
+    spans.clear()
+    publisher = NatsPublisher(streams.nats_url, streams.names, timeout=2.0)
+    await publisher.start()
+    consumer = Consumer(streams)
+    worker = asyncio.create_task(consumer.run())
+    app = create_app(ApiSettings(AUDIT_JWT_SECRET=JWT_SECRET), publisher)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        await wait_for(lambda: publisher.ready and consumer.db_ok)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            response = await client.patch(
+                "/accounts/acc-t", json={"name": "x"},
+                headers={"Authorization": f"Bearer {issue_token(JWT_SECRET, 'tracy')}",
+                         "traceparent": TRACEPARENT},
+            )  # fmt: skip
+        assert response.status_code == 200
+        event_id = response.json()["audit_event_id"]
+        await wait_for(lambda: consumer.stats.stored == 1)
+    finally:
+        consumer.stop()
+        await worker
+        await publisher.close()
+
+    cur = await db.execute("SELECT trace_id FROM audit_events WHERE id = %s", (event_id,))
+    assert await cur.fetchone() == (CALLER_TRACE,)
+
+    finished = spans.get_finished_spans()
+    by_name = {s.name: s for s in finished}
+    in_trace = {s.name for s in finished if f"{s.context.trace_id:032x}" == CALLER_TRACE}
+    assert {"PATCH /accounts/{account_id}", "publish audit.events.account.update",
+            "consume audit event", "store audit batch"} <= in_trace, sorted(in_trace)  # fmt: skip
+    publish = by_name["publish audit.events.account.update"]
+    consume = by_name["consume audit event"]
+    assert consume.parent is not None
+    assert consume.parent.span_id == publish.context.span_id  # continued across NATS
+    batch = by_name["store audit batch"]
+    assert batch.parent is not None
+    assert batch.parent.span_id == consume.context.span_id
+    inserts = [s for s in finished if s.name.startswith("INSERT")
+               and s.parent is not None and s.parent.span_id == batch.context.span_id]  # fmt: skip
+    assert inserts, sorted(s.name for s in finished)  # the INSERT itself is in the trace
