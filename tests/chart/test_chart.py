@@ -1,0 +1,199 @@
+"""The chart, short of a cluster: lint, render with default/kind/production values, validate
+every object against Kubernetes' and KEDA's schemas, and enforce the policies users rely on."""
+
+import json
+import math
+import subprocess
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from tests.chart.conftest import CHART, SHARED, VALUES, Render, find
+
+CRDS = {"ScaledObject", "ServiceMonitor", "PodMonitor"}
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "Pod"}
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
+    return spec
+
+
+def env_of(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value") for c in pod_spec(obj)["containers"] for e in c.get("env", [])
+    }
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_helm_lint_strict(helm: str, values: str) -> None:
+    done = subprocess.run([helm, "lint", "--strict", str(CHART), *VALUES[values]],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_every_core_object_is_valid_kubernetes(render: Render, values: str) -> None:
+    objects = render(values)
+    assert {o["kind"] for o in objects} >= {"Deployment", "Service", "Job", "ConfigMap"}
+    for obj in objects:
+        if obj["kind"] in CRDS:
+            continue
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_scaledobject_matches_kedas_schema_and_trigger_fields(render: Render, values: str) -> None:
+    schema_dir = SHARED / "schemas" / "keda"
+    if not schema_dir.exists():
+        pytest.skip("../shared/schemas/keda not beside the project")
+    scaled = find(render(values), "ScaledObject")
+    jsonschema.validate(scaled, json.loads((schema_dir / "scaledobject_v1alpha1.json").read_text()))
+    scalers = json.loads((schema_dir / "scalers_metadata_schema.json").read_text())["scalers"]
+    (nats,) = [s for s in scalers if s["type"] == "nats-jetstream"]
+    known = {p["name"] for p in nats["parameters"]}
+    required = {
+        p["name"] for p in nats["parameters"] if not p.get("optional") and "default" not in p
+    }
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "nats-jetstream"
+    assert set(trigger["metadata"]) <= known
+    assert required <= set(trigger["metadata"])
+    assert all(isinstance(v, str) for v in trigger["metadata"].values())  # KEDA wants strings
+    assert scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]  # CEL rule
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_workloads_are_hardened_with_resources_and_pinned_images(
+    render: Render, values: str
+) -> None:
+    for obj in render(values):
+        if obj["kind"] not in WORKLOADS:
+            continue
+        spec = pod_spec(obj)
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert c["resources"]["requests"], where
+            assert c["resources"]["limits"]["memory"], where
+            image = c["image"]
+            assert ":" in image.rsplit("/", 1)[-1], f"{where}: untagged image {image}"
+            assert not image.endswith(":latest"), f"{where}: latest tag"
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            if obj["kind"] != "StatefulSet" or "postgres" in image:
+                assert "/tmp" in mounts, f"{where}: read-only root needs a writable /tmp"
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_long_running_pods_have_all_three_probes(render: Render, values: str) -> None:
+    for obj in render(values):
+        if obj["kind"] not in {"Deployment", "StatefulSet"}:
+            continue
+        for c in pod_spec(obj)["containers"]:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert probe in c, f"{obj['metadata']['name']}: no {probe}"
+    api = find(render(values), "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"  # never tied to NATS
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    consumer = find(render(values), "Deployment", "-consumer")
+    c = consumer["spec"]["template"]["spec"]["containers"][0]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"  # never tied to PostgreSQL
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_keda_target_has_no_replicas_and_plain_mode_does(render: Render) -> None:
+    assert "replicas" not in find(render("kind"), "Deployment", "-consumer")["spec"]
+    plain = render("default", "--set", "autoscaling.keda.enabled=false")
+    assert find(plain, "Deployment", "-consumer")["spec"]["replicas"] == 2
+    assert not [o for o in plain if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")]
+    hpa_mode = render("default", "--set", "autoscaling.keda.enabled=false",
+                      "--set", "autoscaling.hpa.enabled=true")  # fmt: skip
+    assert "replicas" not in find(hpa_mode, "Deployment", "-consumer")["spec"]
+    assert find(hpa_mode, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 6
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_grace_period_exceeds_the_consumers_drain_time(render: Render, values: str) -> None:
+    consumer = find(render(values), "Deployment", "-consumer")
+    shutdown = float(env_of(consumer, "AUDIT_SHUTDOWN_SECONDS")["AUDIT_SHUTDOWN_SECONDS"])
+    grace = consumer["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= shutdown + 5
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_setup_job_is_a_hook_that_runs_before_the_apps_need_it(render: Render, values: str) -> None:
+    objects = render(values)
+    job = find(objects, "Job", "-setup")
+    notes = job["metadata"]["annotations"]
+    bundled = values != "production"
+    expected = "post-install,pre-upgrade" if bundled else "pre-install,pre-upgrade"
+    assert notes["helm.sh/hook"] == expected
+    assert "before-hook-creation" in notes["helm.sh/hook-delete-policy"]
+    assert job["spec"]["backoffLimit"] >= 1
+    assert pod_spec(job)["containers"][0]["command"] == ["audit-setup", "all"]
+    config = find(objects, "ConfigMap", "-setup")
+    assert config["metadata"]["annotations"]["helm.sh/hook"] == expected
+    assert int(config["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        notes["helm.sh/hook-weight"]
+    )  # its configuration exists before it runs
+    assert int(config["data"]["AUDIT_SETUP_WAIT_SECONDS"]) > 0  # it waits for the servers
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_one_name_feeds_trigger_apps_and_setup(render: Render, values: str) -> None:
+    objects = render(values, "--set", "jetstream.stream=ORDERS_AUDIT",
+                     "--set", "jetstream.durable=orders-writer")  # fmt: skip
+    trigger = find(objects, "ScaledObject")["spec"]["triggers"][0]["metadata"]
+    app_config = find(objects, "ConfigMap", "-config")["data"]
+    setup_config = find(objects, "ConfigMap", "-setup")["data"]
+    for data in (app_config, setup_config):
+        assert (data["AUDIT_STREAM"], data["AUDIT_DURABLE"]) == ("ORDERS_AUDIT", "orders-writer")
+    assert (trigger["stream"], trigger["consumer"]) == ("ORDERS_AUDIT", "orders-writer")
+    for kind in ("Deployment", "Job"):
+        for obj in (o for o in objects if o["kind"] == kind and "audit-" in o["metadata"]["name"]):
+            refs = [e["configMapRef"]["name"] for c in pod_spec(obj)["containers"]
+                    for e in c.get("envFrom", []) if "configMapRef" in e]  # fmt: skip
+            assert refs, obj["metadata"]["name"]
+
+
+def test_config_changes_roll_the_pods(render: Render) -> None:
+    before = find(render("kind"), "Deployment", "-consumer")["spec"]["template"]["metadata"]
+    after = find(render("kind", "--set", "jetstream.durable=other"), "Deployment", "-consumer")
+    assert (
+        before["annotations"]["checksum/config"]
+        != (after["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+    )
+
+
+def test_production_values_use_external_services_and_replicated_stream(render: Render) -> None:
+    objects = render("production")
+    assert not [o for o in objects if o["kind"] == "StatefulSet"]
+    config = find(objects, "ConfigMap", "-config")["data"]
+    assert config["AUDIT_STREAM_REPLICAS"] == "3"
+    assert config["NATS_URL"].startswith("nats://nats.nats.svc")
+    assert not [o for o in objects if o["kind"] == "Secret"]  # existingSecret only
+    assert {o["kind"] for o in objects} >= {"NetworkPolicy", "ServiceMonitor", "PodMonitor"}
+
+
+def test_schema_rejects_bad_values(helm: str) -> None:
+    for bad in ("api.replicas=0", "image.api.tag=latest", "jetstream.stream=bad name",
+                "secrets.jwtSecret=short", "unknownKey=1"):  # fmt: skip
+        done = subprocess.run([helm, "template", "x", str(CHART), "--set", bad],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode != 0, bad
+
+
+def test_kedas_replica_math_for_the_kind_values(render: Render) -> None:
+    spec = find(render("kind"), "ScaledObject")["spec"]
+    threshold = int(spec["triggers"][0]["metadata"]["lagThreshold"])
+    want = [max(spec["minReplicaCount"], min(spec["maxReplicaCount"], math.ceil(lag / threshold)))
+            for lag in (0, 1, threshold, threshold + 1, 100 * threshold)]  # fmt: skip
+    assert want == [1, 1, 1, 2, 4]
