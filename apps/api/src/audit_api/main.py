@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.settings = settings
     app.state.publisher = publisher
     app.include_router(router)
-    app.middleware("http")(metrics.record_request)
+    app.add_middleware(metrics.RequestMetrics)
     if tracing.enabled():
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     app.add_route("/metrics", metrics.render, include_in_schema=False)
