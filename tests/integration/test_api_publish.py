@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -80,3 +81,26 @@ async def test_unreachable_broker_answers_503_not_500(streams: Settings) -> None
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
         assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_metrics_add_up_across_uvicorn_workers(streams: Settings, tmp_path: Any) -> None:
+    from tests.conftest import service_env
+    from tests.integration.test_pipeline import metric
+    from tests.processes import api
+
+    server = api(service_env(streams, AUDIT_API_WORKERS="2"), tmp_path).start()
+    try:
+        server.wait_ready()
+        url = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            answers = await asyncio.gather(*(
+                client.patch(f"/accounts/w-{i}", json={"a": 1}, headers=AUTH) for i in range(40)
+            ))  # fmt: skip
+            assert {r.status_code for r in answers} == {200}
+            for _ in range(4):  # whichever worker answers the scrape, it reports all of them
+                text = (await client.get("/metrics")).text
+                total = metric(text, "audit_api_requests_total", method="PATCH", status="200")
+                assert total == 40
+                assert metric(text, "audit_api_publish_duration_seconds_count") == 40
+    finally:
+        server.stop()
