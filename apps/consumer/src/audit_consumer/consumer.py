@@ -35,6 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
 from audit_consumer import metrics
+from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter, WriteResult
 from audit_events import InvalidEvent, decode, row, tracing
@@ -98,7 +99,8 @@ class Consumer:
             return
         js = self.nc.jetstream()
         names = self.settings.names
-        sub = await js.pull_subscribe_bind(durable=names.durable, stream=names.stream)
+        sub = Puller(self.nc, names.stream, names.durable)
+        await sub.start()
         log.info("consuming %s/%s", names.stream, names.durable)
         await self._connect_db()
         # Pipelining: the next batch is fetched while this one is written, so PostgreSQL's
@@ -139,16 +141,12 @@ class Consumer:
                 log.debug("lag poll failed: %s", exc)
             await asyncio.sleep(every)
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg] | None:
+    async def _fetch(self, sub: Puller) -> list[Msg] | None:
         """One batch; ``[]`` when idle or NATS is away (the loop stays alive), ``None`` once
         the connection is closed."""
         self.last_progress = time.monotonic()
         try:
-            msgs: list[Msg] = await sub.fetch(
-                self.settings.batch_size, timeout=self.settings.fetch_wait_seconds
-            )
-        except TimeoutError:
-            return []
+            msgs = await sub.fetch(self.settings.batch_size, self.settings.fetch_wait_seconds)
         except ConnectionClosedError:
             return None
         except Exception as exc:  # e.g. disconnected while NATS restarts
@@ -158,23 +156,14 @@ class Consumer:
         self._prefetched = msgs
         return msgs
 
-    async def _finish_in_flight(
-        self, js: JetStreamContext, sub: JetStreamContext.PullSubscription
-    ) -> None:
-        """Store what the last pull request delivered after the loop's final fetch.
+    async def _finish_in_flight(self, js: JetStreamContext, sub: Puller) -> None:
+        """Store what the last pull request delivers after the loop's final fetch.
 
         A pull request stays open on the server until it expires, so messages can land in our
         inbox after we stopped fetching; left alone they would wait ``ack_wait`` for redelivery.
         """
-        await asyncio.sleep(self.settings.fetch_wait_seconds)  # let that request expire
-        if sub.pending_msgs:  # may be only status messages, hence the short timeout
-            try:
-                msgs = await sub.fetch(self.settings.batch_size, timeout=0.2)
-            except TimeoutError:
-                return
-            except Exception as exc:
-                log.warning("could not collect in-flight messages: %s", exc)
-                return
+        msgs = await sub.drain()
+        if msgs:
             await self.handle(js, msgs)
 
     async def _connect_nats(self) -> NATS | None:
@@ -204,13 +193,13 @@ class Consumer:
             self.db_ok = False
             log.warning("PostgreSQL not reachable: %s", _one_line(exc))
 
-    async def _close(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _close(self, sub: Puller) -> None:
         """Stop the pull subscription, make sure every ack reached the server, disconnect.
 
-        (``nc.drain()`` would wait forever on a pull subscription's internal queue.)"""
+        (``nc.drain()`` is not needed: every ack was published before this point.)"""
         if self.nc is not None and not self.nc.is_closed:
             try:
-                await sub.unsubscribe()
+                await sub.stop()
                 await self.nc.flush(timeout=5)  # PING/PONG: the server has every ack before it
             except Exception as exc:
                 log.warning("could not flush acks (%s); unacked ones will be redelivered", exc)
