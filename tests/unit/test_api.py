@@ -197,3 +197,18 @@ async def test_metrics_move_with_traffic_by_route_template(
     assert after[(*key[:2], ("status", "503"))] >= 1
     assert not any("acc-1" in str(k) for k in after)  # raw paths never become labels
     assert "audit_api_request_duration_seconds_bucket" in text
+
+
+async def test_denied_event_from_a_hostile_path_can_always_be_stored(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    # Before authentication nothing is validated: the path may hold anything, even NUL, which
+    # PostgreSQL cannot store. The denied event must still be storable, or a 401 would be
+    # acknowledged for an event that ends in the dead-letter stream.
+    response = await client.get("/accounts/a%00b%1Fc", headers={"Authorization": "Bearer \x01"})
+    assert response.status_code == 401
+    (event,) = publisher.events
+    stored = event.model_dump_json()
+    assert "\\u0000" not in stored
+    assert "\\u001f" not in stored
+    assert event.resource_id == "abc"

@@ -70,7 +70,7 @@ def build_event(
         user_agent=clean(request.headers.get("user-agent"), 1024),
         request_id=clean(request.headers.get("x-request-id"), 128),
         trace_id=_trace_id(request),
-        metadata={"method": request.method, "path": request.url.path, "status": status}
+        metadata={"method": request.method, "path": clean(request.url.path, 512), "status": status}
         | (extra or {}),
     )
 
@@ -98,7 +98,7 @@ async def current_actor(request: Request) -> str:
     except AuthError as exc:
         event = build_event(
             request, actor_type="anonymous", actor_id="anonymous", outcome="denied", status=401,
-            extra={"reason": str(exc)[:200]},
+            extra={"reason": clean(str(exc), 200)},
         )  # fmt: skip
         await record(request, event)
         raise HTTPException(
