@@ -7,7 +7,7 @@ The URL comes from the alembic config (set by ``audit-setup``) or the environmen
 import os
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -24,6 +24,9 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, transactional_ddl=True)
         with context.begin_transaction():
+            # Two setups at once (a Job retry beside a manual run, two compose stacks on one
+            # database) queue here; the second then finds nothing left to do.
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('audit-migrations'))"))
             context.run_migrations()
     engine.dispose()
 

@@ -1,5 +1,6 @@
 """``audit-setup``: migrations up and down, provisioning idempotent and repairing drift."""
 
+import os
 import subprocess
 
 import psycopg
@@ -22,8 +23,12 @@ async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str)
     command.downgrade(alembic_config(settings), "base")
     with psycopg.connect(migrated) as conn:
         assert conn.execute("SELECT to_regclass('audit_events')").fetchone() == (None,)
-    await migrate(settings)
-    await migrate(settings)  # twice: nothing to do
+    # Two setups at once (separate processes, as in a cluster): one migrates, one waits.
+    env = {**os.environ, "DATABASE_URL": migrated, "AUDIT_MIGRATIONS_DIR": str(ROOT / "migrations")}
+    runs = [subprocess.Popen([BIN / "audit-setup", "migrate"], env=env, stderr=subprocess.PIPE)
+            for _ in range(2)]  # fmt: skip
+    assert [p.wait(120) for p in runs] == [0, 0], [p.stderr.read() for p in runs if p.stderr]
+    await migrate(settings)  # again: nothing to do
     with psycopg.connect(migrated) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
 
