@@ -23,12 +23,21 @@ async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str)
     command.downgrade(alembic_config(settings), "base")
     with psycopg.connect(migrated) as conn:
         assert conn.execute("SELECT to_regclass('audit_events')").fetchone() == (None,)
-    # Two setups at once (separate processes, as in a cluster): one migrates, one waits.
+    await migrate(settings)
+    await migrate(settings)  # again: nothing to do
+    with psycopg.connect(migrated) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
+
+
+def test_concurrent_setups_queue_instead_of_racing(migrated: str) -> None:
+    """Two setups at once (separate processes, as in a cluster): one migrates, one waits."""
     env = {**os.environ, "DATABASE_URL": migrated, "AUDIT_MIGRATIONS_DIR": str(ROOT / "migrations")}
+    command.downgrade(alembic_config(Settings(DATABASE_URL=migrated,
+                                              AUDIT_MIGRATIONS_DIR=env["AUDIT_MIGRATIONS_DIR"])),
+                      "base")  # fmt: skip
     runs = [subprocess.Popen([BIN / "audit-setup", "migrate"], env=env, stderr=subprocess.PIPE)
             for _ in range(2)]  # fmt: skip
     assert [p.wait(120) for p in runs] == [0, 0], [p.stderr.read() for p in runs if p.stderr]
-    await migrate(settings)  # again: nothing to do
     with psycopg.connect(migrated) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
 
