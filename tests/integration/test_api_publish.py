@@ -97,8 +97,18 @@ async def test_metrics_add_up_across_uvicorn_workers(streams: Settings, tmp_path
                 client.patch(f"/accounts/w-{i}", json={"a": 1}, headers=AUTH) for i in range(40)
             ))  # fmt: skip
             assert {r.status_code for r in answers} == {200}
+
+            async def scrape() -> str:
+                return (await client.get("/metrics")).text
+
+            async def all_counted() -> bool:
+                patches = dict(method="PATCH", status="200")
+                return metric(await scrape(), "audit_api_requests_total", **patches) == 40
+
+            # A request is counted just after its response went out: let the last ones land.
+            await wait_for(all_counted, timeout=30)
             for _ in range(4):  # whichever worker answers the scrape, it reports all of them
-                text = (await client.get("/metrics")).text
+                text = await scrape()
                 total = metric(text, "audit_api_requests_total", method="PATCH", status="200")
                 assert total == 40
                 assert metric(text, "audit_api_publish_duration_seconds_count") == 40
