@@ -16,6 +16,7 @@ import nats
 import psycopg
 import pytest
 from nats.aio.client import Client as NATS
+from prometheus_client.parser import text_string_to_metric_families
 
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_consumer.setup import migrate, provision
@@ -131,3 +132,13 @@ async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> Non
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus text exposition (0 if absent)."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )

@@ -16,7 +16,7 @@ from audit_api.publisher import NatsPublisher
 from audit_api.settings import Settings as ApiSettings
 from audit_consumer.settings import Settings
 from audit_events import decode
-from tests.conftest import JWT_SECRET, wait_for
+from tests.conftest import JWT_SECRET, metric, wait_for
 
 AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'carol')}"}
 
@@ -86,7 +86,6 @@ async def test_unreachable_broker_answers_503_not_500(streams: Settings) -> None
 
 async def test_metrics_add_up_across_uvicorn_workers(streams: Settings, tmp_path: Any) -> None:
     from tests.conftest import service_env
-    from tests.integration.test_pipeline import metric
     from tests.processes import api
 
     server = api(service_env(streams, AUDIT_API_WORKERS="2"), tmp_path).start()

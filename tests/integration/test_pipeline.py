@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from audit_api.auth import issue_token
 from audit_consumer.settings import Settings
 from audit_events import encode
-from tests.conftest import JWT_SECRET, service_env, wait_for
+from tests.conftest import JWT_SECRET, metric, service_env, wait_for
 from tests.processes import Service, api, consumer
 from tests.unit.test_events import make_event
 
@@ -109,18 +109,6 @@ async def test_every_acknowledged_request_becomes_exactly_one_row(
     assert sum(metric(t, "audit_consumer_messages_total", result="stored") for t in scraped) == n
     assert metric(api_text, "audit_api_publish_duration_seconds_count") == n
     assert all(metric(t, "audit_consumer_db_up") == 1 for t in scraped)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample's value from a Prometheus text exposition (0 if absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 async def _count_is(db: Any, n: int) -> bool:

@@ -241,6 +241,11 @@ class Consumer:
                     for msg in msgs:
                         await msg.nak()
                     return
+                # Committed: count now, before the acks make it visible to anyone watching.
+                self.stats.stored += result.inserted
+                self.stats.duplicates += result.duplicates
+                metrics.MESSAGES.labels("stored").inc(result.inserted)
+                metrics.MESSAGES.labels("duplicate").inc(result.duplicates)
                 dead += [(valid[i], "rejected", reason) for i, reason in result.rejected]
                 for msg, kind, reason in dead:
                     await self._dead_letter(js, msg, kind, reason)
@@ -254,12 +259,6 @@ class Consumer:
             for span in spans:
                 span.end()
         self.stats.batches += 1
-        self.stats.stored += result.inserted
-        self.stats.duplicates += result.duplicates
-        self.stats.dead_lettered += len(dead)
-        metrics.MESSAGES.labels("stored").inc(result.inserted)
-        metrics.MESSAGES.labels("duplicate").inc(result.duplicates)
-        metrics.MESSAGES.labels("dead_lettered").inc(len(dead))
 
     async def _write_until_stored(
         self, rows: list[tuple[Any, ...]], msgs: list[Msg]
@@ -310,9 +309,12 @@ class Consumer:
             }
         )
         names = self.settings.names
-        await js.publish(
+        ack = await js.publish(
             names.dlq_subject(kind), msg.data, stream=names.dlq_stream, headers=headers
         )
+        if not ack.duplicate:  # a redelivered poison message is dead-lettered (and counted) once
+            self.stats.dead_lettered += 1
+            metrics.MESSAGES.labels("dead_lettered").inc()
         log.warning("dead-lettered seq %s: %s", meta.sequence.stream, reason)
 
 
