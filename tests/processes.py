@@ -23,15 +23,19 @@ class Service:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log)
         return self
 
-    def probe(self, path: str) -> int:
-        """HTTP status of ``path`` on this service, 0 if it does not answer."""
+    def get(self, path: str) -> tuple[int, bytes]:
+        """HTTP status and body of ``path`` on this service; ``(0, b"")`` if it does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return int(r.status)
+                return int(r.status), r.read()
         except urllib.error.HTTPError as exc:
-            return exc.code
+            return exc.code, exc.read()
         except OSError:
-            return 0
+            return 0, b""
+
+    def probe(self, path: str) -> int:
+        """HTTP status of ``path`` on this service, 0 if it does not answer."""
+        return self.get(path)[0]
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

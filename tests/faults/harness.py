@@ -3,7 +3,6 @@
 import asyncio
 import json
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,11 +162,5 @@ async def verify(
 
 def health(service: Service) -> dict[str, Any]:
     """The consumer's probe body (counters included), or {} if it does not answer."""
-    url = f"http://127.0.0.1:{service.port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return dict(json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        return dict(json.loads(exc.read()))
-    except OSError:
-        return {}
+    _, body = service.get("/healthz")
+    return dict(json.loads(body)) if body else {}

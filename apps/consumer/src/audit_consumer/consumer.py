@@ -162,9 +162,7 @@ class Consumer:
         A pull request stays open on the server until it expires, so messages can land in our
         inbox after we stopped fetching; left alone they would wait ``ack_wait`` for redelivery.
         """
-        msgs = await sub.drain()
-        if msgs:
-            await self.handle(js, msgs)
+        await self.handle(js, await sub.drain())
 
     async def _connect_nats(self) -> NATS | None:
         delay = 0.2
