@@ -66,3 +66,22 @@ async def test_connection_errors_propagate_instead_of_rejecting(migrated: str) -
     await writer.conn.close()
     with pytest.raises(psycopg.OperationalError):
         await writer.write([row(make_event(), 1)])
+
+
+async def test_duplicates_and_rejected_rows_in_one_batch(writer: BatchWriter, db: Any) -> None:
+    """The fast COPY fails on the stored row; the ON CONFLICT path then isolates the bad ones."""
+    stored = row(make_event(), 1)
+    assert (await writer.write([stored])).inserted == 1
+    batch = [
+        row(make_event(user_agent="tab\there, new\nline, back\\slash"), 2),  # escaped, kept
+        stored,
+        row(make_event(metadata={"k": "\u0000"}), 3),  # refused by PostgreSQL
+        row(make_event(), 4),
+        row(make_event(request_id="\x00"), 5),  # refused before sending
+    ]
+    result = await writer.write(batch)
+    assert (result.inserted, result.duplicates) == (2, 1)
+    assert [i for i, _ in result.rejected] == [2, 4]
+    assert await count(db) == 3
+    cur = await db.execute("SELECT user_agent FROM audit_events WHERE stream_seq = 2")
+    assert await cur.fetchone() == ("tab\there, new\nline, back\\slash",)

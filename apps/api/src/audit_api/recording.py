@@ -8,14 +8,13 @@ be stored: it never reaches the consumer as something PostgreSQL would refuse.
 import re
 import unicodedata
 from datetime import UTC, datetime
-from ipaddress import ip_address
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
 from audit_api.auth import AuthError, authenticate
 from audit_api.publisher import Publisher, PublishUnavailable
-from audit_events import AuditEvent, Outcome, tracing, uuid7
+from audit_events import AuditEvent, Outcome, canonical_ip, tracing, uuid7
 
 ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -32,7 +31,7 @@ def clean(text: str | None, limit: int) -> str | None:
 def _source_ip(request: Request) -> str | None:
     host = request.client.host if request.client else None
     try:
-        return str(ip_address(host)) if host else None
+        return canonical_ip(host) if host else None
     except ValueError:
         return None
 

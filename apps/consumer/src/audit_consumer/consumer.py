@@ -3,8 +3,9 @@
 Order of operations per batch, and why no acknowledged event is lost or doubled:
 
 1. decode every message; one that is not a valid event is dead-lettered (below);
-2. write the valid ones in one transaction (``ON CONFLICT (id) DO NOTHING``) and COMMIT;
-   a row PostgreSQL rejects is isolated and dead-lettered, its neighbours are stored;
+2. write the valid ones in one transaction and COMMIT (``writer.py``: rows already stored are
+   skipped by the primary key); a row PostgreSQL rejects is isolated and dead-lettered, its
+   neighbours are stored;
 3. publish each dead letter to ``AUDIT_DLQ`` and wait for JetStream's ack (``Nats-Msg-Id`` =
    ``<stream>-<seq>``, so a redelivered poison message is dead-lettered once);
 4. only then ack the batch. A crash anywhere before 4 means redelivery after ``ack_wait``,
@@ -22,7 +23,7 @@ import logging
 import random
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -57,6 +58,16 @@ class Stats:
     batches: int = 0
 
 
+@dataclass
+class Batch:
+    """One fetch, decoded: rows to store (``valid[i]`` carries ``rows[i]``) and dead letters."""
+
+    msgs: list[Msg]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    valid: list[Msg] = field(default_factory=list)
+    dead: list[tuple[Msg, str, str]] = field(default_factory=list)  # (msg, kind, reason)
+
+
 class Consumer:
     """One worker on the shared durable. Any number of these run side by side."""
 
@@ -68,6 +79,8 @@ class Consumer:
         self.db_ok = False
         self.last_progress = time.monotonic()
         self._prefetched: list[Msg] = []  # fetched ahead, waiting for the batch in hand
+        self._waiting: list[Msg] = []  # decoded, waiting for the batch in PostgreSQL
+        self._puller: Puller | None = None  # its buffer: delivered ahead of the next fetch
         self._stopping = asyncio.Event()
         metrics.DB_UP.set_function(lambda: float(self.db_ok))
         metrics.NATS_UP.set_function(lambda: float(self.nats_connected))
@@ -100,13 +113,15 @@ class Consumer:
         js = self.nc.jetstream()
         names = self.settings.names
         sub = Puller(self.nc, names.stream, names.durable)
+        self._puller = sub
         await sub.start()
         log.info("consuming %s/%s", names.stream, names.durable)
         await self._connect_db()
-        # Pipelining: the next batch is fetched while this one is written, so PostgreSQL's
-        # time hides behind NATS's. At most two batches are in hand, each acked only after its
-        # own commit, so this changes throughput, not guarantees.
+        # Pipelining, three stages at once: PostgreSQL stores batch N while this loop decodes
+        # batch N+1 and NATS delivers batch N+2. Batches are stored one at a time, each acked
+        # only after its own commit, so this changes throughput, not guarantees.
         pending = asyncio.create_task(self._fetch(sub))
+        storing: asyncio.Task[None] | None = None
         lag = asyncio.create_task(self._poll_lag(js))
         try:
             while True:
@@ -118,16 +133,24 @@ class Consumer:
                 if not stop:
                     pending = asyncio.create_task(self._fetch(sub))
                 if msgs:
-                    await self.handle(js, msgs)
+                    batch = self.prepare(msgs)
+                    self._waiting = msgs
+                    if storing is not None:
+                        await storing
+                    self._waiting = []
+                    storing = asyncio.create_task(self.store(js, batch))
                 elif self.writer is None:  # idle: reconnect the DB if it was lost
                     await self._connect_db()
                 if stop:
                     break
+            if storing is not None:
+                await storing
             await self._finish_in_flight(js, sub)
         finally:
             lag.cancel()
-            if not pending.done():
-                pending.cancel()
+            for task in (pending, storing):  # only when cancelled: unacked means redelivered
+                if task is not None and not task.done():
+                    task.cancel()
             await self._close(sub)
 
     async def _poll_lag(self, js: JetStreamContext, every: float = 5.0) -> None:
@@ -215,26 +238,31 @@ class Consumer:
 
     async def handle(self, js: JetStreamContext, msgs: list[Msg]) -> None:
         """Store, dead-letter and ack one fetched batch (the order is the guarantee)."""
-        if not msgs:
-            return
-        rows: list[tuple[Any, ...]] = []
-        valid: list[Msg] = []
-        dead: list[tuple[Msg, str, str]] = []  # (msg, kind, reason)
+        if msgs:
+            await self.store(js, self.prepare(msgs))
+
+    def prepare(self, msgs: list[Msg]) -> Batch:
+        """Decode a batch: rows for the valid events, a reason for each invalid one."""
+        batch = Batch(msgs)
         for msg in msgs:
             try:
                 event = decode(msg.data)
             except InvalidEvent as exc:
-                dead.append((msg, "invalid", exc.reason))
+                batch.dead.append((msg, "invalid", exc.reason))
                 continue
-            rows.append(row(event, msg.metadata.sequence.stream))
-            valid.append(msg)
+            batch.rows.append(row(event, msg.metadata.sequence.stream))
+            batch.valid.append(msg)
+        return batch
 
+    async def store(self, js: JetStreamContext, batch: Batch) -> None:
+        """Write the rows and COMMIT, dead-letter what cannot be stored, then ack everything."""
+        msgs, valid, dead = batch.msgs, batch.valid, batch.dead
         metrics.BATCH_SIZE.observe(len(msgs))
         metrics.REDELIVERIES.inc(sum(1 for m in msgs if m.metadata.num_delivered > 1))
         spans = _consume_spans(valid)
         try:
             with _batch_span(spans, len(msgs)):
-                result = await self._write_until_stored(rows, msgs)
+                result = await self._write_until_stored(batch.rows, msgs)
                 if result is None:  # stopping while PostgreSQL is down: hand the batch back
                     for msg in msgs:
                         await msg.nak()
@@ -285,7 +313,9 @@ class Consumer:
             if self.stopping:
                 return None
             self.last_progress = time.monotonic()  # waiting on PostgreSQL is not being stuck
-            for msg in msgs + self._prefetched:  # keep them ours while we wait (resets ack_wait)
+            # Keep every message in hand ours while we wait (in_progress resets ack_wait).
+            held = self._puller.buffered if self._puller is not None else []
+            for msg in msgs + self._waiting + self._prefetched + held:
                 try:
                     await msg.in_progress()
                 except Exception as exc:

@@ -62,18 +62,31 @@ class Puller:
         return True
 
     async def fetch(self, batch: int, wait: float, linger: float = 0.002) -> list[Msg]:
-        """Up to ``batch`` messages; ``[]`` if none arrived within ``wait`` seconds."""
+        """Up to ``batch`` messages; ``[]`` if none arrived within ``wait`` seconds.
+
+        When a full batch is returned, the next pull request is already sent, so the broker
+        delivers batch N+1 while the caller stores batch N (see :attr:`buffered`)."""
         if not self._buffer and not self.request_open:
-            self._open, self._deadline = batch, time.monotonic() + wait
-            request = {"batch": batch, "expires": int(wait * 1e9)}
-            await self.nc.publish(self.subject, json.dumps(request).encode(), reply=self.inbox)
+            await self._request(batch, wait)
         while not self._buffer and self.request_open:
             await self._wait(self._deadline - time.monotonic())
         while self._buffer and len(self._buffer) < batch and self.request_open:
             if not await self._wait(linger):
                 break
         taken, self._buffer = self._buffer[:batch], self._buffer[batch:]
+        if len(taken) == batch and not self._buffer and not self.request_open:
+            await self._request(batch, wait)  # busy: ask for the next batch right away
         return taken
+
+    async def _request(self, batch: int, wait: float) -> None:
+        self._open, self._deadline = batch, time.monotonic() + wait
+        request = {"batch": batch, "expires": int(wait * 1e9)}
+        await self.nc.publish(self.subject, json.dumps(request).encode(), reply=self.inbox)
+
+    @property
+    def buffered(self) -> list[Msg]:
+        """Delivered to this worker, not yet returned by :meth:`fetch` (also unacked)."""
+        return self._buffer
 
     async def drain(self) -> list[Msg]:
         """After the last fetch: wait for the open request to end, return what it delivered."""

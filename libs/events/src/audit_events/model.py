@@ -6,7 +6,7 @@ Decoding never trusts the wire: anything malformed raises :class:`InvalidEvent` 
 reason precise enough to put in a dead-letter header.
 """
 
-from ipaddress import ip_address
+import socket
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -31,8 +31,23 @@ Action = Annotated[
     str, Field(min_length=3, max_length=128, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 ]
 
-IpAddress = Annotated[str, Field(max_length=64), AfterValidator(lambda v: str(ip_address(v)))]
-"""An IPv4 or IPv6 address in its canonical text form (one parse, stored as PostgreSQL inet)."""
+
+def canonical_ip(text: str) -> str:
+    """``text`` as an IPv4 or IPv6 address in canonical form, or ValueError.
+
+    The C library's parser, not :mod:`ipaddress` (five times slower, and the consumer checks
+    every event): the same strict syntax (dotted quads without leading zeros), but scoped
+    addresses such as ``fe80::1%eth0`` are refused, as PostgreSQL's ``inet`` would refuse them.
+    """
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
+        raise ValueError(f"not an IPv{6 if family == socket.AF_INET6 else 4} address") from None
+
+
+IpAddress = Annotated[str, Field(max_length=64), AfterValidator(canonical_ip)]
+"""An IPv4 or IPv6 address in its canonical text form (stored as PostgreSQL inet)."""
 
 
 class InvalidEvent(ValueError):
