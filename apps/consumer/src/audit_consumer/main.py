@@ -6,6 +6,7 @@ unacked messages are simply redelivered to another worker.
 """
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -47,6 +48,10 @@ def main() -> None:
     if tracing.init_tracing("audit-consumer"):
         PsycopgInstrumentor().instrument(enable_commenter=False)
     settings = Settings()
+    # Everything allocated so far lives as long as the process: keep it out of every garbage
+    # collection (the consumer allocates tens of objects per event; full collections would
+    # otherwise walk the whole heap again and again).
+    gc.freeze()
     try:
         import uvloop
 

@@ -74,7 +74,7 @@ class Puller:
             if not await self._wait(linger):
                 break
         taken, self._buffer = self._buffer[:batch], self._buffer[batch:]
-        if len(taken) == batch and not self._buffer and not self.request_open:
+        if len(taken) == batch and len(self._buffer) < batch and not self.request_open:
             await self._request(batch, wait)  # busy: ask for the next batch right away
         return taken
 

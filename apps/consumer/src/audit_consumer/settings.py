@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     health_host: str = Field("0.0.0.0", alias="AUDIT_HEALTH_HOST")
 
     batch_size: int = Field(500, ge=1, le=10_000, alias="AUDIT_BATCH_SIZE")
+    db_connections: int = Field(2, ge=1, le=8, alias="AUDIT_DB_CONNECTIONS")
     fetch_wait_seconds: float = Field(1.0, gt=0, le=30, alias="AUDIT_FETCH_WAIT_SECONDS")
     backoff_max_seconds: float = Field(10.0, gt=0, alias="AUDIT_BACKOFF_MAX_SECONDS")
     liveness_seconds: float = Field(60.0, gt=0, alias="AUDIT_LIVENESS_SECONDS")
