@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import psutil
 import psycopg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -48,6 +49,44 @@ def event(i: int) -> AuditEvent:
         "metadata": {"method": "PATCH", "path": f"/accounts/acc-{i % 1009}", "status": 200,
                      "fields": ["email", "plan"]},
     })  # fmt: skip
+
+
+class CpuMeter:
+    """CPU seconds each group of processes (with their children) used between ``start`` and
+    ``stop``: what the pipeline costs per event, and so what the machine could do at most.
+    A process counts in the first group whose tree holds it (the servers are this script's
+    children too: list this script last)."""
+
+    def __init__(self, **groups: list[int]) -> None:
+        self.groups = groups
+        self.before: dict[int, float] = {}
+
+    def _cpu(self) -> dict[str, dict[int, float]]:
+        claimed: set[int] = set()
+        found: dict[str, dict[int, float]] = {}
+        for name, pids in self.groups.items():
+            found[name] = {}
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    root = psutil.Process(pid)
+                    for proc in [root, *root.children(recursive=True)]:
+                        if proc.pid in claimed:
+                            continue
+                        with contextlib.suppress(psutil.Error):
+                            times = proc.cpu_times()
+                            found[name][proc.pid] = times.user + times.system
+                            claimed.add(proc.pid)
+        return found
+
+    def start(self) -> None:
+        self.before = {pid: t for procs in self._cpu().values() for pid, t in procs.items()}
+
+    def stop(self, events: int) -> dict[str, float]:
+        """Microseconds of CPU per event, per group."""
+        return {
+            name: sum(t - self.before.get(pid, 0.0) for pid, t in procs.items()) / events * 1e6
+            for name, procs in self._cpu().items()
+        }
 
 
 class Bench:
@@ -93,14 +132,14 @@ class Bench:
         """``n`` events in the stream, published with acks, 256 in flight."""
         nc = await nats.connect(self.nats.url)
         js = nc.jetstream()
-        payloads = [encode(event(i)) for i in range(n)]
+        events = [event(i) for i in range(n)]
         gate = asyncio.Semaphore(256)
 
-        async def one(p: bytes) -> None:
+        async def one(e: AuditEvent) -> None:  # as the API publishes: with a message id
             async with gate:
-                await js.publish(SUBJECT, p)
+                await js.publish(SUBJECT, encode(e), headers={"Nats-Msg-Id": str(e.id)})
 
-        await asyncio.gather(*(one(p) for p in payloads))
+        await asyncio.gather(*(one(e) for e in events))
         await nc.close()
 
     async def rows(self) -> int:
@@ -111,12 +150,24 @@ class Bench:
 
     # -- ceilings ------------------------------------------------------------------------
 
+    @property
+    def pg_pid(self) -> list[int]:
+        assert self.pg.proc is not None
+        return [self.pg.proc.pid]
+
+    @property
+    def nats_pid(self) -> list[int]:
+        assert self.nats.proc is not None
+        return [self.nats.proc.pid]
+
     async def db_ceiling(self) -> None:
         rows = [row(event(i), i) for i in range(self.n)]
         cols = ", ".join(COLUMNS)
+        cpu = CpuMeter(postgres=self.pg_pid)
         async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
             await conn.execute("TRUNCATE audit_events")
             await conn.commit()
+            cpu.start()
             started = time.perf_counter()
             async with (
                 conn.cursor() as cur,
@@ -126,7 +177,9 @@ class Bench:
                     await copy.write_row([*r[:-1], json.dumps(r[-1])])
             await conn.commit()
             elapsed = time.perf_counter() - started
-        self.record("db_ceiling", rows=self.n, per_s=self.n / elapsed)
+            used = cpu.stop(self.n)
+        self.record("db_ceiling", rows=self.n, per_s=self.n / elapsed,
+                    postgres_cpu_us=used["postgres"])  # fmt: skip
 
     async def broker_ceiling(self) -> None:
         await self.reset()
@@ -136,14 +189,18 @@ class Bench:
         # of decoding and storing; nats-py's fetch() is measured too, for reference.
         puller = Puller(nc, "AUDIT", "audit-writer")
         await puller.start()
+        cpu = CpuMeter(nats=self.nats_pid, postgres=self.pg_pid, fetch_ack=[os.getpid()])
+        cpu.start()
         elapsed = await self.fetch_and_ack(nc, lambda: puller.fetch(500, 2.0))
+        used = cpu.stop(self.n)
         await puller.stop()
         await self.backlog(self.n)
         sub = await nc.jetstream().pull_subscribe_bind("audit-writer", "AUDIT")
         nats_py_elapsed = await self.fetch_and_ack(nc, lambda: sub.fetch(500, timeout=2))
         await nc.close()
         self.record("broker_ceiling", msgs=self.n, per_s=self.n / elapsed,
-                    nats_py_fetch_per_s=self.n / nats_py_elapsed)  # fmt: skip
+                    nats_py_fetch_per_s=self.n / nats_py_elapsed,
+                    fetch_ack_cpu_us=used["fetch_ack"], nats_cpu_us=used["nats"])  # fmt: skip
 
     async def fetch_and_ack(self, nc: NATS, fetch: Callable[[], Awaitable[list[Msg]]]) -> float:
         """Seconds to fetch and ack the whole backlog of n messages, no other work."""
@@ -160,11 +217,11 @@ class Bench:
     # -- consumers -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def processes(self, argvs: list[list[str]], envs: list[dict[str, str]]) -> Iterator[None]:
+    def processes(self, argvs: list[list[str]], envs: list[dict[str, str]]) -> Iterator[list[int]]:
         procs = [subprocess.Popen(a, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for a, e in zip(argvs, envs, strict=True)]  # fmt: skip
         try:
-            yield
+            yield [p.pid for p in procs]
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
@@ -185,8 +242,10 @@ class Bench:
         # else changes.
         envs = [self.env(AUDIT_HEALTH_PORT=str(p), AUDIT_HEALTH_HOST="127.0.0.1",
                          AUDIT_FETCH_WAIT_SECONDS="0.05") for p in ports]  # fmt: skip
-        with self.processes([[str(BIN / "audit-consumer")]] * consumers, envs):
+        with self.processes([[str(BIN / "audit-consumer")]] * consumers, envs) as pids:
             await asyncio.sleep(2.0)  # started, connected, idle on the paused durable
+            cpu = CpuMeter(consumer=pids, postgres=self.pg_pid, nats=self.nats_pid)
+            cpu.start()
             started = time.perf_counter()
             await js.resume_consumer("AUDIT", "audit-writer")
             # Poll JetStream, not PostgreSQL (a count(*) every 50 ms would steal the database's
@@ -197,9 +256,11 @@ class Bench:
                     break
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
+            used = cpu.stop(self.n)
             assert await self.rows() == self.n
         await nc.close()
-        self.record(f"consumer_{consumers}p", events=self.n, per_s=self.n / elapsed)
+        self.record(f"consumer_{consumers}p", events=self.n, per_s=self.n / elapsed,
+                    **{f"{k}_cpu_us": v for k, v in used.items()})  # fmt: skip
 
     async def per_message(self) -> None:
         """The usual design: fetch 1, INSERT 1, COMMIT, ack 1 — same data, one at a time."""
@@ -286,17 +347,22 @@ class Bench:
             stop = asyncio.Event()
 
             async def watch() -> None:  # when does each row become visible?
-                last = 0
+                # Batches commit out of stream order (two connections, or two consumers), so
+                # poll above the highest sequence below which every row has been seen.
+                done, above = 0, set()
                 async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as c:
                     while not stop.is_set():
                         cur = await c.execute(
                             "SELECT id::text, stream_seq FROM audit_events WHERE stream_seq > %s",
-                            (last,),
+                            (done,),
                         )
                         now = time.time()
                         for id_, seq in await cur.fetchall():
-                            seen[id_] = now
-                            last = max(last, seq)
+                            seen.setdefault(id_, now)
+                            above.add(seq)
+                        while done + 1 in above:
+                            done += 1
+                            above.discard(done)
                         await asyncio.sleep(0.005)
 
             watcher = asyncio.create_task(watch())
@@ -314,11 +380,20 @@ class Bench:
 
 
 def table(r: dict[str, dict[str, Any]], workers: int) -> str:
-    broker, db = r["broker_ceiling"]["per_s"], r["db_ceiling"]["per_s"]
+    db, ceiling = r["db_ceiling"], r["broker_ceiling"]
+    broker, nats_py = ceiling["per_s"], ceiling["nats_py_fetch_per_s"]
     c1, c2 = r["consumer_1p"]["per_s"], r["consumer_2p"]["per_s"]
     base = r["per_message_baseline"]["per_s"]
     api, noop = r[f"api_publish_w{workers}"], r[f"api_noop_w{workers}"]
     e2e = r[f"end_to_end_w{workers}"]
+    cores = os.cpu_count() or 1
+    # Where the CPU goes per stored event (2 processes: the run that keeps every core busy).
+    cost = {k: r["consumer_2p"][f"{k}_cpu_us"] for k in ("consumer", "postgres", "nats")}
+    bound = cores * 1e6 / sum(cost.values())
+    # Cores 0.75 x the broker ceiling would take if decoding and formatting cost nothing:
+    # the fetch + ack itself, NATS's share, PostgreSQL's share.
+    floor_us = ceiling["fetch_ack_cpu_us"] + cost["nats"] + cost["postgres"]
+    cores_needed = 0.75 * broker * floor_us / 1e6
 
     def ok(flag: bool) -> str:
         return "yes" if flag else "**no**"
@@ -326,12 +401,21 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
     lines = [
         "| measurement | value | ratio | target |",
         "|---|---:|---:|---|",
-        f"| DB ceiling: COPY into audit_events (indexes on) | {db:,.0f} rows/s | | |",
+        f"| DB ceiling: COPY into audit_events (indexes on) | {db['per_s']:,.0f} rows/s "
+        f"| PostgreSQL {db['postgres_cpu_us']:.1f} µs CPU/row | |",
         f"| broker ceiling: fetch + ack, no DB (the consumer's puller) | {broker:,.0f} msgs/s "
-        f"| nats-py fetch(): {r['broker_ceiling']['nats_py_fetch_per_s']:,.0f} msgs/s | |",
+        f"| nats-py fetch(): {nats_py:,.0f} msgs/s; CPU/msg: client "
+        f"{ceiling['fetch_ack_cpu_us']:.1f} µs, NATS {ceiling['nats_cpu_us']:.1f} µs | |",
         f"| consumer, 1 process, draining {r['consumer_1p']['events']:,} | {c1:,.0f} events/s "
-        f"| {c1 / broker:.2f} × broker | ≥ 0.75: {ok(c1 >= 0.75 * broker)} |",
+        f"| {c1 / broker:.2f} × broker ({c1 / nats_py:.2f} × nats-py fetch) "
+        f"| ≥ 0.75 × broker: {ok(c1 >= 0.75 * broker)} |",
         f"| consumer, 2 processes | {c2:,.0f} events/s | {c2 / c1:.2f} × 1 process | |",
+        f"| CPU per stored event (2 processes) | consumer {cost['consumer']:.1f} µs, "
+        f"PostgreSQL {cost['postgres']:.1f} µs, NATS {cost['nats']:.1f} µs "
+        f"| {cores} cores allow ≤ {bound:,.0f} events/s; 2 processes reach {c2 / bound:.0%} | |",
+        f"| cores 0.75 × broker would need if decoding + storing cost the consumer nothing "
+        f"| {cores_needed:.1f} (fetch + ack + NATS + PostgreSQL: {floor_us:.1f} µs/event) "
+        f"| this machine: {cores} | |",
         f"| per-message baseline (fetch 1, insert, commit, ack) | {base:,.0f} events/s "
         f"| consumer = {c1 / base:.1f} × baseline | ≥ 10: {ok(c1 >= 10 * base)} |",
         f"| API PATCH, publish + JetStream ack ({workers} worker(s), 64 conns) "

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -43,6 +44,7 @@ class NatsPublisher:
     def __init__(self, url: str, names: StreamNames, timeout: float) -> None:
         self.url, self.names, self.timeout = url, names, timeout
         self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None  # one per connection, not per publish
         self._connecting: asyncio.Task[None] | None = None
 
     @property
@@ -67,6 +69,7 @@ class NatsPublisher:
                     disconnected_cb=_disconnected,
                     reconnected_cb=_reconnected,
                 )
+                self.js = self.nc.jetstream()
                 NATS_CONNECTED.set(1)
                 log.info("connected to NATS")
                 return
@@ -84,26 +87,26 @@ class NatsPublisher:
     async def publish(self, event: AuditEvent) -> None:
         # Fail fast while disconnected: nats-py would buffer and the client would wait the
         # whole timeout for an ack that cannot come.
-        if self.nc is None or not self.nc.is_connected:
+        if self.nc is None or self.js is None or not self.nc.is_connected:
             PUBLISH_FAILURES.labels("not_connected").inc()
             raise PublishUnavailable("not connected to NATS")
         subject = self.names.event_subject(event.action)
+        headers = {"Nats-Msg-Id": str(event.id)}
         started = time.perf_counter()
         try:
-            with TRACER.start_as_current_span(
-                f"publish {subject}",
-                kind=SpanKind.PRODUCER,
-                attributes={"messaging.system": "nats", "messaging.destination.name": subject,
-                            "messaging.message.id": str(event.id)},
-            ):  # fmt: skip
-                headers = tracing.inject({"Nats-Msg-Id": str(event.id)})
-                await self.nc.jetstream().publish(
-                    subject,
-                    encode(event),
-                    timeout=self.timeout,
-                    stream=self.names.stream,
-                    headers=headers,
-                )
+            if not tracing.enabled():  # a no-op span and inject still cost ~9 µs per request
+                await self.js.publish(subject, encode(event), timeout=self.timeout,
+                                      stream=self.names.stream, headers=headers)  # fmt: skip
+            else:
+                with TRACER.start_as_current_span(
+                    f"publish {subject}",
+                    kind=SpanKind.PRODUCER,
+                    attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                                "messaging.message.id": str(event.id)},
+                ):  # fmt: skip
+                    await self.js.publish(subject, encode(event), timeout=self.timeout,
+                                          stream=self.names.stream,
+                                          headers=tracing.inject(headers))  # fmt: skip
         except Exception as exc:  # timeout, no responders, stream full, connection lost
             reason = "timeout" if isinstance(exc, TimeoutError) else "error"
             PUBLISH_FAILURES.labels(reason).inc()
