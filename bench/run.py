@@ -390,10 +390,11 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
     # Where the CPU goes per stored event (2 processes: the run that keeps every core busy).
     cost = {k: r["consumer_2p"][f"{k}_cpu_us"] for k in ("consumer", "postgres", "nats")}
     bound = cores * 1e6 / sum(cost.values())
-    # Cores 0.75 x the broker ceiling would take if decoding and formatting cost nothing:
-    # the fetch + ack itself, NATS's share, PostgreSQL's share.
-    floor_us = ceiling["fetch_ack_cpu_us"] + cost["nats"] + cost["postgres"]
-    cores_needed = 0.75 * broker * floor_us / 1e6
+    # What 0.75 x the broker ceiling would take: one consumer process is one thread, so its
+    # CPU per event must fit in one core at that rate; and the three processes must fit in all.
+    target = 0.75 * broker
+    budget_us = 1e6 / target
+    cores_needed = target * sum(cost.values()) / 1e6
 
     def ok(flag: bool) -> str:
         return "yes" if flag else "**no**"
@@ -413,9 +414,10 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"| CPU per stored event (2 processes) | consumer {cost['consumer']:.1f} µs, "
         f"PostgreSQL {cost['postgres']:.1f} µs, NATS {cost['nats']:.1f} µs "
         f"| {cores} cores allow ≤ {bound:,.0f} events/s; 2 processes reach {c2 / bound:.0%} | |",
-        f"| cores 0.75 × broker would need if decoding + storing cost the consumer nothing "
-        f"| {cores_needed:.1f} (fetch + ack + NATS + PostgreSQL: {floor_us:.1f} µs/event) "
-        f"| this machine: {cores} | |",
+        f"| 0.75 × broker = {target:,.0f} events/s would need | one process at ≤ "
+        f"{budget_us:.1f} µs CPU/event (now {cost['consumer']:.1f}, of which fetch + ack "
+        f"{ceiling['fetch_ack_cpu_us']:.1f}); {cores_needed:.1f} cores at today's costs "
+        f"| this machine: {cores} cores | |",
         f"| per-message baseline (fetch 1, insert, commit, ack) | {base:,.0f} events/s "
         f"| consumer = {c1 / base:.1f} × baseline | ≥ 10: {ok(c1 >= 10 * base)} |",
         f"| API PATCH, publish + JetStream ack ({workers} worker(s), 64 conns) "
