@@ -104,6 +104,11 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        # Stop everything even if interrupted again: Ctrl-C reaches this process from the
+        # terminal and once more through `uv run`, and an aborted cleanup leaves the servers
+        # (own sessions, so the terminal's signal missed them) running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\nstopping apps...", flush=True)
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
