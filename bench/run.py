@@ -323,23 +323,33 @@ class Bench:
         fake: list[dict[str, Any]] = []
         seconds = self.seconds / rounds
         argvs = [[str(BIN / "audit-api")], noop]
-        with self.processes(argvs, [env, {**env, "PYTHONPATH": str(ROOT)}]):
+        with self.processes(argvs, [env, {**env, "PYTHONPATH": str(ROOT)}]) as (api, noop_api):
             self.wait_http(port)
             self.wait_http(noop_port)
+            cpu = CpuMeter(nats=self.nats_pid, api=[api], noop_api=[noop_api])
+            cpu.start()
             for _ in range(rounds):
                 real.append(self.loadgen(port, concurrency=64, seconds=seconds))
                 fake.append(self.loadgen(noop_port, concurrency=64, seconds=seconds))
+            used = cpu.stop(1)  # µs in all, divided below by each side's requests
             plain = self.loadgen(port, concurrency=64, seconds=seconds, method="GET",
                                  path="/healthz")  # fmt: skip
-        for name, runs in ((f"api_publish_w{workers}", real), (f"api_noop_w{workers}", fake)):
+        sides = (
+            (f"api_publish_w{workers}", real, "api"),
+            (f"api_noop_w{workers}", fake, "noop_api"),
+        )
+        for name, runs, process in sides:
             median = sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
             statuses: dict[str, int] = {}
             for run in runs:
                 for status, count in run["statuses"].items():
                     statuses[status] = statuses.get(status, 0) + count
+            requests = sum(statuses.values())
+            extra = {"nats_cpu_us": used["nats"] / requests} if process == "api" else {}
             self.record(name, rps=median["rps"], p50_ms=median["p50_ms"],
                         p99_ms=median["p99_ms"], statuses=statuses,
-                        rounds=[round(run["rps"]) for run in runs])  # fmt: skip
+                        rounds=[round(run["rps"]) for run in runs],
+                        api_cpu_us=used[process] / requests, **extra)  # fmt: skip
         self.record(f"loadgen_healthz_w{workers}", rps=plain["rps"])
 
     async def end_to_end(self, workers: int) -> None:
@@ -435,7 +445,9 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"| {api['rps'] / noop['rps']:.2f} × no-op "
         f"| ≥ 0.6: {ok(api['rps'] >= 0.6 * noop['rps'])} |",
         f"| API PATCH, no-op publish | {noop['rps']:,.0f} req/s, p50 {noop['p50_ms']:.1f} ms, "
-        f"p99 {noop['p99_ms']:.1f} ms | | |",
+        f"p99 {noop['p99_ms']:.1f} ms | CPU/request: API {api['api_cpu_us']:.0f} µs with "
+        f"publish, {noop['api_cpu_us']:.0f} µs without; NATS {api['nats_cpu_us']:.0f} µs/publish "
+        f"| |",
         f"| load generator vs GET /healthz (its own ceiling here) "
         f"| {r[f'loadgen_healthz_w{workers}']['rps']:,.0f} "
         f"req/s | | not the bottleneck if ≫ the rows above |",
