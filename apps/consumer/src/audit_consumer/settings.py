@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     stream_max_bytes: int = Field(-1, alias="AUDIT_STREAM_MAX_BYTES")
     duplicate_window_seconds: float = Field(300.0, ge=120, alias="AUDIT_DUPLICATE_WINDOW_SECONDS")
     ack_wait_seconds: float = Field(30.0, gt=0, alias="AUDIT_ACK_WAIT_SECONDS")
-    max_ack_pending: int = Field(20_000, ge=1, alias="AUDIT_MAX_ACK_PENDING")
+    max_ack_pending: int = Field(50_000, ge=1, alias="AUDIT_MAX_ACK_PENDING")
     setup_wait_seconds: float = Field(60.0, ge=0, alias="AUDIT_SETUP_WAIT_SECONDS")
     migrations_dir: str | None = Field(None, alias="AUDIT_MIGRATIONS_DIR")
 
