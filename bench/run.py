@@ -1,6 +1,7 @@
 """``make bench``: the pipeline's throughput and latency against this machine's own ceilings,
 measured in one run on the same data, reported as ratios (absolute numbers mean little on a
-shared machine). Prints a markdown table and writes ``bench-results/bench.json``.
+shared machine), with the CPU each process spent per event, which says what limits each
+number. Prints a markdown table and writes ``bench-results/bench.json``.
 
 ``--quick`` (CI) runs the same steps on tiny inputs: it must finish and print, nothing more.
 """
