@@ -8,8 +8,10 @@ the routes turn into 503 + ``Retry-After``: nothing is claimed that was not stor
 """
 
 import asyncio
+import contextlib
 import logging
 import time
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import nats
@@ -94,24 +96,29 @@ class NatsPublisher:
         headers = {"Nats-Msg-Id": str(event.id)}
         started = time.perf_counter()
         try:
-            if not tracing.enabled():  # a no-op span and inject still cost ~9 µs per request
+            with self._span(subject, event):
+                if tracing.enabled():
+                    tracing.inject(headers)  # traceparent of the publish span
                 await self.js.publish(subject, encode(event), timeout=self.timeout,
                                       stream=self.names.stream, headers=headers)  # fmt: skip
-            else:
-                with TRACER.start_as_current_span(
-                    f"publish {subject}",
-                    kind=SpanKind.PRODUCER,
-                    attributes={"messaging.system": "nats", "messaging.destination.name": subject,
-                                "messaging.message.id": str(event.id)},
-                ):  # fmt: skip
-                    await self.js.publish(subject, encode(event), timeout=self.timeout,
-                                          stream=self.names.stream,
-                                          headers=tracing.inject(headers))  # fmt: skip
         except Exception as exc:  # timeout, no responders, stream full, connection lost
             reason = "timeout" if isinstance(exc, TimeoutError) else "error"
             PUBLISH_FAILURES.labels(reason).inc()
             raise PublishUnavailable(f"{type(exc).__name__}: {exc}") from exc
         PUBLISH_SECONDS.observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _span(subject: str, event: AuditEvent) -> AbstractContextManager[object]:
+        """The PRODUCER span, only when tracing is on: a no-op span and header injection still
+        cost ~9 µs per request."""
+        if not tracing.enabled():
+            return contextlib.nullcontext()
+        return TRACER.start_as_current_span(
+            f"publish {subject}",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                        "messaging.message.id": str(event.id)},
+        )  # fmt: skip
 
 
 async def _log_error(exc: Exception) -> None:

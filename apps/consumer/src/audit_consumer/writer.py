@@ -92,7 +92,7 @@ class BatchWriter:
             return
         data = b"".join(line for _, line in lines)
         try:
-            inserted = await (self._insert_new(data) if dedupe else self._copy(data, len(lines)))
+            inserted = await (self._insert_new if dedupe else self._copy)(data, len(lines))
         except ROW_ERRORS as exc:
             if isinstance(exc, psycopg.errors.UniqueViolation) and not dedupe:
                 await self._write(lines, result, dedupe=True)  # some rows are already stored
@@ -113,13 +113,13 @@ class BatchWriter:
                 await copy.write(data)
         return count
 
-    async def _insert_new(self, data: bytes) -> int:
+    async def _insert_new(self, data: bytes, count: int) -> int:
         """Some rows may be stored already: stage them, insert only the new ones."""
         if not self._staged:
             await self.conn.execute(_STAGE)
             self._staged = True
         async with self.conn.transaction(), self.conn.cursor() as cur:
-            with _db_span("COPY", data.count(b"\n"), "audit_stage"):
+            with _db_span("COPY", count, "audit_stage"):
                 async with cur.copy(_COPY_STAGE) as copy:
                     await copy.write(data)
             await cur.execute(_INSERT)
