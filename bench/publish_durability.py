@@ -13,8 +13,8 @@ from pathlib import Path
 
 import nats
 
+from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings
-from audit_consumer.setup import provision
 from audit_devservers import NatsServer
 from audit_events import AuditEvent, encode, uuid7
 

@@ -29,9 +29,10 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from audit_api.auth import issue_token
+from audit_consumer.database import migrate
+from audit_consumer.jetstream import provision
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
-from audit_consumer.setup import migrate, provision
 from audit_devservers import NatsServer, PostgresServer, free_port
 from audit_events import COLUMNS, AuditEvent, encode, row, uuid7
 

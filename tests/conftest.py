@@ -18,8 +18,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
+from audit_consumer.database import migrate
+from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings as ConsumerSettings
-from audit_consumer.setup import migrate, provision
 from audit_devservers import NatsServer, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,9 @@ import nats
 import psycopg
 import pytest
 
+from audit_consumer.database import migrate
+from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings
-from audit_consumer.setup import migrate, provision
 from audit_devservers import NatsServer, PostgresServer
 from tests.conftest import ROOT, service_env
 from tests.faults.harness import RESULTS

@@ -7,8 +7,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from audit_consumer.database import ensure_writer_login
 from audit_consumer.settings import Settings
-from audit_consumer.setup import ensure_writer_login
 from audit_consumer.writer import BatchWriter
 from audit_events import row
 from tests.unit.test_events import make_event

@@ -8,8 +8,15 @@ from alembic import command
 from nats.aio.client import Client as NATS
 from nats.js.api import RetentionPolicy
 
+from audit_consumer.database import alembic_config, migrate
+from audit_consumer.jetstream import (
+    consumer_config,
+    ensure_durable,
+    ensure_stream,
+    provision,
+    stream_configs,
+)
 from audit_consumer.settings import Settings
-from audit_consumer.setup import alembic_config, ensure_stream, migrate, provision, stream_configs
 from tests.conftest import BIN, ROOT, service_env
 
 
@@ -44,14 +51,22 @@ def test_concurrent_setups_queue_instead_of_racing(migrated: str) -> None:
 
 async def test_provision_is_idempotent_and_repairs_drift(streams: Settings, nc: NATS) -> None:
     js = nc.jetstream()
-    audit = stream_configs(streams)[0]
+    audit, dlq = stream_configs(streams)
     assert await ensure_stream(js, audit) == "unchanged"
+    assert await ensure_stream(js, dlq) == "unchanged"
+    durable = consumer_config(streams)
+    assert await ensure_durable(js, streams.names.stream, durable) == "unchanged"
 
     drifted = (await js.stream_info(streams.names.stream)).config
     drifted.duplicate_window = 130.0
     drifted.max_msg_size = 1024
     await js.update_stream(drifted)
     assert await ensure_stream(js, audit) == "updated (max_msg_size, duplicate_window)"
+
+    drifted_durable = (await js.consumer_info(streams.names.stream, durable.name or "")).config
+    drifted_durable.max_ack_pending = 7
+    await js.add_consumer(streams.names.stream, drifted_durable)
+    assert await ensure_durable(js, streams.names.stream, durable) == "updated (max_ack_pending)"
 
     await provision(streams)  # and again through the public entry point
     info = await js.stream_info(streams.names.stream)
@@ -68,8 +83,11 @@ def test_cli_runs_both_steps_twice(streams: Settings, migrated: str) -> None:
     for _ in range(2):
         done = subprocess.run([BIN / "audit-setup"], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+    # The second run changed nothing, and says so for each of the three.
     assert "stream AUDIT: unchanged" in done.stderr
-    assert "durable audit-writer on AUDIT: ready" in done.stderr
+    assert "stream AUDIT_DLQ: unchanged" in done.stderr
+    assert "durable audit-writer on AUDIT: unchanged" in done.stderr
+    assert "updated" not in done.stderr
 
 
 def test_cli_fails_clearly_when_nats_is_unreachable(streams: Settings) -> None:
