@@ -13,6 +13,8 @@ import pytest
 from tests.chart.conftest import CHART, SHARED, VALUES, Render, find
 
 CRDS = {"ScaledObject", "ServiceMonitor", "PodMonitor"}
+OPERATOR = ("--api-versions", "monitoring.coreos.com/v1/PodMonitor",
+            "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")  # fmt: skip
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "Pod"}
 
 
@@ -22,6 +24,7 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def env_of(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """Every container's env as ``{name: value}`` (``None`` for values from references)."""
     return {
         e["name"]: e.get("value") for c in pod_spec(obj)["containers"] for e in c.get("env", [])
     }
@@ -174,13 +177,101 @@ def test_config_changes_roll_the_pods(render: Render) -> None:
 
 
 def test_production_values_use_external_services_and_replicated_stream(render: Render) -> None:
-    objects = render("production")
+    objects = render("production", *OPERATOR)
     assert not [o for o in objects if o["kind"] == "StatefulSet"]
     config = find(objects, "ConfigMap", "-config")["data"]
     assert config["AUDIT_STREAM_REPLICAS"] == "3"
     assert config["NATS_URL"].startswith("nats://nats.nats.svc")
     assert not [o for o in objects if o["kind"] == "Secret"]  # existingSecret only
     assert {o["kind"] for o in objects} >= {"NetworkPolicy", "ServiceMonitor", "PodMonitor"}
+
+
+def secret_keys(obj: dict[str, Any]) -> set[str]:
+    """Every Secret key a workload's containers can read (env and envFrom)."""
+    keys: set[str] = set()
+    for c in pod_spec(obj)["containers"]:
+        for e in c.get("env", []):
+            if ref := e.get("valueFrom", {}).get("secretKeyRef"):
+                keys.add(ref["key"])
+        assert not [e for e in c.get("envFrom", []) if "secretRef" in e], "whole Secret mounted"
+    return keys
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_each_workload_gets_only_the_credentials_its_job_needs(render: Render, values: str) -> None:
+    objects = render(values, "--set", "secrets.writerDatabaseUrl=postgresql://w:p@db/audit",
+                     "--set", "secrets.databaseUrl=postgresql://o:p@db/audit")  # fmt: skip
+    api = find(objects, "Deployment", "-api")
+    consumer = find(objects, "Deployment", "-consumer")
+    setup = find(objects, "Job", "-setup")
+    assert secret_keys(api) == {"AUDIT_JWT_SECRET"}  # no database credentials at all
+    assert secret_keys(consumer) == {"AUDIT_WRITER_DATABASE_URL"}  # its writer login only
+    assert secret_keys(setup) == {"DATABASE_URL", "AUDIT_WRITER_DATABASE_URL"}
+    for obj in (api, consumer):
+        assert "DATABASE_URL" not in env_of(obj, "")  # nor in any other form
+    for secret in (o for o in objects if o["kind"] == "Secret"):
+        if "helm.sh/hook" not in secret["metadata"].get("annotations", {}):
+            assert "DATABASE_URL" not in secret["data"], "the owner's URL outside the setup hook"
+
+
+def test_external_postgres_needs_a_writer_url(helm: str) -> None:
+    done = subprocess.run(
+        [helm, "template", "x", str(CHART), "--set", "postgresql.bundled.enabled=false",
+         "--set", "secrets.databaseUrl=postgresql://o:p@db/audit"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "secrets.writerDatabaseUrl is required" in done.stderr
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_hook_resources_are_deleted_once_the_hooks_succeed(render: Render, values: str) -> None:
+    """Nothing of a hook outlives a successful install (`helm uninstall` leaves nothing)."""
+    hooks = [o for o in render(values) if "helm.sh/hook" in o["metadata"].get("annotations", {})]
+    assert {o["kind"] for o in hooks} >= {"Job", "ConfigMap", "Pod"}
+    for obj in hooks:
+        policy = obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
+        assert {"before-hook-creation", "hook-succeeded"} <= set(policy), obj["metadata"]["name"]
+        if obj["kind"] == "Secret":  # it holds database passwords: gone on failure too
+            assert "hook-failed" in policy
+        if obj["kind"] in ("Job", "Pod"):  # kept on failure, for `kubectl logs`
+            assert "hook-failed" not in policy
+
+
+def test_kube_version_floor_is_what_the_chart_needs(helm: str, render: Render) -> None:
+    """Chart.yaml's floor (1.23: autoscaling/v2) renders; below it helm refuses; the render
+    validates against the oldest schemas kubernetes-validate ships (1.25)."""
+    for values in VALUES:
+        for obj in render(values, "--kube-version", "1.23.0"):
+            if obj["kind"] not in CRDS:
+                kubernetes_validate.validate(obj, "1.25.0", strict=True)
+    done = subprocess.run([helm, "template", "x", str(CHART), "--kube-version", "1.22.0"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0 and "kubeVersion" in done.stderr
+
+
+def test_monitors_render_only_where_prometheus_operator_is_installed(
+    helm: str, render: Render
+) -> None:
+    argv = [helm, "install", "audit", str(CHART), "--dry-run=client", *VALUES["production"]]
+    without = subprocess.run(argv, capture_output=True, text=True)  # a cluster without the CRDs
+    assert without.returncode == 0, without.stderr
+    assert "kind: PodMonitor" not in without.stdout
+    assert "kind: ServiceMonitor" not in without.stdout
+    assert "no PodMonitor CRD" in without.stdout  # NOTES.txt says why
+    kinds = {o["kind"] for o in render("production", *OPERATOR)}
+    assert {"PodMonitor", "ServiceMonitor"} <= kinds
+
+
+def test_a_prometheus_in_another_namespace_may_scrape_the_consumers(render: Render) -> None:
+    policy = find(render("production"), "NetworkPolicy", "-consumer")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    default = find(render("default", "--set", "networkPolicy.enabled=true"), "NetworkPolicy",
+                   "-consumer")  # fmt: skip
+    assert default["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
 
 
 def test_schema_rejects_bad_values(helm: str) -> None:

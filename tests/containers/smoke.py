@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 from audit_api.auth import issue_token
 
@@ -23,6 +24,7 @@ PROJECT = "auditsmoke"
 SERVICES = ["postgres", "nats", "setup", "api", "consumer"]  # no Jaeger/Prometheus stand-ins
 SECRET = "smoke-secret-" + os.urandom(16).hex()
 API = "http://127.0.0.1:8000"
+NATS_IMAGE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())["services"]["nats"]["image"]
 
 
 def sh(*argv: str, check: bool = True, capture: bool = False) -> str:
@@ -45,7 +47,7 @@ def engine() -> bool:
     """Start the stand-in engine and images where this machine needs them; False = skip."""
     if STANDINS.exists():
         rc = subprocess.run([str(STANDINS), "--python", "python:3.13-slim", "--postgres",
-                             "postgres:17", "--nats", "nats:2.10-alpine"]).returncode  # fmt: skip
+                             "postgres:17", "--nats", NATS_IMAGE]).returncode  # fmt: skip
         if rc == 3:
             return False
         if rc != 0:

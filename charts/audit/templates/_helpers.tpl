@@ -70,18 +70,36 @@ AUDIT_DEV_MODE: {{ .Values.devMode | quote }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.otel.endpoint | quote }}
 {{- end -}}
 
-{{/* Database URLs (the setup hook needs only these) */}}
-{{- define "audit.dbSecretData" -}}
+{{/* Database URLs. Least privilege: the consumer gets only its writer login (INSERT/SELECT
+through audit_writer), the API none, and only the setup hook the owner's URL (it migrates and
+creates the writer login). */}}
+{{- define "audit.writerUrl" -}}
 {{- $pg := .Values.postgresql.bundled -}}
-{{- if $pg.enabled }}
-DATABASE_URL: {{ printf "postgresql://%s:%s@%s:5432/%s" $pg.user $pg.password (include "audit.postgresHost" .) $pg.database | b64enc | quote }}
-AUDIT_WRITER_DATABASE_URL: {{ printf "postgresql://audit_consumer:%s@%s:5432/%s" .Values.secrets.writerPassword (include "audit.postgresHost" .) $pg.database | b64enc | quote }}
-{{- else }}
-DATABASE_URL: {{ required "secrets.databaseUrl is required when postgresql.bundled is off" .Values.secrets.databaseUrl | b64enc | quote }}
-{{- with .Values.secrets.writerDatabaseUrl }}
-AUDIT_WRITER_DATABASE_URL: {{ . | b64enc | quote }}
-{{- end }}
-{{- end }}
+{{- if $pg.enabled -}}
+{{- printf "postgresql://audit_consumer:%s@%s:5432/%s" .Values.secrets.writerPassword (include "audit.postgresHost" .) $pg.database -}}
+{{- else -}}
+{{- required "secrets.writerDatabaseUrl is required when postgresql.bundled is off (the consumer never gets the owner's URL)" .Values.secrets.writerDatabaseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "audit.ownerUrl" -}}
+{{- $pg := .Values.postgresql.bundled -}}
+{{- if $pg.enabled -}}
+{{- printf "postgresql://%s:%s@%s:5432/%s" $pg.user $pg.password (include "audit.postgresHost" .) $pg.database -}}
+{{- else -}}
+{{- required "secrets.databaseUrl is required when postgresql.bundled is off and no existingSecret" .Values.secrets.databaseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What the apps' Secret holds (the owner's URL is only in the setup hook's Secret) */}}
+{{- define "audit.appSecretData" -}}
+AUDIT_JWT_SECRET: {{ include "audit.jwtSecret" . | quote }}
+AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
+{{- end -}}
+
+{{- define "audit.setupSecretData" -}}
+DATABASE_URL: {{ include "audit.ownerUrl" . | b64enc | quote }}
+AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
 {{- end -}}
 
 {{/* The JWT secret: the given one, else the one this release already stored, else a new
@@ -119,6 +137,6 @@ capabilities:
 {{- define "audit.checksums" -}}
 checksum/config: {{ include "audit.configData" . | sha256sum }}
 {{- if not .Values.secrets.existingSecret }}
-checksum/secret: {{ include "audit.dbSecretData" . | sha256sum }}
+checksum/secret: {{ include "audit.writerUrl" . | sha256sum }}
 {{- end }}
 {{- end -}}
