@@ -31,6 +31,32 @@ def test_alert_rules_pass_promtool() -> None:
     assert "3 rules found" in done.stdout
 
 
+def test_dead_letter_alert_fires_on_the_first_dead_letter_of_a_process() -> None:
+    """config/alerts.test.yml: a series exported at 0 then 1 fires; one born at 1 would not."""
+    done = subprocess.run([promtool(), "test", "rules", str(CONFIG / "alerts.test.yml")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_every_label_set_an_alert_watches_exists_at_zero_from_the_start() -> None:
+    """The consumer's results and the API's failure reasons are exported before they happen."""
+    from prometheus_client import generate_latest
+
+    import audit_api.main
+    import audit_consumer.metrics
+    from tests.conftest import JWT_SECRET, metric
+
+    audit_api.main.create_app(audit_api.main.Settings(AUDIT_JWT_SECRET=JWT_SECRET))
+    text = generate_latest().decode()
+    for result in audit_consumer.metrics.RESULTS:
+        assert f'audit_consumer_messages_total{{result="{result}"}} ' in text
+    assert metric(text, "audit_consumer_messages_total", result="dead_lettered") == 0
+    for reason in ("not_connected", "timeout", "error"):
+        assert f'audit_api_publish_failures_total{{reason="{reason}"}} ' in text
+    assert 'route="/accounts/{account_id}",status="503"' in text
+
+
 def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     # The config names the rules file by its path inside the container; point it here.
     config = (

@@ -53,7 +53,8 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.add_middleware(metrics.RequestMetrics)
     if tracing.enabled():
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
-    app.add_route("/metrics", metrics.render, include_in_schema=False)
+    # An APIRoute (not a bare Starlette route) so scrapes are counted under "/metrics".
+    app.add_api_route("/metrics", metrics.render, include_in_schema=False)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         ready = app.state.publisher is not None and app.state.publisher.ready
         return JSONResponse({"nats_connected": ready}, status_code=200 if ready else 503)
 
+    metrics.init_series([*app.routes, *router.routes])
     return app
 
 

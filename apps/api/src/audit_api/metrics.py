@@ -7,7 +7,9 @@ worker (``audit-api`` sets it up itself when ``AUDIT_API_WORKERS > 1``).
 
 import os
 import time
+from collections.abc import Iterable
 
+from fastapi.routing import APIRoute
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -19,6 +21,7 @@ from prometheus_client import (
 )
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -33,12 +36,27 @@ REQUEST_SECONDS = Histogram(
 PUBLISH_SECONDS = Histogram(
     "audit_api_publish_duration_seconds", "Publish until JetStream's ack", buckets=LATENCY_BUCKETS
 )
+PUBLISH_FAILURE_REASONS = ("not_connected", "timeout", "error")
 PUBLISH_FAILURES = Counter(
     "audit_api_publish_failures_total", "Publishes that got no ack (answered 503)", ["reason"]
 )
 NATS_CONNECTED = Gauge(
     "audit_api_nats_connected", "1 if this process is connected to NATS", multiprocess_mode="min"
 )
+
+
+def init_series(routes: Iterable[BaseRoute]) -> None:
+    """Create every known label set at 0 (each worker): a series that first appears at 1 has
+    ``increase() == 0``, so an alert on the first failure of a process would never fire. For
+    requests: each route template, method and every status its OpenAPI entry documents."""
+    for reason in PUBLISH_FAILURE_REASONS:
+        PUBLISH_FAILURES.labels(reason)
+    for route in routes:
+        if isinstance(route, APIRoute):
+            statuses = {str(route.status_code or 200), *map(str, route.responses)}
+            for method in route.methods:
+                for status in statuses:
+                    REQUESTS.labels(method, route.path, status)
 
 
 def render(_: Request) -> Response:

@@ -6,11 +6,16 @@ scales on: the durable's ``num_pending + num_ack_pending``, polled from JetStrea
 
 from prometheus_client import Counter, Gauge, Histogram
 
+RESULTS = ("stored", "duplicate", "dead_lettered")
 MESSAGES = Counter(
     "audit_consumer_messages_total",
     "Messages handled, by result: stored, duplicate (already stored), dead_lettered",
     ["result"],
 )
+for _result in RESULTS:
+    # Every series exists at 0 from the start: `increase()` over a series that first appears
+    # at 1 is 0, so the first dead letter of a process would never fire AuditDeadLetter.
+    MESSAGES.labels(_result)
 REDELIVERIES = Counter(
     "audit_consumer_redeliveries_total", "Messages received more than once from JetStream"
 )
