@@ -43,11 +43,12 @@ def test_every_label_set_an_alert_watches_exists_at_zero_from_the_start() -> Non
     """The consumer's results and the API's failure reasons are exported before they happen."""
     from prometheus_client import generate_latest
 
-    import audit_api.main
     import audit_consumer.metrics
+    from audit_api.main import create_app
+    from audit_api.settings import Settings
     from tests.conftest import JWT_SECRET, metric
 
-    audit_api.main.create_app(audit_api.main.Settings(AUDIT_JWT_SECRET=JWT_SECRET))
+    create_app(Settings(AUDIT_JWT_SECRET=JWT_SECRET))
     text = generate_latest().decode()
     for result in audit_consumer.metrics.RESULTS:
         assert f'audit_consumer_messages_total{{result="{result}"}} ' in text

@@ -54,7 +54,7 @@ def init_series(routes: Iterable[BaseRoute]) -> None:
     for route in routes:
         if isinstance(route, APIRoute):
             statuses = {str(route.status_code or 200), *map(str, route.responses)}
-            for method in route.methods:
+            for method in route.methods or ():
                 for status in statuses:
                     REQUESTS.labels(method, route.path, status)
 
