@@ -76,23 +76,37 @@ docker-build: ## Build the audit-api and audit-consumer images (host network, cl
 	docker build --network host -f apps/api/Dockerfile -t audit-api:dev .
 	docker build --network host -f apps/consumer/Dockerfile -t audit-consumer:dev .
 
+# Jaeger left out of DOCKER_SERVICES: tracing off (the apps would export to a host that does not
+# exist), unless OTEL_EXPORTER_OTLP_ENDPOINT is set in your shell to a collector of your own.
+NO_JAEGER := $(and $(DOCKER_SERVICES),$(if $(filter jaeger,$(DOCKER_SERVICES)),,yes))
+TRACING_OFF := $(if $(and $(NO_JAEGER),$(filter undefined,$(origin OTEL_EXPORTER_OTLP_ENDPOINT))),OTEL_EXPORTER_OTLP_ENDPOINT=)
+READYZ := import urllib.request as u; u.urlopen("http://127.0.0.1:8001/readyz", timeout=2)
+
 .PHONY: docker-up
-docker-up: .env docker-build ## Build, start everything in Docker, wait until healthy, print URLs and a token
-	$(COMPOSE) up -d --no-build $(DOCKER_SERVICES)
-	@echo "waiting for the API and consumers..."; \
+docker-up: .env docker-build ## Build, start, wait until the API and every consumer are ready, print what runs
+	$(TRACING_OFF) $(COMPOSE) up -d --no-build $(DOCKER_SERVICES)
+	@echo "waiting for the API and the consumers to be ready..."; \
 	for i in $$(seq 1 90); do \
-	  curl -fsS http://127.0.0.1:8000/readyz >/dev/null 2>&1 && break; sleep 1; \
-	  if [ $$i = 90 ]; then echo "API not ready; see 'make docker-logs'" >&2; exit 1; fi; \
+	  ok=yes; \
+	  if [ -n "$$($(COMPOSE) ps -q api)" ]; then curl -fsS http://127.0.0.1:8000/readyz >/dev/null 2>&1 || ok=; fi; \
+	  for c in $$($(COMPOSE) ps -q consumer); do docker exec $$c python -c '$(READYZ)' >/dev/null 2>&1 || ok=; done; \
+	  [ -n "$$ok" ] && break; sleep 1; \
+	  if [ $$i = 90 ]; then echo "not ready after 90 s; see 'make docker-logs'" >&2; exit 1; fi; \
 	done
-	@token=$$($(COMPOSE) exec -T api audit-token --sub dev-user); \
-	printf '%s\n' "" \
-	  "  API         http://127.0.0.1:8000/docs" \
-	  "  Jaeger      http://127.0.0.1:16686" \
-	  "  Prometheus  http://127.0.0.1:9090" \
-	  "  NATS        http://127.0.0.1:8222/jsz?consumers=true" \
-	  "" "  export TOKEN=$$token" \
-	  "  curl -s -X PATCH http://127.0.0.1:8000/accounts/acc-1 -H \"Authorization: Bearer \$$TOKEN\" -H 'Content-Type: application/json' -d '{\"email\": \"new@example.com\"}'" \
-	  "  $(COMPOSE) exec postgres psql -U audit -d audit -c 'SELECT occurred_at, actor_id, action, resource_id, outcome FROM audit_events ORDER BY stream_seq DESC LIMIT 5'" ""
+	@running=" $$($(COMPOSE) ps --services --filter status=running | tr '\n' ' ') "; \
+	has() { case "$$running" in *" $$1 "*) return 0;; esac; return 1; }; \
+	echo; \
+	has api && echo "  API         http://127.0.0.1:8000/docs"; \
+	has jaeger && echo "  Jaeger      http://127.0.0.1:16686"; \
+	has prometheus && echo "  Prometheus  http://127.0.0.1:9090"; \
+	has nats && echo "  NATS        http://127.0.0.1:8222/jsz?consumers=true"; \
+	has consumer && echo "  consumers   $$(echo $$($(COMPOSE) ps -q consumer) | wc -w) ready"; \
+	if has api; then \
+	  echo; echo "  export TOKEN=$$($(COMPOSE) exec -T api audit-token --sub dev-user)"; \
+	  echo "  curl -s -X PATCH http://127.0.0.1:8000/accounts/acc-1 -H \"Authorization: Bearer \$$TOKEN\" -H 'Content-Type: application/json' -d '{\"email\": \"new@example.com\"}'"; \
+	fi; \
+	has postgres && echo "  $(COMPOSE) exec -T postgres psql -U audit -d audit -c 'SELECT occurred_at, actor_id, action, resource_id, outcome FROM audit_events ORDER BY stream_seq DESC LIMIT 5'"; \
+	echo
 
 .PHONY: docker-down
 docker-down: ## Stop the Docker stack and delete its volumes

@@ -1,6 +1,7 @@
 """The API against real NATS: what it acknowledged is exactly what the stream holds."""
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -84,11 +85,13 @@ async def test_unreachable_broker_answers_503_not_500(streams: Settings) -> None
         assert (await client.get("/readyz")).status_code == 503
 
 
-async def test_metrics_add_up_across_uvicorn_workers(streams: Settings, tmp_path: Any) -> None:
+async def test_metrics_and_logs_of_every_uvicorn_worker(streams: Settings, tmp_path: Any) -> None:
+    """Two workers: /metrics adds both up, and both log, in JSON, uvicorn's lines included."""
     from tests.conftest import service_env
     from tests.processes import api
 
-    server = api(service_env(streams, AUDIT_API_WORKERS="2"), tmp_path).start()
+    env = service_env(streams, AUDIT_API_WORKERS="2", AUDIT_LOG_FORMAT="json")
+    server = api(env, tmp_path).start()
     try:
         server.wait_ready()
         for _ in range(20):  # both workers most likely connected (each probe hits either)
@@ -120,5 +123,17 @@ async def test_metrics_add_up_across_uvicorn_workers(streams: Settings, tmp_path
                 text = await scrape()
                 assert counts(text) == statuses
                 assert metric(text, "audit_api_publish_duration_seconds_count") == statuses["200"]
+
+        def entries() -> list[dict[str, str]]:
+            lines = server.log_path.read_text().splitlines()
+            return [json.loads(line) for line in lines if line.strip()]  # every line is JSON
+
+        def both_connected() -> bool:
+            return sum(e["message"] == "connected to NATS" for e in entries()) >= 2
+
+        await wait_for(both_connected, timeout=30)  # audit.api INFO lines from each worker
+        started = [e for e in entries() if e["message"].startswith("Started server process")]
+        assert len(started) == 2  # uvicorn's own lines, one per worker, in the same format
+        assert {e["logger"] for e in started} == {"uvicorn.error"}
     finally:
         server.stop()

@@ -3,11 +3,12 @@ active span, plain logs with trace_id appended."""
 
 import json
 import logging
+import sys
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from audit_events.tracing import _Formatter
+from audit_events.tracing import _ExportFailures, _Formatter, configure_logging
 
 
 def line(as_json: bool, in_span: bool) -> str:
@@ -40,3 +41,50 @@ def test_no_span_no_ids(as_json: bool) -> None:
 def test_plain_lines_append_the_trace_id() -> None:
     text, trace_id, _ = line(as_json=False, in_span=True).split("|")
     assert text.endswith(f"stored 3 trace_id={trace_id}")
+
+
+def test_plain_lines_escape_control_characters_so_no_line_can_be_forged() -> None:
+    """A field name from a NATS message with a newline must not start a fake log line."""
+    forged = "bad field 'x\n2026-01-01 00:00:00 INFO audit.consumer stored 1000'"
+    record = logging.LogRecord("audit.t", logging.WARNING, __file__, 1, "dead-lettered: %s",
+                               (forged,), None)  # fmt: skip
+    text = _Formatter("audit-consumer", as_json=False).format(record)
+    assert "\n" not in text
+    assert "x\\n2026-01-01" in text
+
+
+def test_json_lines_stay_one_line_with_a_traceback() -> None:
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "failed", None,
+                                   sys.exc_info())  # fmt: skip
+    text = _Formatter("audit-api", as_json=True).format(record)
+    assert "\n" not in text
+    assert "Traceback" in json.loads(text)["exception"]
+
+
+def test_configure_logging_is_idempotent() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        configure_logging("audit-api")
+        configure_logging("audit-api")
+        ours = [h for h in root.handlers if isinstance(h.formatter, _Formatter)]
+        assert len(ours) == 1
+    finally:
+        root.handlers = before
+
+
+def test_a_missing_collector_is_reported_once_not_on_every_export(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("test.exporter")
+    log.addFilter(_ExportFailures("http://jaeger:4318"))
+    with caplog.at_level(logging.INFO, logger="test.exporter"):
+        for _ in range(50):
+            log.warning("Transient error: connection refused, retrying")
+            log.error("Failed to export spans batch")
+    (only,) = caplog.records
+    assert only.levelname == "WARNING"
+    assert "trace export to http://jaeger:4318 failing" in only.getMessage()

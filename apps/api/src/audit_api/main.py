@@ -81,6 +81,13 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     return app
 
 
+def worker_app() -> FastAPI:
+    """The app as each uvicorn worker process builds it. Workers are spawned, not forked: they
+    inherit none of the parent's logging, so each configures its own before the app exists."""
+    tracing.configure_logging("audit-api")
+    return create_app()
+
+
 def main() -> None:
     """Serve with uvicorn (uvloop + httptools); ``AUDIT_API_WORKERS`` processes."""
     settings = Settings()  # fail fast, before forking workers, on a bad configuration
@@ -89,8 +96,9 @@ def main() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="audit-api-metrics-")
     tracing.configure_logging("audit-api")
     uvicorn.run(
-        "audit_api.main:create_app",
+        "audit_api.main:worker_app",
         factory=True,
+        log_config=None,  # uvicorn's loggers go through ours (JSON when AUDIT_LOG_FORMAT=json)
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

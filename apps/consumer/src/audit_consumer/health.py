@@ -8,11 +8,15 @@ this worker can do useful work now: NATS connected and the last database write s
 
 import asyncio
 import json
+import logging
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from audit_consumer.consumer import Consumer
+
+log = logging.getLogger("audit.consumer.health")
+REASONS = {200: "OK", 404: "Not Found", 431: "Request Header Fields Too Large", 503: "Unavailable"}
 
 
 class HealthServer:
@@ -48,22 +52,32 @@ class HealthServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            try:
+                request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            except asyncio.LimitOverrunError:  # a head over the stream's 64 KiB limit
+                log.info("probe request over 64 KiB answered 431")
+                await self._answer(writer, 431, "application/json", b'{"error": "too large"}')
+                return
             parts = request.split(b" ", 2)
             path = parts[1].decode("latin-1").split("?")[0] if len(parts) > 1 else "/"
             if path == "/metrics":
-                code, content_type, payload = 200, CONTENT_TYPE_LATEST, generate_latest()
+                await self._answer(writer, 200, CONTENT_TYPE_LATEST, generate_latest())
             else:
                 code, body = self.status(path)
-                content_type, payload = "application/json", json.dumps(body).encode()
-            head = (
-                f"HTTP/1.1 {code} {'OK' if code == 200 else 'Error'}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
-                "Connection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + payload)
-            await writer.drain()
+                await self._answer(writer, code, "application/json", json.dumps(body).encode())
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    @staticmethod
+    async def _answer(
+        writer: asyncio.StreamWriter, code: int, content_type: str, payload: bytes
+    ) -> None:
+        head = (
+            f"HTTP/1.1 {code} {REASONS.get(code, 'Error')}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + payload)
+        await writer.drain()

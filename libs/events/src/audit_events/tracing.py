@@ -9,7 +9,9 @@ message headers, and the consumer continues it per message. ``configure_logging`
 import json
 import logging
 import os
+import re
 import sys
+import time
 from collections.abc import Mapping
 
 from opentelemetry import propagate, trace
@@ -29,7 +31,28 @@ def init_tracing(service: str) -> bool:
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    exporter_log = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    exporter_log.addFilter(_ExportFailures(os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]))
     return True
+
+
+class _ExportFailures(logging.Filter):
+    """A collector that is not running (or down) must not flood the logs of the pipeline it
+    observes: the exporter logs every failed attempt; we let one line through per interval."""
+
+    def __init__(self, endpoint: str, interval: float = 600) -> None:
+        super().__init__()
+        self.endpoint, self.interval, self.quiet_until = endpoint, interval, 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self.quiet_until:
+            return False
+        self.quiet_until = now + self.interval
+        record.msg = "trace export to %s failing, spans are dropped (%s); next report in %d min"
+        record.args = (self.endpoint, record.getMessage()[:200], self.interval // 60)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def enabled() -> bool:
@@ -54,8 +77,19 @@ def extract(headers: Mapping[str, str] | None) -> Context:
     return propagate.extract(dict(headers or {}))
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """Control characters as visible escapes (``\\n``, ``\\x1b``): client- and broker-supplied
+    text in a message can never start a new, forged log line."""
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 class _Formatter(logging.Formatter):
-    """Adds the current trace and span ids; one JSON object per line when ``as_json``."""
+    """Adds the current trace and span ids; one JSON object per line when ``as_json``. Plain
+    lines escape control characters in the message (a traceback still follows on its own
+    lines); JSON escapes everything by construction."""
 
     def __init__(self, service: str, as_json: bool) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s%(trace)s")
@@ -78,11 +112,22 @@ class _Formatter(logging.Formatter):
                 entry["exception"] = self.formatException(record.exc_info)
             return json.dumps(entry)
         record.trace = f" trace_id={ids['trace_id']}" if ids else ""
+        message = record.getMessage()
+        if CONTROL.search(message):
+            record.msg, record.args = escape(message), None
         return super().format(record)
 
 
 def configure_logging(service: str) -> None:
-    """Log to stderr, plain or JSON (``AUDIT_LOG_FORMAT=json``), with trace ids when tracing."""
+    """Log to stderr, plain or JSON (``AUDIT_LOG_FORMAT=json``), with trace ids when tracing.
+
+    Every logger goes through this one handler: uvicorn's too (run it with ``log_config=None``
+    so it adds no handlers of its own), so JSON logs are all JSON. Idempotent, and meant to be
+    called in every process: uvicorn's workers are spawned and inherit nothing of it."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, _Formatter) for h in root.handlers):
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(service, os.environ.get("AUDIT_LOG_FORMAT") == "json"))
-    logging.basicConfig(level=os.environ.get("AUDIT_LOG_LEVEL", "INFO"), handlers=[handler])
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("AUDIT_LOG_LEVEL", "INFO").upper())
