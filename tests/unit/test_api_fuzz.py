@@ -28,6 +28,7 @@ def test_no_input_breaks_the_api(case: Case) -> None:  # type: ignore[type-arg]
     response = case.call_and_validate()
     assert response.status_code < 500 or response.status_code == 503
     if response.status_code == 200 and case.path.startswith("/accounts"):
-        assert response.json()["audit_event_id"] == str(publisher.events[-1].id)
+        # (not necessarily the last: schemathesis' ignored_auth check replays without a token)
+        assert response.json()["audit_event_id"] in {str(e.id) for e in publisher.events}
     if response.status_code == 401:
         assert publisher.events[-1].outcome == "denied"

@@ -1,8 +1,10 @@
 """JWT bearer authentication: HS256 only, ``sub`` is the actor, ``exp`` is required.
 
 Pinning ``algorithms=["HS256"]`` is what rejects ``alg: none`` and HS/RS confusion; PyJWT
-checks the signature and expiry. A subject with control characters is refused so that an actor
-id can always be stored (PostgreSQL rejects NUL) and printed.
+checks the signature and expiry. A subject with control characters or lone surrogates is
+refused so that an actor id can always be encoded, stored (PostgreSQL rejects NUL) and printed.
+A refusal carries a fixed reason code, never a library's message: PyJWT checks some headers
+(``crit``) before the signature and quotes them, so its messages can carry attacker text.
 """
 
 import argparse
@@ -17,29 +19,45 @@ MAX_SUBJECT_CHARS = 256
 
 
 class AuthError(Exception):
-    """The request is not authenticated; the message says why (logged, never sent back)."""
+    """The request is not authenticated; ``code`` says why, from a fixed set (it is recorded in
+    the denied event, never sent back)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+# PyJWT's errors by their class, most specific first; anything else is "invalid_token".
+JWT_REASONS: list[tuple[type[jwt.PyJWTError], str]] = [
+    (jwt.ExpiredSignatureError, "token_expired"),
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.InvalidAlgorithmError, "bad_algorithm"),
+    (jwt.MissingRequiredClaimError, "missing_claim"),
+    (jwt.DecodeError, "malformed_token"),
+]
 
 
 def authenticate(authorization: str | None, secret: str) -> str:
     """The actor (``sub``) of a valid ``Authorization: Bearer <jwt>``, else :class:`AuthError`."""
     if not authorization:
-        raise AuthError("missing Authorization header")
+        raise AuthError("missing_token")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise AuthError("Authorization is not a Bearer token")
+        raise AuthError("not_bearer")
     if len(token) > MAX_TOKEN_BYTES:
-        raise AuthError("token too large")
+        raise AuthError("token_too_large")
     try:
         claims = jwt.decode(
             token.strip(), secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
         )
     except jwt.PyJWTError as exc:
-        raise AuthError(f"invalid token: {exc}") from None
+        code = next((c for kind, c in JWT_REASONS if isinstance(exc, kind)), "invalid_token")
+        raise AuthError(code) from None
     subject = claims["sub"]
     if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
-        raise AuthError("sub must be a string of 1-256 characters")
-    if any(unicodedata.category(ch) == "Cc" for ch in subject):
-        raise AuthError("sub contains control characters")
+        raise AuthError("bad_subject")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in subject):
+        raise AuthError("bad_subject")  # control characters, lone surrogates
     return subject
 
 

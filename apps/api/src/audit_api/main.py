@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,11 +42,14 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         finally:
             await nats_publisher.close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load their scripts from this app (the fastapi-offline
+    # package ships them), not from a CDN a firewalled network cannot reach.
+    app = FastAPIOffline(
         title="Audit API",
         summary="Placeholder accounts API; every request leaves an audit event",
         version="0.1.0",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the client-chosen Host header
     )
     app.state.settings = settings
     app.state.publisher = publisher

@@ -1,8 +1,10 @@
 """Turning an HTTP request into an audit event and getting it acknowledged.
 
-Every string that comes from the client (user agent, request id) is stripped of control
-characters and cut to the model's limits here, so that an event the API acknowledged can always
-be stored: it never reaches the consumer as something PostgreSQL would refuse.
+Every string that comes from the client (path, user agent, request id) has its control
+characters replaced by U+FFFD (never deleted: that would turn ``acc%00-1`` into ``acc-1``) and
+is cut to the model's limits here, so that an event the API acknowledged can always be stored:
+it never reaches the consumer as something PostgreSQL would refuse. Headers are read as UTF-8
+when they are (the server hands them over as latin-1), so a non-ASCII user agent is kept whole.
 """
 
 import re
@@ -11,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from audit_api.auth import AuthError, authenticate
 from audit_api.publisher import Publisher, PublishUnavailable
@@ -20,12 +23,29 @@ ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
+UNPRINTABLE = ("Cc", "Cs")  # control characters, lone surrogates
+
+
 def clean(text: str | None, limit: int) -> str | None:
-    """Printable text only, at most ``limit`` characters; ``None`` if nothing is left."""
+    """``text`` with unprintable characters replaced by U+FFFD, at most ``limit`` characters;
+    ``None`` if empty."""
     if not text:
         return None
-    kept = "".join(ch for ch in text if unicodedata.category(ch) != "Cc")[:limit]
-    return kept or None
+    if any(unicodedata.category(ch) in UNPRINTABLE for ch in text):
+        text = "".join("\ufffd" if unicodedata.category(ch) in UNPRINTABLE else ch for ch in text)
+    return text[:limit]
+
+
+def header(request: Request, name: str) -> str | None:
+    """A header's value as UTF-8 when its bytes are UTF-8, else as latin-1 (HTTP's default)."""
+    value = request.headers.get(name)
+    if value is None or value.isascii():
+        return value
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def _source_ip(request: Request) -> str | None:
@@ -66,8 +86,8 @@ def build_event(
         resource_id=clean(account_id, 256) or "-",
         outcome=outcome,
         source_ip=_source_ip(request),
-        user_agent=clean(request.headers.get("user-agent"), 1024),
-        request_id=clean(request.headers.get("x-request-id"), 128),
+        user_agent=clean(header(request, "user-agent"), 1024),
+        request_id=clean(header(request, "x-request-id"), 128),
         trace_id=_trace_id(request),
         metadata={"method": request.method, "path": clean(request.url.path, 512), "status": status}
         | (extra or {}),
@@ -88,7 +108,13 @@ async def record(request: Request, event: AuditEvent) -> None:
         ) from exc
 
 
-async def current_actor(request: Request) -> str:
+BEARER = HTTPBearer(auto_error=False, description="HS256 JWT (`audit-token` prints one)")
+"""Declares the bearer scheme in OpenAPI (so /docs has "Authorize"); checking is ours below."""
+
+
+async def current_actor(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+) -> str:
     """The authenticated actor; otherwise record a ``denied`` event, then answer 401."""
     try:
         return authenticate(
@@ -97,7 +123,7 @@ async def current_actor(request: Request) -> str:
     except AuthError as exc:
         event = build_event(
             request, actor_type="anonymous", actor_id="anonymous", outcome="denied", status=401,
-            extra={"reason": clean(str(exc), 200)},
+            extra={"reason": exc.code},
         )  # fmt: skip
         await record(request, event)
         raise HTTPException(
