@@ -13,6 +13,7 @@ from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
 
 from audit_api.auth import issue_token
 from audit_api.main import create_app
@@ -20,23 +21,31 @@ from audit_api.publisher import NatsPublisher
 from audit_api.settings import Settings as ApiSettings
 from audit_consumer.consumer import Consumer
 from audit_consumer.settings import Settings
+from audit_events import tracing
 from tests.conftest import JWT_SECRET, wait_for
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
+    """A real tracer provider for this test only. OpenTelemetry lets a process set its global
+    provider once; we reset that (private) global afterwards, so the tests that follow run with
+    tracing off, as a process without OTEL_EXPORTER_OTLP_ENDPOINT does."""
+    assert not tracing.enabled(), "another test left a global tracer provider behind"
     exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):  # the first (and only) one in this process
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
+    provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
     PsycopgInstrumentor().instrument(enable_commenter=False)
-    yield exporter
-    PsycopgInstrumentor().uninstrument()
+    try:
+        yield exporter
+    finally:
+        PsycopgInstrumentor().uninstrument()
+        provider.shutdown()
+        trace._TRACER_PROVIDER = None
+        trace._TRACER_PROVIDER_SET_ONCE = Once()
 
 
 async def test_one_trace_from_request_to_row(
@@ -83,3 +92,8 @@ async def test_one_trace_from_request_to_row(
     writes = [s for s in finished if s.name == "COPY audit_events"
               and s.parent is not None and s.parent.span_id == batch.context.span_id]  # fmt: skip
     assert writes, sorted(s.name for s in finished)  # the database write itself is in the trace
+
+
+def test_tracing_is_off_again_for_the_tests_that_follow() -> None:
+    assert not tracing.enabled()
+    assert tracing.current_trace_id() is None
