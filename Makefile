@@ -66,7 +66,7 @@ bench-smoke: sync ## CI: the benchmark on tiny inputs (must finish and print; ne
 
 .PHONY: dev
 dev: sync ## Run PostgreSQL, NATS, setup, the API and two consumers locally; Ctrl-C stops all
-	$(UV) run --frozen python -m audit_devservers.dev
+	$(UV) run --frozen python scripts/dev.py
 
 .env:
 	cp .env.example .env

@@ -2,7 +2,8 @@
 
 PostgreSQL and NATS keep their data in ``.dev/`` between runs. One ``audit-api`` and two
 ``audit-consumer`` processes run with their logs prefixed. Ctrl-C stops the apps first (so
-consumers finish and ack their batch), then the servers.
+consumers finish and ack their batch), then the servers. As in compose and the chart, only
+setup gets the owner's database login, consumers their writer login, the API none.
 """
 
 import asyncio
@@ -21,6 +22,8 @@ from audit_api.settings import DEV_JWT_SECRET
 from audit_consumer.settings import Settings
 from audit_consumer.setup import run as setup
 from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer
+
+WRITER_LOGIN = "audit_consumer"  # created by audit-setup as a member of audit_writer
 
 ROOT = Path.cwd()
 BIN = Path(sys.executable).parent
@@ -59,24 +62,29 @@ def main() -> None:
     )
     pg.start()
     nats.start()
+    writer_url = pg.url.replace("postgresql://postgres@", f"postgresql://{WRITER_LOGIN}@")
     env = {
-        **os.environ,
-        "DATABASE_URL": pg.url,
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "AUDIT_JWT_SECRET")},
         "NATS_URL": nats.url,
+        "PYTHONUNBUFFERED": "1",
+    }
+    api_env = {
+        **env,
         "AUDIT_JWT_SECRET": DEV_JWT_SECRET,
         "AUDIT_DEV_MODE": "true",
         "AUDIT_API_PORT": str(api_port),
         "AUDIT_API_HOST": "127.0.0.1",
-        "PYTHONUNBUFFERED": "1",
     }
-    os.environ.update(env)
     procs: list[subprocess.Popen[bytes]] = []
     logging.basicConfig(level=logging.INFO, format="     setup | %(message)s")
     try:
-        asyncio.run(setup("all", Settings()))
-        procs.append(_spawn("api", [str(BIN / "audit-api")], env))
+        owner = Settings(DATABASE_URL=pg.url, NATS_URL=nats.url,
+                         AUDIT_WRITER_DATABASE_URL=writer_url)  # fmt: skip
+        asyncio.run(setup("all", owner))
+        procs.append(_spawn("api", [str(BIN / "audit-api")], api_env))
         for i in (1, 2):
-            consumer_env = {**env, "AUDIT_HEALTH_PORT": str(api_port + i)}
+            consumer_env = {**env, "AUDIT_WRITER_DATABASE_URL": writer_url,
+                            "AUDIT_HEALTH_PORT": str(api_port + i)}  # fmt: skip
             procs.append(_spawn(f"consumer-{i}", [str(BIN / "audit-consumer")], consumer_env))
         token = issue_token(DEV_JWT_SECRET, "dev-user")
         print(
