@@ -1,7 +1,7 @@
 """``audit-consumer``: one worker on the shared durable, with its probe server.
 
-SIGTERM/SIGINT: stop fetching, finish and ack the batch in hand, drain the NATS connection,
-exit 0. A second signal, or ``AUDIT_SHUTDOWN_SECONDS`` passing, does not lose anything either:
+SIGTERM/SIGINT: stop fetching, finish and ack the batch in hand (and what the last pull
+request still delivers), flush the acks to the server and close the connection, exit 0. A second signal, or ``AUDIT_SHUTDOWN_SECONDS`` passing, does not lose anything either:
 unacked messages are simply redelivered to another worker.
 """
 
