@@ -128,7 +128,7 @@ HELM ?= $(shell command -v helm 2>/dev/null || ../shared/tools/get-helm 2>/dev/n
 KIND ?= kind
 KUBECTL ?= kubectl
 KIND_CLUSTER ?= audit
-IMAGE_TAG ?= 0.1.0
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: "\(.*\)"/\1/p' charts/audit/Chart.yaml)
 
 .PHONY: helm-lint
 helm-lint: ## helm lint --strict and render the chart with default, kind and production values
@@ -148,7 +148,7 @@ kind-up: ## kind cluster, images loaded (tag IMAGE_TAG), KEDA from its Helm repo
 	@# No --wait here: the setup Job is a post-install hook (bundled servers) and consumers become
 	@# ready only after it created their database login; rollout status waits for that instead.
 	$(HELM) upgrade --install audit charts/audit --namespace audit --create-namespace \
-	  -f charts/audit/values-kind.yaml --set image.api.tag=$(IMAGE_TAG) --set image.consumer.tag=$(IMAGE_TAG) --timeout 10m
+	  -f charts/audit/values-kind.yaml --timeout 10m
 	$(KUBECTL) -n audit rollout status statefulset/audit-nats statefulset/audit-postgresql --timeout 10m
 	$(KUBECTL) -n audit rollout status deployment/audit-api deployment/audit-consumer --timeout 10m
 	$(HELM) test audit --namespace audit

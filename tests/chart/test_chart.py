@@ -289,3 +289,28 @@ def test_kedas_replica_math_for_the_kind_values(render: Render) -> None:
     want = [max(spec["minReplicaCount"], min(spec["maxReplicaCount"], math.ceil(lag / threshold)))
             for lag in (0, 1, threshold, threshold + 1, 100 * threshold)]  # fmt: skip
     assert want == [1, 1, 1, 2, 4]
+
+
+def test_scheduling_values_reach_every_app_pod(render: Render) -> None:
+    objects = render(
+        "default", "--set", "nodeSelector.disk=ssd", "--set", "podAnnotations.team=sec",
+        "--set", "tolerations[0].key=dedicated", "--set", "affinity.podAntiAffinity.x=1",
+    )  # fmt: skip
+    for kind, suffix in (("Deployment", "-api"), ("Deployment", "-consumer"), ("Job", "-setup")):
+        obj = find(objects, kind, suffix)
+        spec = pod_spec(obj)
+        assert spec["nodeSelector"] == {"disk": "ssd"}, suffix
+        assert spec["tolerations"] == [{"key": "dedicated"}], suffix
+        assert "podAntiAffinity" in spec["affinity"], suffix
+        assert obj["spec"]["template"]["metadata"]["annotations"]["team"] == "sec", suffix
+
+
+def test_image_tags_default_to_the_chart_app_version(render: Render) -> None:
+    import yaml
+
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    for obj in render("default"):
+        if obj["kind"] in WORKLOADS:
+            for c in pod_spec(obj)["containers"]:
+                if c["image"].startswith("audit-"):
+                    assert c["image"].endswith(f":{version}"), c["image"]

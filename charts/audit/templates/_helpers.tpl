@@ -115,6 +115,25 @@ random one (so `helm install` works out of the box and upgrades keep tokens vali
 {{- end -}}
 {{- end -}}
 
+{{/* "repository:tag" of an image; the tag defaults to the chart's appVersion */}}
+{{- define "audit.image" -}}
+{{- $root := index . 0 -}}{{- $image := index . 1 -}}
+{{- printf "%s:%s" $image.repository ($image.tag | default $root.Chart.AppVersion) | quote -}}
+{{- end -}}
+
+{{/* Where pods may run, and their extra annotations: the same values for every app pod */}}
+{{- define "audit.scheduling" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{/* Hardened security contexts */}}
 {{- define "audit.podSecurityContext" -}}
 runAsNonRoot: true

@@ -1,5 +1,6 @@
 """``audit-api``: the FastAPI app factory and the uvicorn entry point."""
 
+import importlib.metadata
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app = FastAPIOffline(
         title="Audit API",
         summary="Placeholder accounts API; every request leaves an audit event",
-        version="0.1.0",
+        version=importlib.metadata.version("audit-api"),
         lifespan=lifespan,
         redirect_slashes=False,  # a redirect would be built from the client-chosen Host header
     )

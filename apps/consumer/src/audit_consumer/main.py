@@ -1,8 +1,9 @@
 """``audit-consumer``: one worker on the shared durable, with its probe server.
 
 SIGTERM/SIGINT: stop fetching, finish and ack the batch in hand (and what the last pull
-request still delivers), flush the acks to the server and close the connection, exit 0. A second signal, or ``AUDIT_SHUTDOWN_SECONDS`` passing, does not lose anything either:
-unacked messages are simply redelivered to another worker.
+request still delivers), flush the acks to the server and close the connection, exit 0. A
+second signal, or ``AUDIT_SHUTDOWN_SECONDS`` passing, does not lose anything either: unacked
+messages are simply redelivered to another worker.
 """
 
 import asyncio
