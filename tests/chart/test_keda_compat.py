@@ -19,8 +19,8 @@ from audit_devservers import NatsServer
 from audit_events import encode
 from tests.chart.conftest import Render, find
 from tests.conftest import service_env, wait_for
+from tests.helpers import make_event
 from tests.processes import consumer
-from tests.unit.test_events import make_event
 
 
 def jsz_lag(monitor: str, meta: dict[str, str]) -> int:

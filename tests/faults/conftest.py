@@ -99,7 +99,7 @@ async def rig(
 
 
 @pytest.fixture
-def db(rig: Rig) -> str:
+def db_url(rig: Rig) -> str:
     """The owner's URL, for checking rows."""
     return rig.pg.url
 

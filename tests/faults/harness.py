@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import psycopg
 
 from audit_api.auth import issue_token
 from tests.conftest import JWT_SECRET
+from tests.helpers import stored_ids
 from tests.processes import Service
 
 AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'fault-tester')}"}
@@ -102,13 +102,6 @@ class Summary:
 
 
 RESULTS: list[Summary] = []
-
-
-async def stored_ids(db_url: str) -> list[str]:
-    """Every row's id (a new connection each time: PostgreSQL may have restarted meanwhile)."""
-    async with await psycopg.AsyncConnection.connect(db_url) as conn:
-        cur = await conn.execute("SELECT id::text FROM audit_events")
-        return [r[0] for r in await cur.fetchall()]
 
 
 async def wait_stored(db: str, ids: list[str], timeout: float = 120) -> float:

@@ -15,32 +15,32 @@ import psycopg
 from audit_events import MAX_EVENT_BYTES, encode
 from tests.conftest import wait_for
 from tests.faults.conftest import Rig
-from tests.faults.harness import Load, health, stored_ids, verify, wait_stored
-from tests.unit.test_events import make_event
+from tests.faults.harness import Load, health, verify, wait_stored
+from tests.helpers import make_event, stored_ids
 
 
-async def rows_at_least(db: str, n: int) -> bool:
-    return len(await stored_ids(db)) >= n
+async def rows_at_least(db_url: str, n: int) -> bool:
+    return len(await stored_ids(db_url)) >= n
 
 
-async def test_consumer_sigkilled_mid_batch(rig: Rig, db: str) -> None:
+async def test_consumer_sigkilled_mid_batch(rig: Rig, db_url: str) -> None:
     rig.start(consumers=3)
     load = Load(rig.url, concurrency=16, total=2000).start()
-    await wait_for(lambda: rows_at_least(db, 300))
+    await wait_for(lambda: rows_at_least(db_url, 300))
     victim = rig.consumers[0]
     victim.signal(signal.SIGKILL)
     assert await asyncio.to_thread(victim.wait) == -signal.SIGKILL
     victim.start()
     fault_end_acks = list(load.acknowledged)
-    recovery = await wait_stored(db, fault_end_acks)
+    recovery = await wait_stored(db_url, fault_end_acks)
     await load.done()
-    await verify("consumer SIGKILL mid-batch", db, load, recovery_s=recovery)
+    await verify("consumer SIGKILL mid-batch", db_url, load, recovery_s=recovery)
 
 
-async def test_postgres_down_under_load(rig: Rig, db: str) -> None:
+async def test_postgres_down_under_load(rig: Rig, db_url: str) -> None:
     rig.start(consumers=2)
     load = Load(rig.url, concurrency=8).start()
-    await wait_for(lambda: rows_at_least(db, 100))
+    await wait_for(lambda: rows_at_least(db_url, 100))
     rig.pg.stop()
     saw_unready: set[str] = set()
     deadline = time.monotonic() + 6
@@ -58,16 +58,16 @@ async def test_postgres_down_under_load(rig: Rig, db: str) -> None:
     ready_after = time.monotonic() - restarted
     await load.stop()
     assert all(c.proc is not None and c.proc.poll() is None for c in rig.consumers)
-    recovery = ready_after + await wait_stored(db, load.acknowledged)
+    recovery = ready_after + await wait_stored(db_url, load.acknowledged)
     dead = sum(health(c)["dead_lettered"] for c in rig.consumers)
     assert dead == 0
-    await verify("PostgreSQL stopped 6 s", db, load, recovery_s=recovery, dlq=dead)
+    await verify("PostgreSQL stopped 6 s", db_url, load, recovery_s=recovery, dlq=dead)
 
 
-async def test_nats_down_under_load(rig: Rig, db: str) -> None:
+async def test_nats_down_under_load(rig: Rig, db_url: str) -> None:
     rig.start(consumers=2)
     load = Load(rig.url, concurrency=8).start()
-    await wait_for(lambda: rows_at_least(db, 100))
+    await wait_for(lambda: rows_at_least(db_url, 100))
     rig.nats.stop()  # file storage stays on disk
     down_mark = load.answered
     await asyncio.sleep(5)
@@ -82,19 +82,19 @@ async def test_nats_down_under_load(rig: Rig, db: str) -> None:
     await load.stop()
     for c in rig.consumers:
         await asyncio.to_thread(c.wait_ready, 60)
-    recovery = await wait_stored(db, load.acknowledged) + (time.monotonic() - restarted)
+    recovery = await wait_stored(db_url, load.acknowledged) + (time.monotonic() - restarted)
     assert all(c.proc is not None and c.proc.poll() is None for c in rig.consumers)
     await verify(
-        "NATS stopped 5 s", db, load, recovery_s=recovery,
+        "NATS stopped 5 s", db_url, load, recovery_s=recovery,
         api_503=load.statuses[503], api_back_s=round(api_back, 1),
     )  # fmt: skip
 
 
-async def test_sigterm_every_consumer_during_load(rig: Rig, db: str) -> None:
+async def test_sigterm_every_consumer_during_load(rig: Rig, db_url: str) -> None:
     grace = 20
     rig.start(consumers=3, AUDIT_SHUTDOWN_SECONDS=str(grace))
     load = Load(rig.url, concurrency=8, total=1500).start()
-    await wait_for(lambda: rows_at_least(db, 200))
+    await wait_for(lambda: rows_at_least(db_url, 200))
     for c in rig.consumers:
         c.signal(signal.SIGTERM)
     codes = [await asyncio.to_thread(c.wait, grace + 5) for c in rig.consumers]
@@ -103,13 +103,17 @@ async def test_sigterm_every_consumer_during_load(rig: Rig, db: str) -> None:
     restarted = time.monotonic()
     for c in rig.consumers:
         c.start()
-    await wait_stored(db, load.acknowledged)
+    await wait_stored(db_url, load.acknowledged)
     await verify(
-        "SIGTERM all consumers", db, load, recovery_s=time.monotonic() - restarted, exit_codes=codes
+        "SIGTERM all consumers",
+        db_url,
+        load,
+        recovery_s=time.monotonic() - restarted,
+        exit_codes=codes,
     )
 
 
-async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db: str) -> None:
+async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db_url: str) -> None:
     rig.start(consumers=2)
     nc = await nats.connect(rig.settings.nats_url)
     js = nc.jetstream()
@@ -126,7 +130,7 @@ async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db: str) -> No
     for payload in payloads:
         await js.publish("audit.events.account.update", payload)
     ids = [str(e.id) for e in good]
-    await wait_stored(db, ids)
+    await wait_stored(db_url, ids)
     dlq = rig.settings.names.dlq_stream
     await wait_for(lambda: _messages(js, dlq, len(poison)))
     letters = [await js.get_msg(dlq, seq) for seq in range(1, len(poison) + 1)]
@@ -134,9 +138,9 @@ async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db: str) -> No
     for prefix, payload in poison.items():
         assert reasons[payload].startswith(prefix), (prefix, reasons[payload])
     await nc.close()
-    assert sorted(await stored_ids(db)) == sorted(ids)
+    assert sorted(await stored_ids(db_url)) == sorted(ids)
     await verify(
-        "poison published to stream", db, None, sent=len(payloads), acknowledged=ids,
+        "poison published to stream", db_url, None, sent=len(payloads), acknowledged=ids,
         dead_lettered=len(letters),
     )  # fmt: skip
 
@@ -145,7 +149,7 @@ async def _messages(js: object, stream: str, n: int) -> bool:
     return int((await js.stream_info(stream)).state.messages) == n  # type: ignore[attr-defined]
 
 
-async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db: str) -> None:
+async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db_url: str) -> None:
     nc = await nats.connect(rig.settings.nats_url)
     js = nc.jetstream()
     subject = "audit.events.account.update"
@@ -175,9 +179,9 @@ async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db: str
     await wait_for(lambda: _all_acked(rig), timeout=60)
     duplicates_seen = sum(health(c)["duplicates"] for c in rig.consumers)
     assert duplicates_seen == 52  # every redelivered message was already stored
-    assert sorted(await stored_ids(db)) == sorted(ids)
+    assert sorted(await stored_ids(db_url)) == sorted(ids)
     await verify(
-        "duplicate publish + redelivery", db, None, sent=53, acknowledged=ids,
+        "duplicate publish + redelivery", db_url, None, sent=53, acknowledged=ids,
         redelivered=len(msgs), absorbed=duplicates_seen + 1,
     )  # fmt: skip
 
@@ -193,20 +197,20 @@ async def _all_acked(rig: Rig) -> bool:
         await nc.close()
 
 
-async def test_three_consumers_share_the_durable(rig: Rig, db: str) -> None:
+async def test_three_consumers_share_the_durable(rig: Rig, db_url: str) -> None:
     rig.start(consumers=3, AUDIT_BATCH_SIZE="50")
     load = Load(rig.url, concurrency=16, total=3000).start()
     await load.done()
-    await wait_stored(db, load.acknowledged)
+    await wait_stored(db_url, load.acknowledged)
     await wait_for(lambda: _all_acked(rig))
     stored_by = [health(c)["stored"] for c in rig.consumers]
     assert all(n > 0 for n in stored_by), stored_by
     assert sum(stored_by) == len(load.acknowledged)  # no overlap
-    async with await psycopg.AsyncConnection.connect(db) as conn:
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
         cur = await conn.execute(
             "SELECT count(*), count(DISTINCT stream_seq), max(stream_seq) - min(stream_seq) + 1"
             " FROM audit_events"
         )
         count, distinct, span = await cur.fetchone()  # type: ignore[misc]
     assert count == distinct == span == 3000  # no gap
-    await verify("3 consumers share durable", db, load, stored_by=stored_by)
+    await verify("3 consumers share durable", db_url, load, stored_by=stored_by)

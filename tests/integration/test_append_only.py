@@ -11,7 +11,7 @@ from audit_consumer.database import ensure_writer_login
 from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter
 from audit_events import row
-from tests.unit.test_events import make_event
+from tests.helpers import make_event
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from audit_api.auth import issue_token
 from audit_consumer.settings import Settings
 from audit_events import encode
 from tests.conftest import JWT_SECRET, metric, service_env, wait_for
+from tests.helpers import count_rows, make_event
 from tests.processes import Service, api, consumer
-from tests.unit.test_events import make_event
 
 AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'dave')}", "User-Agent": "e2e/1"}
 
@@ -54,10 +54,6 @@ def pipeline(streams: Settings, db: Any, tmp_path: Path) -> Iterator[Pipeline]:
 async def rows(db: Any, sql: str = "SELECT count(*) FROM audit_events", *params: Any) -> Any:
     cur = await db.execute(sql, params or None)
     return await cur.fetchall()
-
-
-async def count(db: Any) -> int:
-    return int((await rows(db))[0][0])
 
 
 async def send(url: str, n: int, concurrency: int = 16) -> list[str]:
@@ -112,7 +108,7 @@ async def test_every_acknowledged_request_becomes_exactly_one_row(
 
 
 async def _count_is(db: Any, n: int) -> bool:
-    got = await count(db)
+    got = await count_rows(db)
     assert got <= n, f"{got} rows for {n} events: something was stored twice"
     return got == n
 
@@ -183,7 +179,7 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
     ids = await load  # the API kept acknowledging into the stream meanwhile
     # Whatever they stored before exiting they acked, and nothing else (work queue: an acked
     # message leaves the stream): the stream holds exactly the events not yet stored.
-    stored_while_down = await count(db)
+    stored_while_down = await count_rows(db)
     state = (await nc.jetstream().stream_info(streams.names.stream)).state
     assert state.messages == n - stored_while_down
     for service in pipeline.consumers:
@@ -194,4 +190,4 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
 
 
 async def _at_least(db: Any, n: int) -> bool:
-    return await count(db) >= n
+    return await count_rows(db) >= n

@@ -8,7 +8,7 @@ import pytest
 
 from audit_consumer.writer import BatchWriter
 from audit_events import row
-from tests.unit.test_events import make_event
+from tests.helpers import count_rows, make_event
 
 
 @pytest.fixture
@@ -16,12 +16,6 @@ async def writer(db: psycopg.AsyncConnection[Any], migrated: str):
     w = await BatchWriter.connect(migrated)
     yield w
     await w.close()
-
-
-async def count(db: psycopg.AsyncConnection[Any]) -> int:
-    cur = await db.execute("SELECT count(*) FROM audit_events")
-    (n,) = await cur.fetchone()  # type: ignore[misc]
-    return int(n)
 
 
 async def test_batch_insert_stores_every_column(writer: BatchWriter, db: Any) -> None:
@@ -46,7 +40,7 @@ async def test_duplicates_are_ignored(writer: BatchWriter, db: Any) -> None:
     assert (await writer.write(rows)).inserted == 10
     again = await writer.write([*rows[:5], row(make_event(), 99)])
     assert (again.inserted, again.duplicates) == (1, 5)
-    assert await count(db) == 11
+    assert await count_rows(db) == 11
 
 
 async def test_rejected_rows_are_isolated(writer: BatchWriter, db: Any) -> None:
@@ -58,7 +52,7 @@ async def test_rejected_rows_are_isolated(writer: BatchWriter, db: Any) -> None:
     assert [i for i, _ in result.rejected] == [3, 17]
     assert "NUL" in result.rejected[0][1]
     assert result.rejected[1][1].startswith("22P05")  # SQLSTATE class 22: data exception
-    assert await count(db) == 18
+    assert await count_rows(db) == 18
 
 
 async def test_connection_errors_propagate_instead_of_rejecting(migrated: str) -> None:
@@ -82,6 +76,6 @@ async def test_duplicates_and_rejected_rows_in_one_batch(writer: BatchWriter, db
     result = await writer.write(batch)
     assert (result.inserted, result.duplicates) == (2, 1)
     assert [i for i, _ in result.rejected] == [2, 4]
-    assert await count(db) == 3
+    assert await count_rows(db) == 3
     cur = await db.execute("SELECT user_agent FROM audit_events WHERE stream_seq = 2")
     assert await cur.fetchone() == ("tab\there, new\nline, back\\slash",)

@@ -12,7 +12,7 @@ from audit_api.main import create_app
 from audit_api.settings import DEV_JWT_SECRET, Settings
 from tests.conftest import JWT_SECRET, metric
 from tests.fakes import FakePublisher
-from tests.unit.test_auth import BAD_CREDENTIALS
+from tests.helpers import BAD_CREDENTIALS, raw_token
 
 AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'alice')}"}
 
@@ -198,9 +198,7 @@ async def test_openapi_documents_the_route(client: httpx.AsyncClient) -> None:
 async def test_a_token_whose_subject_cannot_be_encoded_is_denied_not_500(
     client: httpx.AsyncClient, publisher: FakePublisher
 ) -> None:
-    from tests.unit.test_auth import _raw_token
-
-    token = _raw_token('{"sub": "\\ud800", "exp": 1099511627776}')
+    token = raw_token('{"sub": "\\ud800", "exp": 1099511627776}')
     response = await client.get("/accounts/acc-1", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     (event,) = publisher.events

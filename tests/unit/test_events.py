@@ -2,14 +2,12 @@
 
 import json
 import time
-from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
 
 from audit_events import (
     MAX_EVENT_BYTES,
-    AuditEvent,
     InvalidEvent,
     StreamNames,
     canonical_ip,
@@ -17,24 +15,7 @@ from audit_events import (
     encode,
     uuid7,
 )
-
-
-def make_event(**overrides: object) -> AuditEvent:
-    fields: dict[str, object] = {
-        "id": uuid7(),
-        "occurred_at": datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
-        "actor_type": "user",
-        "actor_id": "alice",
-        "action": "account.update",
-        "resource_type": "account",
-        "resource_id": "acc-1",
-        "outcome": "success",
-        "source_ip": "10.0.0.7",
-        "user_agent": "curl/8",
-        "metadata": {"method": "PATCH", "fields": ["email"]},
-    }
-    fields.update(overrides)
-    return AuditEvent.model_validate(fields)
+from tests.helpers import make_event
 
 
 def test_round_trip_is_lossless_and_compact() -> None:
