@@ -28,7 +28,7 @@ lint: sync ## ruff (lint + format check) and mypy --strict
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy
-	$(UV) run --frozen hadolint apps/api/Dockerfile apps/consumer/Dockerfile
+	$(UV) run --frozen hadolint Dockerfile
 
 .PHONY: test
 test: sync ## Unit + integration + end-to-end tests on real PostgreSQL and NATS (no Docker)
@@ -73,8 +73,8 @@ dev: sync ## Run PostgreSQL, NATS, setup, the API and two consumers locally; Ctr
 
 .PHONY: docker-build
 docker-build: ## Build the audit-api and audit-consumer images (host network, classic builder or BuildKit)
-	docker build --network host -f apps/api/Dockerfile -t audit-api:dev .
-	docker build --network host -f apps/consumer/Dockerfile -t audit-consumer:dev .
+	docker build --network host --build-arg APP=api -t audit-api:dev .
+	docker build --network host --build-arg APP=consumer --build-arg PORT=8001 -t audit-consumer:dev .
 
 # Jaeger left out of DOCKER_SERVICES: tracing off (the apps would export to a host that does not
 # exist), unless OTEL_EXPORTER_OTLP_ENDPOINT is set in your shell to a collector of your own.
@@ -140,8 +140,8 @@ helm-lint: ## helm lint --strict and render the chart with default, kind and pro
 .PHONY: kind-up
 kind-up: ## kind cluster, images loaded (tag IMAGE_TAG), KEDA from its Helm repo, this chart; waits
 	$(KIND) get clusters | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
-	docker build -f apps/api/Dockerfile -t audit-api:$(IMAGE_TAG) .
-	docker build -f apps/consumer/Dockerfile -t audit-consumer:$(IMAGE_TAG) .
+	docker build --build-arg APP=api -t audit-api:$(IMAGE_TAG) .
+	docker build --build-arg APP=consumer --build-arg PORT=8001 -t audit-consumer:$(IMAGE_TAG) .
 	$(KIND) load docker-image --name $(KIND_CLUSTER) audit-api:$(IMAGE_TAG) audit-consumer:$(IMAGE_TAG)
 	$(HELM) repo add kedacore https://kedacore.github.io/charts --force-update
 	$(HELM) upgrade --install keda kedacore/keda --namespace keda --create-namespace --wait --timeout 10m

@@ -100,8 +100,9 @@ def main() -> None:
     sizes = {}
     for app in ("api", "consumer"):
         t = time.monotonic()
-        sh("docker", "build", "--network", "host", "-q", "-f", f"apps/{app}/Dockerfile",
-           "-t", f"audit-{app}:dev", ".")  # fmt: skip
+        port = "8000" if app == "api" else "8001"
+        sh("docker", "build", "--network", "host", "-q", "--build-arg", f"APP={app}",
+           "--build-arg", f"PORT={port}", "-t", f"audit-{app}:dev", ".")  # fmt: skip
         size = sh("docker", "image", "inspect", "-f", "{{.Size}}", f"audit-{app}:dev",
                   capture=True)  # fmt: skip
         sizes[app] = f"{int(size) / 1e6:.0f} MB, built in {time.monotonic() - t:.0f}s"
