@@ -46,8 +46,12 @@ def compose_cmd() -> list[str]:
 def engine() -> bool:
     """Start the stand-in engine and images where this machine needs them; False = skip."""
     if STANDINS.exists():
+        # Outside this venv: the script runs `python3 -m pip`, which uv's venvs do not have.
+        path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                               if not p.startswith(sys.prefix))  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": path}
         rc = subprocess.run([str(STANDINS), "--python", "python:3.13-slim", "--postgres",
-                             "postgres:17", "--nats", NATS_IMAGE]).returncode  # fmt: skip
+                             "postgres:17", "--nats", NATS_IMAGE], env=env).returncode  # fmt: skip
         if rc == 3:
             return False
         if rc != 0:
