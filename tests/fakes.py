@@ -1,6 +1,15 @@
-"""Test doubles for unit tests (integration tests use real NATS and PostgreSQL)."""
+"""Test doubles for unit tests (integration tests use real NATS and PostgreSQL): the API's
+publisher, and the consumer's pull source, writer and JetStream, which all log to one
+timeline so a test can check the order of commit, dead letter and ack."""
+
+from typing import Any
+
+import psycopg
+from nats.aio.msg import Msg
+from nats.js.api import PubAck
 
 from audit_api.publisher import PublishUnavailable
+from audit_consumer.writer import WriteResult
 from audit_events import AuditEvent
 
 
@@ -19,3 +28,86 @@ class FakePublisher:
         if self.fail:
             raise PublishUnavailable("broker down (fake)")
         self.events.append(event)
+
+
+ACK, NAK, PROGRESS = b"", b"-NAK", b"+WPI"
+
+
+class Log:
+    """One timeline of everything the loop did, to check the order of commit, DLQ and ack."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Any]] = []
+
+    def __call__(self, what: str, detail: Any = None) -> None:
+        self.entries.append((what, detail))
+
+    def of(self, what: str) -> list[Any]:
+        return [d for w, d in self.entries if w == what]
+
+    def first(self, what: str) -> int:
+        return next(i for i, (w, _) in enumerate(self.entries) if w == what)
+
+
+class FakeClient:
+    """Stands in for the NATS connection a message acks through."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
+        kind = {ACK: "ack", NAK: "nak", PROGRESS: "in_progress"}[payload]
+        self.log(kind, int(subject.split(".")[5]))  # the stream sequence
+
+
+def message(log: Log, seq: int, data: bytes) -> Msg:
+    reply = f"$JS.ACK.AUDIT.audit-writer.1.{seq}.{seq}.1700000000000000000.0"
+    return Msg(FakeClient(log), subject="audit.events.account.update", reply=reply, data=data)  # type: ignore[arg-type]
+
+
+class FakeSource:
+    """Hands out the given batches, then nothing; tracks held messages like the Puller."""
+
+    def __init__(self, batches: list[list[Msg]]) -> None:
+        self.batches = batches
+        self.held: dict[str, Msg] = {}
+
+    async def fetch(self, batch: int, wait: float) -> list[Msg]:
+        msgs = self.batches.pop(0) if self.batches else []
+        self.held.update({m.reply: m for m in msgs})
+        return msgs
+
+    async def drain(self) -> list[Msg]:
+        return []
+
+    def release(self, msgs: list[Msg]) -> None:
+        for m in msgs:
+            self.held.pop(m.reply, None)
+
+
+class FakeWriter:
+    """Commits (logs "commit") unless told to fail; rejects rows whose resource id says so."""
+
+    def __init__(self, log: Log, outages: int = 0) -> None:
+        self.log, self.outages = log, outages
+
+    async def write(self, rows: list[tuple[Any, ...]]) -> WriteResult:
+        if self.outages:
+            self.outages -= 1
+            self.log("write_failed")
+            raise psycopg.OperationalError("connection refused")
+        rejected = [(i, "22021 bad row") for i, r in enumerate(rows) if r[6] == "reject-me"]
+        self.log("commit", [r[12] for i, r in enumerate(rows) if i not in dict(rejected)])
+        return WriteResult(inserted=len(rows) - len(rejected), rejected=rejected)
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeJetStream:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    async def publish(self, subject: str, payload: bytes = b"", **kw: Any) -> PubAck:
+        self.log("dead_letter", (subject, kw["headers"]["Audit-Dlq-Reason"]))
+        return PubAck(stream="AUDIT_DLQ", seq=1, duplicate=False)

@@ -7,7 +7,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 
-from audit_consumer.consumer import _delivery
+from audit_consumer.puller import delivery as _delivery
 from audit_consumer.writer import copy_line
 
 

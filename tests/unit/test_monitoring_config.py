@@ -6,11 +6,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import JWT_SECRET, ROOT
 
 CONFIG = ROOT / "config"
 
@@ -40,22 +41,24 @@ def test_dead_letter_alert_fires_on_the_first_dead_letter_of_a_process() -> None
 
 
 def test_every_label_set_an_alert_watches_exists_at_zero_from_the_start() -> None:
-    """The consumer's results and the API's failure reasons are exported before they happen."""
-    from prometheus_client import generate_latest
-
-    import audit_consumer.metrics
-    from audit_api.main import create_app
-    from audit_api.settings import Settings
-    from tests.conftest import JWT_SECRET, metric
-
-    create_app(Settings(AUDIT_JWT_SECRET=JWT_SECRET))
-    text = generate_latest().decode()
-    for result in audit_consumer.metrics.RESULTS:
-        assert f'audit_consumer_messages_total{{result="{result}"}} ' in text
-    assert metric(text, "audit_consumer_messages_total", result="dead_lettered") == 0
+    """In a fresh process (this one's registry has seen other tests' traffic): the consumer's
+    results and the API's failure reasons are exported at 0 before anything happened."""
+    script = (
+        "from prometheus_client import generate_latest\n"
+        "import audit_consumer.metrics\n"
+        "from audit_api.main import create_app\n"
+        "from audit_api.settings import Settings\n"
+        f"create_app(Settings(AUDIT_JWT_SECRET={JWT_SECRET!r}))\n"
+        "print(generate_latest().decode())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    for result in ("stored", "duplicate", "dead_lettered"):
+        assert f'audit_consumer_messages_total{{result="{result}"}} 0.0' in text
     for reason in ("not_connected", "timeout", "error"):
-        assert f'audit_api_publish_failures_total{{reason="{reason}"}} ' in text
-    assert 'route="/accounts/{account_id}",status="503"' in text
+        assert f'audit_api_publish_failures_total{{reason="{reason}"}} 0.0' in text
+    assert 'route="/accounts/{account_id}",status="503"} 0.0' in text
 
 
 def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:

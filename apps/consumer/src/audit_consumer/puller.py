@@ -6,6 +6,11 @@ is open at a time, its messages land in a buffer from the subscription's callbac
 :meth:`Puller.fetch` returns as soon as the batch is full, the request ended, or — after the
 first message — no other arrived for ``linger`` seconds (low latency at low traffic).
 Nothing about acking changes: the caller acks each message after its commit.
+
+:attr:`Puller.held` is every message delivered to this worker and not yet settled (acked or
+nak'ed) by the caller, wherever it is: in the buffer, decoded, waiting for a connection, or
+being written. During a PostgreSQL outage the consumer keeps all of them its own with
+``in_progress``, so none is redelivered to another worker meanwhile.
 """
 
 import asyncio
@@ -31,6 +36,7 @@ class Puller:
         self._deadline = 0.0  # when the open request expires, by our clock
         self._arrived = asyncio.Event()
         self._sub: Subscription | None = None
+        self.held: dict[str, Msg] = {}  # by reply subject (one per delivery), until released
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
@@ -48,6 +54,7 @@ class Puller:
         status = msg.headers.get("Status") if msg.headers else None
         if status is None:
             self._buffer.append(msg)
+            self.held[msg.reply] = msg
             self._open -= 1
         elif status != HEARTBEAT:
             self._open = 0
@@ -83,10 +90,10 @@ class Puller:
         request = {"batch": batch, "expires": int(wait * 1e9)}
         await self.nc.publish(self.subject, json.dumps(request).encode(), reply=self.inbox)
 
-    @property
-    def buffered(self) -> list[Msg]:
-        """Delivered to this worker, not yet returned by :meth:`fetch` (also unacked)."""
-        return self._buffer
+    def release(self, msgs: list[Msg]) -> None:
+        """The caller settled ``msgs`` (acked, nak'ed, or gave up on them): no longer held."""
+        for msg in msgs:
+            self.held.pop(msg.reply, None)
 
     async def drain(self) -> list[Msg]:
         """After the last fetch: wait for the open request to end, return what it delivered."""
@@ -94,3 +101,18 @@ class Puller:
             await self._wait(self._deadline - time.monotonic())
         taken, self._buffer = self._buffer, []
         return taken
+
+
+def delivery(msg: Msg) -> tuple[int, int]:
+    """(stream sequence, times delivered), read from the ack subject without building nats-py's
+    full ``Msg.metadata`` (a datetime and three objects per message, 6 % of the consumer's CPU).
+    Subject layouts (ADR-15): ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.…`` (9 tokens),
+    or with ``<domain>.<account hash>`` after ``$JS.ACK`` (11 or more)."""
+    tokens = (msg.reply or "").split(".")
+    if tokens[:2] == ["$JS", "ACK"]:
+        if len(tokens) == 9:
+            return int(tokens[5]), int(tokens[4])
+        if len(tokens) >= 11:
+            return int(tokens[7]), int(tokens[6])
+    meta = msg.metadata  # raises for anything else, as it would have before
+    return meta.sequence.stream, meta.num_delivered

@@ -14,7 +14,7 @@ i.e. after COMMIT; any error before that leaves every message unacked in the str
 """
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -124,6 +124,36 @@ class BatchWriter:
                     await copy.write(data)
             await cur.execute(_INSERT)
             return cur.rowcount
+
+
+class WriterPool:
+    """One :class:`BatchWriter` per batch PostgreSQL may be storing at once
+    (``AUDIT_DB_CONNECTIONS``). A slot connects on first use and again after :meth:`discard`."""
+
+    def __init__(self, size: int, connect: Callable[[], Awaitable[BatchWriter]]) -> None:
+        self.size = size
+        self._connect = connect
+        self._slots: list[BatchWriter | None] = [None] * size
+
+    def connected(self, slot: int) -> bool:
+        return self._slots[slot] is not None
+
+    async def get(self, slot: int) -> BatchWriter:
+        """The slot's writer, connecting it if needed (raises what connecting raises)."""
+        writer = self._slots[slot]
+        if writer is None:
+            writer = self._slots[slot] = await self._connect()
+        return writer
+
+    async def discard(self, slot: int) -> None:
+        """Drop a slot's connection after an error; the next :meth:`get` reconnects."""
+        writer, self._slots[slot] = self._slots[slot], None
+        if writer is not None:
+            await writer.close()
+
+    async def close(self) -> None:
+        for slot in range(self.size):
+            await self.discard(slot)
 
 
 # -- COPY text format ------------------------------------------------------------------------
