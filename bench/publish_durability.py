@@ -16,7 +16,7 @@ import nats
 from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings
 from audit_devservers import NatsServer
-from audit_events import AuditEvent, encode, uuid7
+from audit_events import AuditEvent, StreamNames, encode, uuid7
 
 
 def sample_event() -> bytes:
@@ -41,7 +41,7 @@ async def measure(url: str, events: int, concurrency: int) -> tuple[float, float
     async def worker() -> None:
         for _ in range(per_worker):
             started = time.perf_counter()
-            await js.publish("audit.events.account.update", payload)
+            await js.publish(StreamNames().event_subject("account.update"), payload)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()

@@ -34,12 +34,13 @@ from audit_consumer.jetstream import provision
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
 from audit_devservers import NatsServer, PostgresServer, free_port
-from audit_events import COLUMNS, AuditEvent, encode, row, uuid7
+from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SECRET = "bench-secret-0123456789abcdef0123456789"
-SUBJECT = "audit.events.account.update"
+NAMES = StreamNames()
+SUBJECT = NAMES.event_subject("account.update")
 
 
 def event(i: int) -> AuditEvent:
@@ -124,7 +125,7 @@ class Bench:
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             await conn.execute("TRUNCATE audit_events")
         nc = await nats.connect(self.nats.url)
-        for name in ("AUDIT", "AUDIT_DLQ"):
+        for name in (NAMES.stream, NAMES.dlq_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await nc.jetstream().delete_stream(name)
         await nc.close()
@@ -189,7 +190,7 @@ class Bench:
         nc = await nats.connect(self.nats.url)
         # The consumer's own pull path (audit_consumer.puller), so the ratio isolates the cost
         # of decoding and storing; nats-py's fetch() is measured too, for reference.
-        puller = Puller(nc, "AUDIT", "audit-writer")
+        puller = Puller(nc, NAMES.stream, NAMES.durable)
         await puller.start()
         cpu = CpuMeter(nats=self.nats_pid, postgres=self.pg_pid, fetch_ack=[os.getpid()])
         cpu.start()
@@ -197,7 +198,7 @@ class Bench:
         used = cpu.stop(self.n)
         await puller.stop()
         await self.backlog(self.n)
-        sub = await nc.jetstream().pull_subscribe_bind("audit-writer", "AUDIT")
+        sub = await nc.jetstream().pull_subscribe_bind(NAMES.durable, NAMES.stream)
         nats_py_elapsed = await self.fetch_and_ack(nc, lambda: sub.fetch(500, timeout=2))
         await nc.close()
         self.record("broker_ceiling", msgs=self.n, per_s=self.n / elapsed,
@@ -235,7 +236,7 @@ class Bench:
         await self.reset()
         nc = await nats.connect(self.nats.url)
         js: JetStreamContext = nc.jetstream()
-        await js.pause_consumer("AUDIT", "audit-writer", "2999-01-01T00:00:00Z")
+        await js.pause_consumer(NAMES.stream, NAMES.durable, "2999-01-01T00:00:00Z")
         await self.backlog(self.n)
         ports = [free_port() for _ in range(consumers)]
         # A pull request left waiting on the paused durable is not served when it resumes; the
@@ -249,11 +250,11 @@ class Bench:
             cpu = CpuMeter(consumer=pids, postgres=self.pg_pid, nats=self.nats_pid)
             cpu.start()
             started = time.perf_counter()
-            await js.resume_consumer("AUDIT", "audit-writer")
+            await js.resume_consumer(NAMES.stream, NAMES.durable)
             # Poll JetStream, not PostgreSQL (a count(*) every 50 ms would steal the database's
             # CPU): acks follow commits, so an empty durable means every row is committed.
             while True:
-                info = await js.consumer_info("AUDIT", "audit-writer")
+                info = await js.consumer_info(NAMES.stream, NAMES.durable)
                 if info.num_pending + info.num_ack_pending == 0:
                     break
                 await asyncio.sleep(0.02)
@@ -270,7 +271,7 @@ class Bench:
         await self.reset()
         await self.backlog(n)
         nc = await nats.connect(self.nats.url)
-        sub = await nc.jetstream().pull_subscribe_bind("audit-writer", "AUDIT")
+        sub = await nc.jetstream().pull_subscribe_bind(NAMES.durable, NAMES.stream)
         cols = ", ".join(COLUMNS)
         marks = ", ".join(["%s"] * len(COLUMNS))
         insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"

@@ -10,7 +10,7 @@ from nats.js.api import PubAck
 
 from audit_api.publisher import PublishUnavailable
 from audit_consumer.writer import WriteResult
-from audit_events import AuditEvent
+from audit_events import COLUMNS, AuditEvent
 
 
 class FakePublisher:
@@ -96,8 +96,9 @@ class FakeWriter:
             self.outages -= 1
             self.log("write_failed")
             raise psycopg.OperationalError("connection refused")
-        rejected = [(i, "22021 bad row") for i, r in enumerate(rows) if r[6] == "reject-me"]
-        self.log("commit", [r[12] for i, r in enumerate(rows) if i not in dict(rejected)])
+        resource, seq = COLUMNS.index("resource_id"), COLUMNS.index("stream_seq")
+        rejected = [(i, "22021 bad row") for i, r in enumerate(rows) if r[resource] == "reject-me"]
+        self.log("commit", [r[seq] for i, r in enumerate(rows) if i not in dict(rejected)])
         return WriteResult(inserted=len(rows) - len(rejected), rejected=rejected)
 
     async def close(self) -> None:

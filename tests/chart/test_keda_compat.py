@@ -51,7 +51,9 @@ async def test_lag_as_keda_sees_it_drives_the_replica_count_and_drains(
     n = 1200
     js = nc.jetstream()
     events = [make_event(resource_id=f"k-{i}") for i in range(n)]
-    await asyncio.gather(*(js.publish("audit.events.account.update", encode(e)) for e in events))
+    await asyncio.gather(
+        *(js.publish(streams.names.event_subject("account.update"), encode(e)) for e in events)
+    )
     assert jsz_lag(monitor, meta) == n
 
     threshold = int(meta["lagThreshold"])

@@ -128,7 +128,7 @@ async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db_url: str) -
     for i, bad in enumerate(poison.values()):
         payloads.insert(3 + i * 5, bad)
     for payload in payloads:
-        await js.publish("audit.events.account.update", payload)
+        await js.publish(rig.settings.names.event_subject("account.update"), payload)
     ids = [str(e.id) for e in good]
     await wait_stored(db_url, ids)
     dlq = rig.settings.names.dlq_stream
@@ -152,7 +152,7 @@ async def _messages(js: object, stream: str, n: int) -> bool:
 async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db_url: str) -> None:
     nc = await nats.connect(rig.settings.nats_url)
     js = nc.jetstream()
-    subject = "audit.events.account.update"
+    subject = rig.settings.names.event_subject("account.update")
     twice = make_event()
     for msg_id in ("dup", "dup"):  # JetStream drops the copy
         await js.publish(subject, encode(twice), headers={"Nats-Msg-Id": msg_id})

@@ -59,7 +59,7 @@ async def test_stream_holds_exactly_the_acknowledged_events(
         event = decode(msg.data or b"")
         assert msg.headers is not None
         assert msg.headers["Nats-Msg-Id"] == str(event.id)
-        assert msg.subject == f"audit.events.{event.action}"
+        assert msg.subject == streams.names.event_subject(event.action)
         stored.append(event)
     assert {str(e.id) for e in stored if e.outcome == "success"} == acknowledged
     denied = [e for e in stored if e.outcome == "denied"]
@@ -71,8 +71,9 @@ async def test_stream_holds_exactly_the_acknowledged_events(
 async def test_same_msg_id_is_stored_once_in_the_stream(streams: Settings, nc: NATS) -> None:
     js = nc.jetstream()
     payload = orjson.dumps({"any": "bytes"})
-    first = await js.publish("audit.events.account.read", payload, headers={"Nats-Msg-Id": "x1"})
-    again = await js.publish("audit.events.account.read", payload, headers={"Nats-Msg-Id": "x1"})
+    subject = streams.names.event_subject("account.read")
+    first = await js.publish(subject, payload, headers={"Nats-Msg-Id": "x1"})
+    again = await js.publish(subject, payload, headers={"Nats-Msg-Id": "x1"})
     assert (first.duplicate, again.duplicate) == (None, True)
     assert (await js.stream_info(streams.names.stream)).state.messages == 1
 

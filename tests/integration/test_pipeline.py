@@ -14,11 +14,12 @@ from nats.aio.client import Client as NATS
 
 from audit_api.auth import issue_token
 from audit_consumer.settings import Settings
-from audit_events import encode
+from audit_events import StreamNames, encode
 from tests.conftest import JWT_SECRET, metric, service_env, wait_for
 from tests.helpers import count_rows, make_event
 from tests.processes import Service, api, consumer
 
+SUBJECT = StreamNames().event_subject("account.update")
 AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'dave')}", "User-Agent": "e2e/1"}
 
 
@@ -120,8 +121,8 @@ async def test_duplicate_publish_is_one_row(pipeline: Pipeline, db: Any, nc: NAT
     # Same Nats-Msg-Id: JetStream drops the copy. Different ids (the dedupe window passed, or a
     # client bug): both reach the consumer and the primary key keeps one.
     for msg_id in ("same", "same", "other"):
-        await js.publish("audit.events.account.update", data, headers={"Nats-Msg-Id": msg_id})
-    await js.publish("audit.events.account.update", encode(make_event()))  # a marker behind it
+        await js.publish(SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
+    await js.publish(SUBJECT, encode(make_event()))  # a marker behind it
     await wait_for(lambda: _count_is(db, 2))
     assert await rows(db, "SELECT count(*) FROM audit_events") == [(2,)]
     assert (
@@ -133,7 +134,7 @@ async def test_poison_goes_to_dlq_with_reason_and_neighbours_are_stored(
     pipeline: Pipeline, db: Any, nc: NATS, streams: Settings
 ) -> None:
     js = nc.jetstream()
-    subject = "audit.events.account.update"
+    subject = SUBJECT
     good = [make_event(resource_id=f"good-{i}") for i in range(4)]
     poison = [
         b"not json at all",

@@ -74,8 +74,10 @@ async def test_provision_is_idempotent_and_repairs_drift(streams: Settings, nc: 
     assert info.config.duplicate_window == streams.duplicate_window_seconds
     durable = await js.consumer_info(streams.names.stream, streams.names.durable)
     assert durable.config.max_deliver == -1
-    assert durable.config.filter_subject == "audit.events.>"
-    assert (await js.stream_info(streams.names.dlq_stream)).config.subjects == ["audit.dlq.>"]
+    assert durable.config.filter_subject == streams.names.events_subjects
+    assert (await js.stream_info(streams.names.dlq_stream)).config.subjects == [
+        streams.names.dlq_subjects
+    ]
 
 
 def test_cli_runs_both_steps_twice(streams: Settings, migrated: str) -> None:

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from audit_consumer.writer import BatchWriter
-from audit_events import row
+from audit_events import COLUMNS, AuditEvent, row
 from tests.helpers import count_rows, make_event
 
 
@@ -79,3 +79,19 @@ async def test_duplicates_and_rejected_rows_in_one_batch(writer: BatchWriter, db
     assert await count_rows(db) == 3
     cur = await db.execute("SELECT user_agent FROM audit_events WHERE stream_seq = 2")
     assert await cur.fetchone() == ("tab\there, new\nline, back\\slash",)
+
+
+async def test_the_row_definition_is_the_tables(db: Any) -> None:
+    """COLUMNS (the COPY list and row()'s order) names every column but the database's own
+    recorded_at, and row() puts each event field under its own name."""
+    cur = await db.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_events'"
+    )
+    table = {r[0] for r in await cur.fetchall()}
+    assert set(COLUMNS) == table - {"recorded_at"}
+    assert len(COLUMNS) == len(set(COLUMNS))
+    event = make_event(trace_id="ab" * 16, request_id="r-1")
+    values = dict(zip(COLUMNS, row(event, 42), strict=True))
+    assert values.pop("stream_seq") == 42
+    assert values == {name: getattr(event, name) for name in values}
+    assert set(values) <= set(AuditEvent.model_fields)

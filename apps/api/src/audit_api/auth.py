@@ -14,8 +14,10 @@ import unicodedata
 
 import jwt
 
+from audit_events import MAX_ID_CHARS
+
 MAX_TOKEN_BYTES = 8192
-MAX_SUBJECT_CHARS = 256
+MAX_SUBJECT_CHARS = MAX_ID_CHARS  # the subject is the event's actor_id
 
 
 class AuthError(Exception):

@@ -17,8 +17,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from audit_api.auth import AuthError, authenticate
 from audit_api.publisher import Publisher, PublishUnavailable
-from audit_events import AuditEvent, Outcome, canonical_ip, tracing, uuid7
+from audit_events import (
+    MAX_ID_CHARS,
+    MAX_REQUEST_ID_CHARS,
+    MAX_USER_AGENT_CHARS,
+    AuditEvent,
+    Outcome,
+    canonical_ip,
+    tracing,
+    uuid7,
+)
 
+MAX_PATH_CHARS = 512  # of the path recorded in metadata (the model does not bound metadata)
 ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -83,13 +93,17 @@ def build_event(
         actor_id=actor_id,
         action=ACTIONS[request.method],
         resource_type="account",
-        resource_id=clean(account_id, 256) or "-",
+        resource_id=clean(account_id, MAX_ID_CHARS) or "-",
         outcome=outcome,
         source_ip=_source_ip(request),
-        user_agent=clean(header(request, "user-agent"), 1024),
-        request_id=clean(header(request, "x-request-id"), 128),
+        user_agent=clean(header(request, "user-agent"), MAX_USER_AGENT_CHARS),
+        request_id=clean(header(request, "x-request-id"), MAX_REQUEST_ID_CHARS),
         trace_id=_trace_id(request),
-        metadata={"method": request.method, "path": clean(request.url.path, 512), "status": status}
+        metadata={
+            "method": request.method,
+            "path": clean(request.url.path, MAX_PATH_CHARS),
+            "status": status,
+        }
         | (extra or {}),
     )
 

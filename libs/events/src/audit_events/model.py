@@ -6,6 +6,7 @@ Decoding never trusts the wire: anything malformed raises :class:`InvalidEvent` 
 reason precise enough to put in a dead-letter header.
 """
 
+import operator
 import socket
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -24,6 +25,11 @@ SCHEMA_VERSION: Literal[1] = 1
 MAX_EVENT_BYTES = 128 * 1024
 """Largest encoded event accepted. The API's own events stay far below (a PATCH body of at most
 64 KiB contributes only its field names); anything bigger was not written by this system."""
+
+MAX_ID_CHARS = 256
+"""Longest actor or resource id."""
+MAX_USER_AGENT_CHARS = 1024
+MAX_REQUEST_ID_CHARS = 128
 
 Outcome = Literal["success", "failure", "denied"]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
@@ -67,14 +73,14 @@ class AuditEvent(BaseModel):
     id: UUID
     occurred_at: AwareDatetime
     actor_type: Name
-    actor_id: str = Field(min_length=1, max_length=256)
+    actor_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     action: Action
     resource_type: Name
-    resource_id: str = Field(min_length=1, max_length=256)
+    resource_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     outcome: Outcome
     source_ip: IpAddress | None = None
-    user_agent: str | None = Field(None, max_length=1024)
-    request_id: str | None = Field(None, max_length=128)
+    user_agent: str | None = Field(None, max_length=MAX_USER_AGENT_CHARS)
+    request_id: str | None = Field(None, max_length=MAX_REQUEST_ID_CHARS)
     trace_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
@@ -105,27 +111,7 @@ def _reason(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def row(event: AuditEvent, stream_seq: int) -> tuple[Any, ...]:
-    """The event as an ``audit_events`` row, in :data:`COLUMNS` order."""
-    return (
-        event.id,
-        event.occurred_at,
-        event.actor_type,
-        event.actor_id,
-        event.action,
-        event.resource_type,
-        event.resource_id,
-        event.outcome,
-        event.source_ip,
-        event.user_agent,
-        event.request_id,
-        event.trace_id,
-        stream_seq,
-        event.metadata,
-    )
-
-
-COLUMNS = (
+EVENT_COLUMNS = (
     "id",
     "occurred_at",
     "actor_type",
@@ -138,6 +124,16 @@ COLUMNS = (
     "user_agent",
     "request_id",
     "trace_id",
-    "stream_seq",
     "metadata",
 )
+"""The event's fields stored as they are, in row order (``schema_version`` is not stored)."""
+COLUMNS = (*EVENT_COLUMNS, "stream_seq")
+"""The ``audit_events`` columns the consumer writes (``recorded_at`` is the database's), in the
+order of :func:`row`'s values: the COPY column list is this tuple."""
+Row = tuple[Any, ...]
+_event_values = operator.attrgetter(*EVENT_COLUMNS)
+
+
+def row(event: AuditEvent, stream_seq: int) -> Row:
+    """The event as an ``audit_events`` row, in :data:`COLUMNS` order."""
+    return (*_event_values(event), stream_seq)
