@@ -15,6 +15,9 @@ If PostgreSQL is unavailable the batch stays in hand, unacked: the loop stops fe
 off with jitter, reconnects and retries the same rows, telling JetStream the messages are still
 in progress so they are not handed to another worker meanwhile. Nothing is dead-lettered for an
 outage, and the durable has no redelivery limit.
+
+(Over 250 lines on purpose: the loop, its shutdown and one batch's write, dead-letter and ack
+steps stay in one file, because the guarantee is the order of those steps.)
 """
 
 import asyncio
@@ -23,51 +26,24 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import nats
 import psycopg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
-from nats.js.api import PubAck
-from nats.js.client import JetStreamContext
 
 from audit_consumer import metrics
-from audit_consumer.puller import Puller, delivery
+from audit_consumer.batch import Batch, decode_batch
+from audit_consumer.deadletter import Publisher, dead_letter
+from audit_consumer.puller import Puller, Source
 from audit_consumer.settings import Settings
 from audit_consumer.spans import batch_span, consume_spans
 from audit_consumer.writer import BatchWriter, WriteResult, WriterPool
-from audit_events import InvalidEvent, decode, row
+from audit_events import Row
 
 log = logging.getLogger("audit.consumer")
-
-REASON_HEADER = "Audit-Dlq-Reason"
-HEADER_LIMIT = 512
-
-
-class Publisher(Protocol):
-    """What the loop needs of JetStream: publish with an ack (the dead-letter stream)."""
-
-    async def publish(
-        self,
-        subject: str,
-        payload: bytes = b"",
-        *,
-        stream: str | None = None,
-        headers: dict[str, Any] | None = None,
-    ) -> PubAck: ...
-
-
-class Source(Protocol):
-    """What the loop needs of its pull subscription (:class:`Puller`; fakes in unit tests)."""
-
-    held: dict[str, Msg]
-
-    async def fetch(self, batch: int, wait: float) -> list[Msg]: ...
-    async def drain(self) -> list[Msg]: ...
-    def release(self, msgs: list[Msg]) -> None: ...
 
 
 @dataclass
@@ -78,17 +54,6 @@ class Stats:
     duplicates: int = 0
     dead_lettered: int = 0
     batches: int = 0
-
-
-@dataclass
-class Batch:
-    """One fetch, decoded: rows to store (``valid[i]`` carries ``rows[i]``) and dead letters."""
-
-    msgs: list[Msg]
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    valid: list[Msg] = field(default_factory=list)
-    dead: list[tuple[Msg, str, str]] = field(default_factory=list)  # (msg, kind, reason)
-    redelivered: int = 0  # valid ones JetStream delivered before (metric only)
 
 
 class Consumer:
@@ -140,7 +105,7 @@ class Consumer:
         await puller.start()
         log.info("consuming %s/%s", names.stream, names.durable)
         await self._connect_db()
-        lag = asyncio.create_task(self._poll_lag(js))
+        lag = asyncio.create_task(metrics.poll_lag(js, names.stream, names.durable))
         try:
             await self.consume(puller, js)
         finally:
@@ -167,7 +132,7 @@ class Consumer:
                 if not stop:
                     pending = asyncio.create_task(self._fetch(source))
                 if msgs:
-                    batch = self.prepare(msgs)
+                    batch = decode_batch(msgs)
                     if len(storing) == self.writers.size:  # wait for the slot to be free
                         await storing.popleft()
                     storing.append(asyncio.create_task(self.store(js, batch, slot)))
@@ -185,17 +150,6 @@ class Consumer:
             for task in (pending, *storing):  # only when cancelled: unacked means redelivered
                 if not task.done():
                     task.cancel()
-
-    async def _poll_lag(self, js: JetStreamContext, every: float = 5.0) -> None:
-        """Keep ``audit_consumer_lag_messages`` current: what KEDA sees, from any worker."""
-        names = self.settings.names
-        while True:
-            try:
-                info = await js.consumer_info(names.stream, names.durable)
-                metrics.LAG.set(info.num_pending + info.num_ack_pending)
-            except Exception as exc:
-                log.debug("lag poll failed: %s", exc)
-            await asyncio.sleep(every)
 
     async def _fetch(self, source: Source) -> list[Msg] | None:
         """One batch; ``[]`` when idle or NATS is away (the loop stays alive), ``None`` once
@@ -260,22 +214,7 @@ class Consumer:
     async def handle(self, js: Publisher, msgs: list[Msg]) -> None:
         """Store, dead-letter and ack one fetched batch (the order is the guarantee)."""
         if msgs:
-            await self.store(js, self.prepare(msgs))
-
-    def prepare(self, msgs: list[Msg]) -> Batch:
-        """Decode a batch: rows for the valid events, a reason for each invalid one."""
-        batch = Batch(msgs)
-        for msg in msgs:
-            try:
-                event = decode(msg.data)
-            except InvalidEvent as exc:
-                batch.dead.append((msg, "invalid", exc.reason))
-                continue
-            stream_seq, delivered = delivery(msg)
-            batch.rows.append(row(event, stream_seq))
-            batch.valid.append(msg)
-            batch.redelivered += delivered > 1
-        return batch
+            await self.store(js, decode_batch(msgs))
 
     async def store(self, js: Publisher, batch: Batch, slot: int = 0) -> None:
         """Write the rows and COMMIT, dead-letter what cannot be stored, then ack everything."""
@@ -297,7 +236,8 @@ class Consumer:
                 metrics.MESSAGES.labels("duplicate").inc(result.duplicates)
                 dead += [(valid[i], "rejected", reason) for i, reason in result.rejected]
                 for msg, kind, reason in dead:
-                    await self._dead_letter(js, msg, kind, reason)
+                    if await dead_letter(js, self.settings.names, msg, kind, reason):
+                        self.stats.dead_lettered += 1
                 for msg in msgs:
                     await msg.ack()
         except Exception as exc:
@@ -311,9 +251,7 @@ class Consumer:
                 self.source.release(msgs)
         self.stats.batches += 1
 
-    async def _write_until_stored(
-        self, rows: list[tuple[Any, ...]], slot: int
-    ) -> WriteResult | None:
+    async def _write_until_stored(self, rows: list[Row], slot: int) -> WriteResult | None:
         """Write ``rows``, retrying through any PostgreSQL outage. ``None`` if asked to stop."""
         if not rows:
             return WriteResult()
@@ -343,32 +281,6 @@ class Consumer:
                     log.debug("in_progress failed: %s", exc)
             await self._sleep(random.uniform(0, delay))  # full jitter
             delay = min(delay * 2, self.settings.backoff_max_seconds)
-
-    async def _dead_letter(self, js: Publisher, msg: Msg, kind: str, reason: str) -> None:
-        """Publish the original bytes to the DLQ with why, and wait for JetStream's ack."""
-        meta = msg.metadata
-        headers = dict(msg.headers or {})
-        headers.update(
-            {
-                REASON_HEADER: _header_safe(reason),
-                "Audit-Dlq-Kind": kind,
-                "Audit-Dlq-Subject": msg.subject,
-                "Audit-Dlq-Stream-Seq": str(meta.sequence.stream),
-                "Nats-Msg-Id": f"{meta.stream}-{meta.sequence.stream}",
-            }
-        )
-        names = self.settings.names
-        ack = await js.publish(
-            names.dlq_subject(kind), msg.data, stream=names.dlq_stream, headers=headers
-        )
-        if not ack.duplicate:  # a redelivered poison message is dead-lettered (and counted) once
-            self.stats.dead_lettered += 1
-            metrics.MESSAGES.labels("dead_lettered").inc()
-        log.warning("dead-lettered seq %s: %s", meta.sequence.stream, reason)
-
-
-def _header_safe(text: str) -> str:
-    return " ".join(text.split())[:HEADER_LIMIT]
 
 
 def _one_line(exc: BaseException) -> str:

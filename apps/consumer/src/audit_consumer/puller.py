@@ -16,10 +16,22 @@ being written. During a PostgreSQL outage the consumer keeps all of them its own
 import asyncio
 import json
 import time
+from typing import Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+
+class Source(Protocol):
+    """What the loop needs of its pull subscription (:class:`Puller`; fakes in unit tests)."""
+
+    held: dict[str, Msg]
+
+    async def fetch(self, batch: int, wait: float) -> list[Msg]: ...
+    async def drain(self) -> list[Msg]: ...
+    def release(self, msgs: list[Msg]) -> None: ...
+
 
 HEARTBEAT = "100"  # other statuses (404 no messages, 408 expired, 409 limits) end a request
 

@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from psycopg import sql
 
-from audit_events import COLUMNS
+from audit_events import COLUMNS, Row
 
 ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 """SQLSTATE classes 22 and 23: the row itself is unacceptable, retrying cannot help.
@@ -73,7 +73,7 @@ class BatchWriter:
     async def close(self) -> None:
         await self.conn.close()
 
-    async def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteResult:
+    async def write(self, rows: Sequence[Row]) -> WriteResult:
         """Store ``rows``; a row PostgreSQL rejects is isolated by splitting the batch in
         halves, so its neighbours are still stored. Other errors propagate untouched."""
         result = WriteResult()
