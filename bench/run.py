@@ -33,13 +33,14 @@ from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
-from audit_devservers import NatsServer, PostgresServer, free_port
+from audit_devservers import Child, NatsServer, PostgresServer, free_port
 from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SECRET = "bench-secret-0123456789abcdef0123456789"
 NAMES = StreamNames()
+METADATA = COLUMNS.index("metadata")  # the jsonb column
 SUBJECT = NAMES.event_subject("account.update")
 
 
@@ -177,7 +178,9 @@ class Bench:
                 cur.copy(f"COPY audit_events ({cols}) FROM STDIN") as copy,
             ):
                 for r in rows:
-                    await copy.write_row([*r[:-1], json.dumps(r[-1])])
+                    values = list(r)
+                    values[METADATA] = json.dumps(values[METADATA])
+                    await copy.write_row(values)
             await conn.commit()
             elapsed = time.perf_counter() - started
             used = cpu.stop(self.n)
@@ -221,13 +224,12 @@ class Bench:
 
     @contextlib.contextmanager
     def processes(self, argvs: list[list[str]], envs: list[dict[str, str]]) -> Iterator[list[int]]:
-        procs = [subprocess.Popen(a, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for a, e in zip(argvs, envs, strict=True)]  # fmt: skip
+        procs = [Child(a[0], a, e).start() for a, e in zip(argvs, envs, strict=True)]
         try:
             yield [p.pid for p in procs]
         finally:
             for p in procs:
-                p.send_signal(signal.SIGTERM)
+                p.signal(signal.SIGTERM)
             for p in procs:
                 p.wait(30)
 
@@ -277,12 +279,14 @@ class Bench:
         insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
         from audit_events import decode
 
+        METADATA = COLUMNS.index("metadata")
+
         async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
             started = time.perf_counter()
             for _ in range(n):
                 (msg,) = await sub.fetch(1, timeout=2)
                 r = list(row(decode(msg.data), msg.metadata.sequence.stream))
-                r[-1] = psycopg.types.json.Jsonb(r[-1])
+                r[METADATA] = psycopg.types.json.Jsonb(r[METADATA])
                 await conn.execute(insert, r)
                 await conn.commit()
                 await msg.ack()

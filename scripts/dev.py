@@ -10,17 +10,15 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO
 
 from audit_api.auth import issue_token
 from audit_api.settings import DEV_JWT_SECRET
 from audit_consumer.settings import Settings
 from audit_consumer.setup import run as setup
+from audit_devservers import Child
 from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer
 
 WRITER_LOGIN = "audit_consumer"  # created by audit-setup as a member of audit_writer
@@ -31,24 +29,6 @@ LATEST_ROWS = (
     "SELECT occurred_at, actor_id, action, resource_id, outcome, source_ip"
     " FROM audit_events ORDER BY stream_seq DESC LIMIT 5"
 )
-COLORS = {"api": "36", "consumer-1": "33", "consumer-2": "35"}
-
-
-def _pipe(name: str, stream: IO[bytes]) -> None:
-    color = COLORS.get(name, "0") if sys.stdout.isatty() else ""
-    prefix = f"\033[{color}m{name:>10} |\033[0m " if color else f"{name:>10} | "
-    for line in iter(stream.readline, b""):
-        sys.stdout.write(prefix + line.decode(errors="replace"))
-        sys.stdout.flush()
-
-
-def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    assert proc.stdout is not None
-    threading.Thread(target=_pipe, args=(name, proc.stdout), daemon=True).start()
-    return proc
 
 
 def main() -> None:
@@ -75,17 +55,18 @@ def main() -> None:
         "AUDIT_API_PORT": str(api_port),
         "AUDIT_API_HOST": "127.0.0.1",
     }
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Child] = []
     logging.basicConfig(level=logging.INFO, format="     setup | %(message)s")
     try:
         owner = Settings(DATABASE_URL=pg.url, NATS_URL=nats.url,
                          AUDIT_WRITER_DATABASE_URL=writer_url)  # fmt: skip
         asyncio.run(setup("all", owner))
-        procs.append(_spawn("api", [str(BIN / "audit-api")], api_env))
+        procs.append(Child("api", [str(BIN / "audit-api")], api_env, "prefix").start(True))
         for i in (1, 2):
             consumer_env = {**env, "AUDIT_WRITER_DATABASE_URL": writer_url,
                             "AUDIT_HEALTH_PORT": str(api_port + i)}  # fmt: skip
-            procs.append(_spawn(f"consumer-{i}", [str(BIN / "audit-consumer")], consumer_env))
+            argv = [str(BIN / "audit-consumer")]
+            procs.append(Child(f"consumer-{i}", argv, consumer_env, "prefix").start(True))
         token = issue_token(DEV_JWT_SECRET, "dev-user")
         print(
             f"""
@@ -106,7 +87,7 @@ def main() -> None:
 """,
             flush=True,
         )
-        while all(proc.poll() is None for proc in procs):
+        while all(proc.running for proc in procs):
             time.sleep(0.5)
         print("a process exited on its own; stopping the rest", flush=True)
     except KeyboardInterrupt:
@@ -119,12 +100,9 @@ def main() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\nstopping apps...", flush=True)
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+            proc.signal(signal.SIGTERM)
         for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            proc.stop(30)
         nats.stop()
         pg.stop()
         print("stopped.", flush=True)

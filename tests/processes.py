@@ -1,27 +1,20 @@
 """Real ``audit-api`` and ``audit-consumer`` child processes for end-to-end and fault tests."""
 
-import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from audit_devservers import free_port
+from audit_devservers import Child, free_port
 from tests.conftest import BIN
 
 
-class Service:
+class Service(Child):
     """One console script as a child process, its output in a log file, probed over HTTP."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, logs: Path):
-        self.name, self.argv, self.env, self.port = name, argv, env, port
+        super().__init__(name, argv, env, log=logs / f"{name}.log")
+        self.port = port
         self.log_path = logs / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "Service":
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log)
-        return self
 
     def get(self, path: str) -> tuple[int, bytes]:
         """HTTP status and body of ``path`` on this service; ``(0, b"")`` if it does not answer."""
@@ -45,23 +38,6 @@ class Service:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name} not ready in {timeout}s\n{self.logs()}")
             time.sleep(0.1)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
