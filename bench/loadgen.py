@@ -76,10 +76,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         return latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000
 
     return {
-        "requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed,
-        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "statuses": statuses,
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "statuses": statuses,
         "acked": acked if args.ids else None,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

@@ -22,12 +22,20 @@ from audit_events import AuditEvent, StreamNames, encode, uuid7
 def sample_event() -> bytes:
     return encode(
         AuditEvent.model_validate(
-            {"id": uuid7(), "occurred_at": "2026-11-25T12:00:00Z", "actor_type": "user",
-             "actor_id": "bench", "action": "account.update", "resource_type": "account",
-             "resource_id": "acc-1", "outcome": "success", "source_ip": "10.0.0.1",
-             "metadata": {"method": "PATCH", "fields": ["email"]}}
+            {
+                "id": uuid7(),
+                "occurred_at": "2026-11-25T12:00:00Z",
+                "actor_type": "user",
+                "actor_id": "bench",
+                "action": "account.update",
+                "resource_type": "account",
+                "resource_id": "acc-1",
+                "outcome": "success",
+                "source_ip": "10.0.0.1",
+                "metadata": {"method": "PATCH", "fields": ["email"]},
+            }
         )
-    )  # fmt: skip
+    )
 
 
 async def measure(url: str, events: int, concurrency: int) -> tuple[float, float, float]:
@@ -54,8 +62,10 @@ async def measure(url: str, events: int, concurrency: int) -> tuple[float, float
 
 
 async def run(events: int) -> list[str]:
-    rows = ["| NATS fsync policy | concurrency | publishes/s | p50 ms | p99 ms |",
-            "|---|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        "| NATS fsync policy | concurrency | publishes/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for sync in (None, "always"):
         with tempfile.TemporaryDirectory() as tmp:
             server = NatsServer(Path(tmp), sync=sync)

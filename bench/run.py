@@ -45,14 +45,27 @@ SUBJECT = NAMES.event_subject("account.update")
 
 
 def event(i: int) -> AuditEvent:
-    return AuditEvent.model_validate({
-        "id": uuid7(), "occurred_at": datetime.now(UTC), "actor_type": "user",
-        "actor_id": f"user-{i % 97}", "action": "account.update", "resource_type": "account",
-        "resource_id": f"acc-{i % 1009}", "outcome": "success", "source_ip": "10.1.2.3",
-        "user_agent": "bench/1.0", "request_id": f"req-{i}",
-        "metadata": {"method": "PATCH", "path": f"/accounts/acc-{i % 1009}", "status": 200,
-                     "fields": ["email", "plan"]},
-    })  # fmt: skip
+    return AuditEvent.model_validate(
+        {
+            "id": uuid7(),
+            "occurred_at": datetime.now(UTC),
+            "actor_type": "user",
+            "actor_id": f"user-{i % 97}",
+            "action": "account.update",
+            "resource_type": "account",
+            "resource_id": f"acc-{i % 1009}",
+            "outcome": "success",
+            "source_ip": "10.1.2.3",
+            "user_agent": "bench/1.0",
+            "request_id": f"req-{i}",
+            "metadata": {
+                "method": "PATCH",
+                "path": f"/accounts/acc-{i % 1009}",
+                "status": 200,
+                "fields": ["email", "plan"],
+            },
+        }
+    )
 
 
 class CpuMeter:
@@ -104,19 +117,28 @@ class Bench:
 
     @property
     def settings(self) -> Settings:
-        return Settings(DATABASE_URL=self.pg.url, NATS_URL=self.nats.url,
-                        AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"))  # fmt: skip
+        return Settings(
+            DATABASE_URL=self.pg.url,
+            NATS_URL=self.nats.url,
+            AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"),
+        )
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-        env.update(DATABASE_URL=self.pg.url, NATS_URL=self.nats.url, AUDIT_JWT_SECRET=SECRET,
-                   PYTHONUNBUFFERED="1", **extra)  # fmt: skip
+        env.update(
+            DATABASE_URL=self.pg.url,
+            NATS_URL=self.nats.url,
+            AUDIT_JWT_SECRET=SECRET,
+            PYTHONUNBUFFERED="1",
+            **extra,
+        )
         return env
 
     def record(self, name: str, **values: Any) -> None:
         self.results[name] = values
-        shown = ", ".join(f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in values.items())  # fmt: skip
+        shown = ", ".join(
+            f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+        )
         print(f"  {name}: {shown}", flush=True)
 
     # -- state ---------------------------------------------------------------------------
@@ -184,8 +206,9 @@ class Bench:
             await conn.commit()
             elapsed = time.perf_counter() - started
             used = cpu.stop(self.n)
-        self.record("db_ceiling", rows=self.n, per_s=self.n / elapsed,
-                    postgres_cpu_us=used["postgres"])  # fmt: skip
+        self.record(
+            "db_ceiling", rows=self.n, per_s=self.n / elapsed, postgres_cpu_us=used["postgres"]
+        )
 
     async def broker_ceiling(self) -> None:
         await self.reset()
@@ -204,9 +227,14 @@ class Bench:
         sub = await nc.jetstream().pull_subscribe_bind(NAMES.durable, NAMES.stream)
         nats_py_elapsed = await self.fetch_and_ack(nc, lambda: sub.fetch(500, timeout=2))
         await nc.close()
-        self.record("broker_ceiling", msgs=self.n, per_s=self.n / elapsed,
-                    nats_py_fetch_per_s=self.n / nats_py_elapsed,
-                    fetch_ack_cpu_us=used["fetch_ack"], nats_cpu_us=used["nats"])  # fmt: skip
+        self.record(
+            "broker_ceiling",
+            msgs=self.n,
+            per_s=self.n / elapsed,
+            nats_py_fetch_per_s=self.n / nats_py_elapsed,
+            fetch_ack_cpu_us=used["fetch_ack"],
+            nats_cpu_us=used["nats"],
+        )
 
     async def fetch_and_ack(self, nc: NATS, fetch: Callable[[], Awaitable[list[Msg]]]) -> float:
         """Seconds to fetch and ack the whole backlog of n messages, no other work."""
@@ -245,8 +273,14 @@ class Bench:
         # consumer's next request is. A 50 ms expiry (instead of 1 s) makes that wait vanish
         # from the measurement; with a backlog every request is filled at once, so nothing
         # else changes.
-        envs = [self.env(AUDIT_HEALTH_PORT=str(p), AUDIT_HEALTH_HOST="127.0.0.1",
-                         AUDIT_FETCH_WAIT_SECONDS="0.05") for p in ports]  # fmt: skip
+        envs = [
+            self.env(
+                AUDIT_HEALTH_PORT=str(p),
+                AUDIT_HEALTH_HOST="127.0.0.1",
+                AUDIT_FETCH_WAIT_SECONDS="0.05",
+            )
+            for p in ports
+        ]
         with self.processes([[str(BIN / "audit-consumer")]] * consumers, envs) as pids:
             await asyncio.sleep(2.0)  # started, connected, idle on the paused durable
             cpu = CpuMeter(consumer=pids, postgres=self.pg_pid, nats=self.nats_pid)
@@ -264,8 +298,12 @@ class Bench:
             used = cpu.stop(self.n)
             assert await self.rows() == self.n
         await nc.close()
-        self.record(f"consumer_{consumers}p", events=self.n, per_s=self.n / elapsed,
-                    **{f"{k}_cpu_us": v for k, v in used.items()})  # fmt: skip
+        self.record(
+            f"consumer_{consumers}p",
+            events=self.n,
+            per_s=self.n / elapsed,
+            **{f"{k}_cpu_us": v for k, v in used.items()},
+        )
 
     async def per_message(self) -> None:
         """The usual design: fetch 1, INSERT 1, COMMIT, ack 1 — same data, one at a time."""
@@ -297,8 +335,14 @@ class Bench:
     # -- API -----------------------------------------------------------------------------
 
     def loadgen(self, port: int, **opts: Any) -> dict[str, Any]:
-        argv = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--port", str(port),
-                "--token", issue_token(SECRET, "bench")]  # fmt: skip
+        argv = [
+            sys.executable,
+            str(ROOT / "bench" / "loadgen.py"),
+            "--port",
+            str(port),
+            "--token",
+            issue_token(SECRET, "bench"),
+        ]
         for key, value in opts.items():
             flag = "--" + key.replace("_", "-")
             argv += [flag] if value is True else [flag, str(value)]
@@ -321,11 +365,27 @@ class Bench:
         Each row is the round with the median rate."""
         await self.reset()
         port, noop_port = free_port(), free_port()
-        env = self.env(AUDIT_API_PORT=str(port), AUDIT_API_HOST="127.0.0.1",
-                       AUDIT_API_WORKERS=str(workers))  # fmt: skip
-        noop = [sys.executable, "-m", "uvicorn", "--factory", "bench.noop_api:create_app",
-                "--port", str(noop_port), "--workers", str(workers), "--loop", "uvloop",
-                "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        env = self.env(
+            AUDIT_API_PORT=str(port), AUDIT_API_HOST="127.0.0.1", AUDIT_API_WORKERS=str(workers)
+        )
+        noop = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench.noop_api:create_app",
+            "--port",
+            str(noop_port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         real: list[dict[str, Any]] = []
         fake: list[dict[str, Any]] = []
         seconds = self.seconds / rounds
@@ -339,8 +399,9 @@ class Bench:
                 real.append(self.loadgen(port, concurrency=64, seconds=seconds))
                 fake.append(self.loadgen(noop_port, concurrency=64, seconds=seconds))
             used = cpu.stop(1)  # µs in all, divided below by each side's requests
-            plain = self.loadgen(port, concurrency=64, seconds=seconds, method="GET",
-                                 path="/healthz")  # fmt: skip
+            plain = self.loadgen(
+                port, concurrency=64, seconds=seconds, method="GET", path="/healthz"
+            )
         sides = (
             (f"api_publish_w{workers}", real, "api"),
             (f"api_noop_w{workers}", fake, "noop_api"),
@@ -353,10 +414,16 @@ class Bench:
                     statuses[status] = statuses.get(status, 0) + count
             requests = sum(statuses.values())
             extra = {"nats_cpu_us": used["nats"] / requests} if process == "api" else {}
-            self.record(name, rps=median["rps"], p50_ms=median["p50_ms"],
-                        p99_ms=median["p99_ms"], statuses=statuses,
-                        rounds=[round(run["rps"]) for run in runs],
-                        api_cpu_us=used[process] / requests, **extra)  # fmt: skip
+            self.record(
+                name,
+                rps=median["rps"],
+                p50_ms=median["p50_ms"],
+                p99_ms=median["p99_ms"],
+                statuses=statuses,
+                rounds=[round(run["rps"]) for run in runs],
+                api_cpu_us=used[process] / requests,
+                **extra,
+            )
         self.record(f"loadgen_healthz_w{workers}", rps=plain["rps"])
 
     async def end_to_end(self, workers: int) -> None:
@@ -364,8 +431,12 @@ class Bench:
         await self.reset()
         rate = self.results[f"api_publish_w{workers}"]["rps"] / 2
         port = free_port()
-        env = self.env(AUDIT_API_PORT=str(port), AUDIT_API_HOST="127.0.0.1",
-                       AUDIT_API_WORKERS=str(workers), AUDIT_FETCH_WAIT_SECONDS="0.5")  # fmt: skip
+        env = self.env(
+            AUDIT_API_PORT=str(port),
+            AUDIT_API_HOST="127.0.0.1",
+            AUDIT_API_WORKERS=str(workers),
+            AUDIT_FETCH_WAIT_SECONDS="0.5",
+        )
         consumer_env = self.env(AUDIT_HEALTH_PORT=str(free_port()), AUDIT_HEALTH_HOST="127.0.0.1")
         argvs = [[str(BIN / "audit-api")], [str(BIN / "audit-consumer")]]
         seen: dict[str, float] = {}

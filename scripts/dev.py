@@ -58,13 +58,17 @@ def main() -> None:
     procs: list[Child] = []
     logging.basicConfig(level=logging.INFO, format="     setup | %(message)s")
     try:
-        owner = Settings(DATABASE_URL=pg.url, NATS_URL=nats.url,
-                         AUDIT_WRITER_DATABASE_URL=writer_url)  # fmt: skip
+        owner = Settings(
+            DATABASE_URL=pg.url, NATS_URL=nats.url, AUDIT_WRITER_DATABASE_URL=writer_url
+        )
         asyncio.run(setup("all", owner))
         procs.append(Child("api", [str(BIN / "audit-api")], api_env, "prefix").start(True))
         for i in (1, 2):
-            consumer_env = {**env, "AUDIT_WRITER_DATABASE_URL": writer_url,
-                            "AUDIT_HEALTH_PORT": str(api_port + i)}  # fmt: skip
+            consumer_env = {
+                **env,
+                "AUDIT_WRITER_DATABASE_URL": writer_url,
+                "AUDIT_HEALTH_PORT": str(api_port + i),
+            }
             argv = [str(BIN / "audit-consumer")]
             procs.append(Child(f"consumer-{i}", argv, consumer_env, "prefix").start(True))
         token = issue_token(DEV_JWT_SECRET, "dev-user")

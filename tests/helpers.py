@@ -100,9 +100,17 @@ def raw_token(claims: str) -> str:
 
 
 REASONS = {
-    "missing_token", "not_bearer", "token_too_large", "token_expired", "bad_signature",
-    "bad_algorithm", "missing_claim", "malformed_token", "invalid_token", "bad_subject",
-}  # fmt: skip
+    "missing_token",
+    "not_bearer",
+    "token_too_large",
+    "token_expired",
+    "bad_signature",
+    "bad_algorithm",
+    "missing_claim",
+    "malformed_token",
+    "invalid_token",
+    "bad_subject",
+}
 BAD_CREDENTIALS = [
     (None, "missing_token"),
     ("", "missing_token"),

@@ -13,8 +13,12 @@ import pytest
 from tests.chart.conftest import CHART, SHARED, VALUES, Render, find
 
 CRDS = {"ScaledObject", "ServiceMonitor", "PodMonitor"}
-OPERATOR = ("--api-versions", "monitoring.coreos.com/v1/PodMonitor",
-            "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")  # fmt: skip
+OPERATOR = (
+    "--api-versions",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+)
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "Pod"}
 
 
@@ -32,8 +36,9 @@ def env_of(obj: dict[str, Any], name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("values", VALUES)
 def test_helm_lint_strict(helm: str, values: str) -> None:
-    done = subprocess.run([helm, "lint", "--strict", str(CHART), *VALUES[values]],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [helm, "lint", "--strict", str(CHART), *VALUES[values]], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -117,8 +122,13 @@ def test_keda_target_has_no_replicas_and_plain_mode_does(render: Render) -> None
     plain = render("default", "--set", "autoscaling.keda.enabled=false")
     assert find(plain, "Deployment", "-consumer")["spec"]["replicas"] == 2
     assert not [o for o in plain if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")]
-    hpa_mode = render("default", "--set", "autoscaling.keda.enabled=false",
-                      "--set", "autoscaling.hpa.enabled=true")  # fmt: skip
+    hpa_mode = render(
+        "default",
+        "--set",
+        "autoscaling.keda.enabled=false",
+        "--set",
+        "autoscaling.hpa.enabled=true",
+    )
     assert "replicas" not in find(hpa_mode, "Deployment", "-consumer")["spec"]
     assert find(hpa_mode, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 6
 
@@ -152,8 +162,9 @@ def test_setup_job_is_a_hook_that_runs_before_the_apps_need_it(render: Render, v
 
 @pytest.mark.parametrize("values", VALUES)
 def test_one_name_feeds_trigger_apps_and_setup(render: Render, values: str) -> None:
-    objects = render(values, "--set", "jetstream.stream=ORDERS_AUDIT",
-                     "--set", "jetstream.durable=orders-writer")  # fmt: skip
+    objects = render(
+        values, "--set", "jetstream.stream=ORDERS_AUDIT", "--set", "jetstream.durable=orders-writer"
+    )
     trigger = find(objects, "ScaledObject")["spec"]["triggers"][0]["metadata"]
     app_config = find(objects, "ConfigMap", "-config")["data"]
     setup_config = find(objects, "ConfigMap", "-setup")["data"]
@@ -162,8 +173,12 @@ def test_one_name_feeds_trigger_apps_and_setup(render: Render, values: str) -> N
     assert (trigger["stream"], trigger["consumer"]) == ("ORDERS_AUDIT", "orders-writer")
     for kind in ("Deployment", "Job"):
         for obj in (o for o in objects if o["kind"] == kind and "audit-" in o["metadata"]["name"]):
-            refs = [e["configMapRef"]["name"] for c in pod_spec(obj)["containers"]
-                    for e in c.get("envFrom", []) if "configMapRef" in e]  # fmt: skip
+            refs = [
+                e["configMapRef"]["name"]
+                for c in pod_spec(obj)["containers"]
+                for e in c.get("envFrom", [])
+                if "configMapRef" in e
+            ]
             assert refs, obj["metadata"]["name"]
 
 
@@ -199,8 +214,13 @@ def secret_keys(obj: dict[str, Any]) -> set[str]:
 
 @pytest.mark.parametrize("values", VALUES)
 def test_each_workload_gets_only_the_credentials_its_job_needs(render: Render, values: str) -> None:
-    objects = render(values, "--set", "secrets.writerDatabaseUrl=postgresql://w:p@db/audit",
-                     "--set", "secrets.databaseUrl=postgresql://o:p@db/audit")  # fmt: skip
+    objects = render(
+        values,
+        "--set",
+        "secrets.writerDatabaseUrl=postgresql://w:p@db/audit",
+        "--set",
+        "secrets.databaseUrl=postgresql://o:p@db/audit",
+    )
     api = find(objects, "Deployment", "-api")
     consumer = find(objects, "Deployment", "-consumer")
     setup = find(objects, "Job", "-setup")
@@ -216,10 +236,19 @@ def test_each_workload_gets_only_the_credentials_its_job_needs(render: Render, v
 
 def test_external_postgres_needs_a_writer_url(helm: str) -> None:
     done = subprocess.run(
-        [helm, "template", "x", str(CHART), "--set", "postgresql.bundled.enabled=false",
-         "--set", "secrets.databaseUrl=postgresql://o:p@db/audit"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            helm,
+            "template",
+            "x",
+            str(CHART),
+            "--set",
+            "postgresql.bundled.enabled=false",
+            "--set",
+            "secrets.databaseUrl=postgresql://o:p@db/audit",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0
     assert "secrets.writerDatabaseUrl is required" in done.stderr
 
@@ -245,8 +274,11 @@ def test_kube_version_floor_is_what_the_chart_needs(helm: str, render: Render) -
         for obj in render(values, "--kube-version", "1.23.0"):
             if obj["kind"] not in CRDS:
                 kubernetes_validate.validate(obj, "1.25.0", strict=True)
-    done = subprocess.run([helm, "template", "x", str(CHART), "--kube-version", "1.22.0"],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [helm, "template", "x", str(CHART), "--kube-version", "1.22.0"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0
     assert "kubeVersion" in done.stderr
 
@@ -270,32 +302,48 @@ def test_a_prometheus_in_another_namespace_may_scrape_the_consumers(render: Rend
     assert rule["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
-    default = find(render("default", "--set", "networkPolicy.enabled=true"), "NetworkPolicy",
-                   "-consumer")  # fmt: skip
+    default = find(
+        render("default", "--set", "networkPolicy.enabled=true"), "NetworkPolicy", "-consumer"
+    )
     assert default["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
 
 
 def test_schema_rejects_bad_values(helm: str) -> None:
-    for bad in ("api.replicas=0", "image.api.tag=latest", "jetstream.stream=bad name",
-                "secrets.jwtSecret=short", "unknownKey=1"):  # fmt: skip
-        done = subprocess.run([helm, "template", "x", str(CHART), "--set", bad],
-                              capture_output=True, text=True)  # fmt: skip
+    for bad in (
+        "api.replicas=0",
+        "image.api.tag=latest",
+        "jetstream.stream=bad name",
+        "secrets.jwtSecret=short",
+        "unknownKey=1",
+    ):
+        done = subprocess.run(
+            [helm, "template", "x", str(CHART), "--set", bad], capture_output=True, text=True
+        )
         assert done.returncode != 0, bad
 
 
 def test_kedas_replica_math_for_the_kind_values(render: Render) -> None:
     spec = find(render("kind"), "ScaledObject")["spec"]
     threshold = int(spec["triggers"][0]["metadata"]["lagThreshold"])
-    want = [max(spec["minReplicaCount"], min(spec["maxReplicaCount"], math.ceil(lag / threshold)))
-            for lag in (0, 1, threshold, threshold + 1, 100 * threshold)]  # fmt: skip
+    want = [
+        max(spec["minReplicaCount"], min(spec["maxReplicaCount"], math.ceil(lag / threshold)))
+        for lag in (0, 1, threshold, threshold + 1, 100 * threshold)
+    ]
     assert want == [1, 1, 1, 2, 4]
 
 
 def test_scheduling_values_reach_every_app_pod(render: Render) -> None:
     objects = render(
-        "default", "--set", "nodeSelector.disk=ssd", "--set", "podAnnotations.team=sec",
-        "--set", "tolerations[0].key=dedicated", "--set", "affinity.podAntiAffinity.x=1",
-    )  # fmt: skip
+        "default",
+        "--set",
+        "nodeSelector.disk=ssd",
+        "--set",
+        "podAnnotations.team=sec",
+        "--set",
+        "tolerations[0].key=dedicated",
+        "--set",
+        "affinity.podAntiAffinity.x=1",
+    )
     for kind, suffix in (("Deployment", "-api"), ("Deployment", "-consumer"), ("Job", "-setup")):
         obj = find(objects, kind, suffix)
         spec = pod_spec(obj)

@@ -36,9 +36,13 @@ def jsz_lag(monitor: str, meta: dict[str, str]) -> int:
 
 
 async def test_lag_as_keda_sees_it_drives_the_replica_count_and_drains(
-    render: Render, nats_server: NatsServer | None, streams: Settings, db: Any, nc: NATS,
+    render: Render,
+    nats_server: NatsServer | None,
+    streams: Settings,
+    db: Any,
+    nc: NATS,
     tmp_path: Any,
-) -> None:  # fmt: skip
+) -> None:
     if nats_server is None and not os.environ.get("NATS_MONITOR_URL"):
         pytest.skip("external NATS without NATS_MONITOR_URL")
     monitor = nats_server.monitor_url if nats_server else os.environ["NATS_MONITOR_URL"]
@@ -57,8 +61,9 @@ async def test_lag_as_keda_sees_it_drives_the_replica_count_and_drains(
     assert jsz_lag(monitor, meta) == n
 
     threshold = int(meta["lagThreshold"])
-    replicas = max(scaled["minReplicaCount"],
-                   min(scaled["maxReplicaCount"], math.ceil(n / threshold)))  # fmt: skip
+    replicas = max(
+        scaled["minReplicaCount"], min(scaled["maxReplicaCount"], math.ceil(n / threshold))
+    )
     assert replicas == 3  # 1200 / 500 → 3, inside 1..4
 
     env = service_env(streams)

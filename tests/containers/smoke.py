@@ -47,11 +47,22 @@ def engine() -> bool:
     """Start the stand-in engine and images where this machine needs them; False = skip."""
     if STANDINS.exists():
         # Outside this venv: the script runs `python3 -m pip`, which uv's venvs do not have.
-        path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                               if not p.startswith(sys.prefix))  # fmt: skip
+        path = os.pathsep.join(
+            p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(sys.prefix)
+        )
         env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": path}
-        rc = subprocess.run([str(STANDINS), "--python", "python:3.13-slim", "--postgres",
-                             "postgres:17", "--nats", NATS_IMAGE], env=env).returncode  # fmt: skip
+        rc = subprocess.run(
+            [
+                str(STANDINS),
+                "--python",
+                "python:3.13-slim",
+                "--postgres",
+                "postgres:17",
+                "--nats",
+                NATS_IMAGE,
+            ],
+            env=env,
+        ).returncode
         if rc == 3:
             return False
         if rc != 0:
@@ -76,8 +87,20 @@ def wait(what: str, check: "object", timeout: float = 120) -> None:
 
 
 def psql(compose: list[str], sql: str) -> str:
-    return sh(*compose, "exec", "-T", "postgres", "psql", "-U", "audit", "-d", "audit", "-Atc",
-              sql, capture=True).strip()  # fmt: skip
+    return sh(
+        *compose,
+        "exec",
+        "-T",
+        "postgres",
+        "psql",
+        "-U",
+        "audit",
+        "-d",
+        "audit",
+        "-Atc",
+        sql,
+        capture=True,
+    ).strip()
 
 
 def send(n: int, prefix: str) -> list[str]:
@@ -96,8 +119,10 @@ def stored(compose: list[str]) -> list[str]:
 def main() -> None:
     started = time.monotonic()
     if not engine():
-        print("\n" + "=" * 70 + "\nSKIPPED: container smoke test — no Docker engine can run on this"
-              " machine (docker-standins exit 3)\n" + "=" * 70)  # fmt: skip
+        print(
+            "\n" + "=" * 70 + "\nSKIPPED: container smoke test — no Docker engine can run on this"
+            " machine (docker-standins exit 3)\n" + "=" * 70
+        )
         return
     compose = [*compose_cmd(), "-p", PROJECT]
     os.environ.update(AUDIT_JWT_SECRET=SECRET, AUDIT_DEV_MODE="false")
@@ -105,10 +130,21 @@ def main() -> None:
     for app in ("api", "consumer"):
         t = time.monotonic()
         port = "8000" if app == "api" else "8001"
-        sh("docker", "build", "--network", "host", "-q", "--build-arg", f"APP={app}",
-           "--build-arg", f"PORT={port}", "-t", f"audit-{app}:dev", ".")  # fmt: skip
-        size = sh("docker", "image", "inspect", "-f", "{{.Size}}", f"audit-{app}:dev",
-                  capture=True)  # fmt: skip
+        sh(
+            "docker",
+            "build",
+            "--network",
+            "host",
+            "-q",
+            "--build-arg",
+            f"APP={app}",
+            "--build-arg",
+            f"PORT={port}",
+            "-t",
+            f"audit-{app}:dev",
+            ".",
+        )
+        size = sh("docker", "image", "inspect", "-f", "{{.Size}}", f"audit-{app}:dev", capture=True)
         sizes[app] = f"{int(size) / 1e6:.0f} MB, built in {time.monotonic() - t:.0f}s"
     try:
         sh(*compose, "down", "-v", "--remove-orphans", check=False)
@@ -117,8 +153,11 @@ def main() -> None:
         ids = send(50, "smoke")
         wait("50 rows", lambda: len(stored(compose)) >= 50)
         assert sorted(stored(compose)) == sorted(ids), "rows differ from acknowledged events"
-        row = psql(compose, "SELECT actor_id, action, resource_id, outcome FROM audit_events"
-                            " WHERE resource_id = 'smoke-7'")  # fmt: skip
+        row = psql(
+            compose,
+            "SELECT actor_id, action, resource_id, outcome FROM audit_events"
+            " WHERE resource_id = 'smoke-7'",
+        )
         assert row == "smoke|account.update|smoke-7|success", row
 
         # Crash one consumer (SIGKILL its process from the host, as the OOM killer would).
@@ -128,14 +167,21 @@ def main() -> None:
         pid = sh("docker", "inspect", "-f", "{{.State.Pid}}", victim, capture=True).strip()
         sh("kill", "-9", pid)
         more = send(50, "after-kill")
-        wait("consumer restarted", lambda: sh("docker", "inspect", "-f", "{{.RestartCount}}",
-             victim, capture=True).strip() not in ("", "0"))  # fmt: skip
+        wait(
+            "consumer restarted",
+            lambda: (
+                sh("docker", "inspect", "-f", "{{.RestartCount}}", victim, capture=True).strip()
+                not in ("", "0")
+            ),
+        )
         wait("100 rows", lambda: len(stored(compose)) >= 100)
         rows = stored(compose)
         assert sorted(rows) == sorted(ids + more), "lost or doubled events after the crash"
         took = time.monotonic() - started
-        print(f"\nPASSED container smoke in {took:.0f}s: 100 acknowledged = 100 rows,"
-              f" consumer restarted by Docker; images: {sizes}")  # fmt: skip
+        print(
+            f"\nPASSED container smoke in {took:.0f}s: 100 acknowledged = 100 rows,"
+            f" consumer restarted by Docker; images: {sizes}"
+        )
     except BaseException:
         sh(*compose, "logs", "--tail", "40", check=False)
         raise

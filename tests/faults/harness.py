@@ -145,9 +145,15 @@ async def verify(
         # stored the event but before its ack arrived: never more than those.
         assert len(rows) - stored <= load.statuses[503]
     summary = Summary(
-        scenario, load.sent if load else sent, len(ids), stored, duplicates, dead_lettered,
-        recovery_s, notes,
-    )  # fmt: skip
+        scenario,
+        load.sent if load else sent,
+        len(ids),
+        stored,
+        duplicates,
+        dead_lettered,
+        recovery_s,
+        notes,
+    )
     print("\n" + summary.line())
     RESULTS.append(summary)
     return summary

@@ -85,9 +85,13 @@ async def test_nats_down_under_load(rig: Rig, db_url: str) -> None:
     recovery = await wait_stored(db_url, load.acknowledged) + (time.monotonic() - restarted)
     assert all(c.proc is not None and c.proc.poll() is None for c in rig.consumers)
     await verify(
-        "NATS stopped 5 s", db_url, load, recovery_s=recovery,
-        api_503=load.statuses[503], api_back_s=round(api_back, 1),
-    )  # fmt: skip
+        "NATS stopped 5 s",
+        db_url,
+        load,
+        recovery_s=recovery,
+        api_503=load.statuses[503],
+        api_back_s=round(api_back, 1),
+    )
 
 
 async def test_sigterm_every_consumer_during_load(rig: Rig, db_url: str) -> None:
@@ -140,9 +144,13 @@ async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db_url: str) -
     await nc.close()
     assert sorted(await stored_ids(db_url)) == sorted(ids)
     await verify(
-        "poison published to stream", db_url, None, sent=len(payloads), acknowledged=ids,
+        "poison published to stream",
+        db_url,
+        None,
+        sent=len(payloads),
+        acknowledged=ids,
         dead_lettered=len(letters),
-    )  # fmt: skip
+    )
 
 
 async def _messages(js: object, stream: str, n: int) -> bool:
@@ -181,9 +189,14 @@ async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db_url:
     assert duplicates_seen == 52  # every redelivered message was already stored
     assert sorted(await stored_ids(db_url)) == sorted(ids)
     await verify(
-        "duplicate publish + redelivery", db_url, None, sent=53, acknowledged=ids,
-        redelivered=len(msgs), absorbed=duplicates_seen + 1,
-    )  # fmt: skip
+        "duplicate publish + redelivery",
+        db_url,
+        None,
+        sent=53,
+        acknowledged=ids,
+        redelivered=len(msgs),
+        absorbed=duplicates_seen + 1,
+    )
 
 
 async def _all_acked(rig: Rig) -> bool:

@@ -43,8 +43,9 @@ async def client(streams: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def test_stream_holds_exactly_the_acknowledged_events(
     client: httpx.AsyncClient, streams: Settings, nc: NATS
 ) -> None:
-    calls = [client.patch(f"/accounts/acc-{i}", json={"plan": "pro"}, headers=AUTH)
-             for i in range(30)]  # fmt: skip
+    calls = [
+        client.patch(f"/accounts/acc-{i}", json={"plan": "pro"}, headers=AUTH) for i in range(30)
+    ]
     calls += [client.get("/accounts/acc-x") for _ in range(5)]  # unauthenticated: denied events
     responses = await asyncio.gather(*calls)
     assert [r.status_code for r in responses] == [200] * 30 + [401] * 5
@@ -99,9 +100,9 @@ async def test_metrics_and_logs_of_every_uvicorn_worker(streams: Settings, tmp_p
             server.wait_ready()
         url = f"http://127.0.0.1:{server.port}"
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            answers = await asyncio.gather(*(
-                client.patch(f"/accounts/w-{i}", json={"a": 1}, headers=AUTH) for i in range(40)
-            ))  # fmt: skip
+            answers = await asyncio.gather(
+                *(client.patch(f"/accounts/w-{i}", json={"a": 1}, headers=AUTH) for i in range(40))
+            )
             # 200s, and 503s from a worker still connecting to NATS (readiness answered by the
             # other): each worker counts what it answered, /metrics must show the sum.
             statuses = Counter(str(r.status_code) for r in answers)
@@ -112,8 +113,10 @@ async def test_metrics_and_logs_of_every_uvicorn_worker(streams: Settings, tmp_p
                 return (await client.get("/metrics")).text
 
             def counts(text: str) -> dict[str, float]:
-                return {s: metric(text, "audit_api_requests_total", method="PATCH", status=s)
-                        for s in statuses}  # fmt: skip
+                return {
+                    s: metric(text, "audit_api_requests_total", method="PATCH", status=s)
+                    for s in statuses
+                }
 
             async def all_counted() -> bool:
                 return counts(await scrape()) == statuses

@@ -90,9 +90,17 @@ async def test_every_acknowledged_request_becomes_exactly_one_row(
     assert sorted(r[0] for r in stored) == sorted(ids)  # exactly the acknowledged ones, once
     by_resource = {r[5]: r for r in stored}
     assert by_resource["acc-7"][1:] == (
-        "user", "dave", "account.update", "account", "acc-7", "success", "127.0.0.1", "e2e/1",
-        {"method": "PATCH", "path": "/accounts/acc-7", "status": 200, "fields": ["tier"]}, True,
-    )  # fmt: skip
+        "user",
+        "dave",
+        "account.update",
+        "account",
+        "acc-7",
+        "success",
+        "127.0.0.1",
+        "e2e/1",
+        {"method": "PATCH", "path": "/accounts/acc-7", "status": 200, "fields": ["tier"]},
+        True,
+    )
     seqs = await rows(db, "SELECT count(DISTINCT stream_seq) FROM audit_events")
     assert seqs[0][0] == n
 
@@ -141,8 +149,15 @@ async def test_poison_goes_to_dlq_with_reason_and_neighbours_are_stored(
         json.dumps({"schema_version": 99}).encode(),
         encode(make_event(actor_id="nul\x00inside")),  # valid event, PostgreSQL refuses it
     ]
-    for payload in [encode(good[0]), poison[0], encode(good[1]), poison[1], poison[2],
-                    encode(good[2]), encode(good[3])]:  # fmt: skip
+    for payload in [
+        encode(good[0]),
+        poison[0],
+        encode(good[1]),
+        poison[1],
+        poison[2],
+        encode(good[2]),
+        encode(good[3]),
+    ]:
         await js.publish(subject, payload)
 
     await wait_for(lambda: _count_is(db, 4))

@@ -23,8 +23,12 @@ from tests.conftest import BIN, ROOT, service_env
 async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str) -> None:
     settings = Settings(DATABASE_URL=migrated, AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"))
     with psycopg.connect(migrated) as conn:
-        indexes = {r[0] for r in conn.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'")}  # fmt: skip
+        indexes = {
+            r[0]
+            for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'"
+            )
+        }
     assert {"audit_events_pkey", "audit_events_resource_idx", "audit_events_actor_idx"} <= indexes
 
     command.downgrade(alembic_config(settings), "base")
@@ -39,11 +43,16 @@ async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str)
 def test_concurrent_setups_queue_instead_of_racing(migrated: str) -> None:
     """Two setups at once (separate processes, as in a cluster): one migrates, one waits."""
     env = {**os.environ, "DATABASE_URL": migrated, "AUDIT_MIGRATIONS_DIR": str(ROOT / "migrations")}
-    command.downgrade(alembic_config(Settings(DATABASE_URL=migrated,
-                                              AUDIT_MIGRATIONS_DIR=env["AUDIT_MIGRATIONS_DIR"])),
-                      "base")  # fmt: skip
-    runs = [subprocess.Popen([BIN / "audit-setup", "migrate"], env=env, stderr=subprocess.PIPE)
-            for _ in range(2)]  # fmt: skip
+    command.downgrade(
+        alembic_config(
+            Settings(DATABASE_URL=migrated, AUDIT_MIGRATIONS_DIR=env["AUDIT_MIGRATIONS_DIR"])
+        ),
+        "base",
+    )
+    runs = [
+        subprocess.Popen([BIN / "audit-setup", "migrate"], env=env, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     assert [p.wait(120) for p in runs] == [0, 0], [p.stderr.read() for p in runs if p.stderr]
     with psycopg.connect(migrated) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)

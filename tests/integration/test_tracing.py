@@ -62,10 +62,13 @@ async def test_one_trace_from_request_to_row(
         await wait_for(lambda: publisher.ready and consumer.db_ok)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             response = await client.patch(
-                "/accounts/acc-t", json={"name": "x"},
-                headers={"Authorization": f"Bearer {issue_token(JWT_SECRET, 'tracy')}",
-                         "traceparent": TRACEPARENT},
-            )  # fmt: skip
+                "/accounts/acc-t",
+                json={"name": "x"},
+                headers={
+                    "Authorization": f"Bearer {issue_token(JWT_SECRET, 'tracy')}",
+                    "traceparent": TRACEPARENT,
+                },
+            )
         assert response.status_code == 200
         event_id = response.json()["audit_event_id"]
         await wait_for(lambda: consumer.stats.stored == 1)
@@ -80,8 +83,12 @@ async def test_one_trace_from_request_to_row(
     finished = spans.get_finished_spans()
     by_name = {s.name: s for s in finished}
     in_trace = {s.name for s in finished if f"{s.context.trace_id:032x}" == CALLER_TRACE}
-    assert {"PATCH /accounts/{account_id}", "publish audit.events.account.update",
-            "consume audit event", "store audit batch"} <= in_trace, sorted(in_trace)  # fmt: skip
+    assert {
+        "PATCH /accounts/{account_id}",
+        "publish audit.events.account.update",
+        "consume audit event",
+        "store audit batch",
+    } <= in_trace, sorted(in_trace)
     publish = by_name["publish audit.events.account.update"]
     consume = by_name["consume audit event"]
     assert consume.parent is not None
@@ -89,8 +96,13 @@ async def test_one_trace_from_request_to_row(
     batch = by_name["store audit batch"]
     assert batch.parent is not None
     assert batch.parent.span_id == consume.context.span_id
-    writes = [s for s in finished if s.name == "COPY audit_events"
-              and s.parent is not None and s.parent.span_id == batch.context.span_id]  # fmt: skip
+    writes = [
+        s
+        for s in finished
+        if s.name == "COPY audit_events"
+        and s.parent is not None
+        and s.parent.span_id == batch.context.span_id
+    ]
     assert writes, sorted(s.name for s in finished)  # the database write itself is in the trace
 
 

@@ -30,9 +30,19 @@ async def test_batch_insert_stores_every_column(writer: BatchWriter, db: Any) ->
     stored = await cur.fetchone()
     e = events[7]
     assert stored == (
-        e.id, "alice", "account.update", "acc-7", "success", "10.0.0.7", "curl/8",
-        "ab" * 16, 107, {"method": "PATCH", "fields": ["email"]}, e.occurred_at, True,
-    )  # fmt: skip
+        e.id,
+        "alice",
+        "account.update",
+        "acc-7",
+        "success",
+        "10.0.0.7",
+        "curl/8",
+        "ab" * 16,
+        107,
+        {"method": "PATCH", "fields": ["email"]},
+        e.occurred_at,
+        True,
+    )
 
 
 async def test_duplicates_are_ignored(writer: BatchWriter, db: Any) -> None:

@@ -53,10 +53,15 @@ def row_count(k8s: Any) -> int:
     from kubernetes.stream import stream
 
     out = stream(
-        k8s.CoreV1Api().connect_get_namespaced_pod_exec, f"{RELEASE}-postgresql-0", NAMESPACE,
+        k8s.CoreV1Api().connect_get_namespaced_pod_exec,
+        f"{RELEASE}-postgresql-0",
+        NAMESPACE,
         command=["psql", "-U", "audit", "-d", "audit", "-Atc", "SELECT count(*) FROM audit_events"],
-        stderr=True, stdin=False, stdout=True, tty=False,
-    )  # fmt: skip
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+    )
     return int(out.strip())
 
 
@@ -68,8 +73,11 @@ async def drive(token: str, seconds: float, concurrency: int = 32) -> list[str]:
         async def worker(w: int) -> None:
             i = 0
             while time.monotonic() < deadline:
-                r = await client.patch(f"/accounts/k-{w}-{i}", json={"plan": "pro"},
-                                       headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+                r = await client.patch(
+                    f"/accounts/k-{w}-{i}",
+                    json={"plan": "pro"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
                 i += 1
                 if r.status_code == 200:
                     acked.append(r.json()["audit_event_id"])

@@ -36,23 +36,32 @@ async def test_patch_records_who_what_where_and_field_names(
     response = await client.patch(
         "/accounts/acc-42",
         json={"email": "secret@example.com", "name": "Alice"},
-        headers={**AUTH, "User-Agent": "ops-cli/1.0", "X-Request-ID": "req-1",
-                 "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-    )  # fmt: skip
+        headers={
+            **AUTH,
+            "User-Agent": "ops-cli/1.0",
+            "X-Request-ID": "req-1",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
+    )
     assert response.status_code == 200
     (event,) = publisher.events
     assert response.json() == {"account_id": "acc-42", "audit_event_id": str(event.id)}
     assert (event.actor_type, event.actor_id) == ("user", "alice")
     assert (event.action, event.resource_type, event.resource_id) == (
-        "account.update", "account", "acc-42",
-    )  # fmt: skip
+        "account.update",
+        "account",
+        "acc-42",
+    )
     assert event.outcome == "success"
     assert str(event.source_ip) == "203.0.113.9"
     assert (event.user_agent, event.request_id) == ("ops-cli/1.0", "req-1")
     assert event.trace_id == "0af7651916cd43dd8448eb211c80319c"
     assert event.metadata == {
-        "method": "PATCH", "path": "/accounts/acc-42", "status": 200, "fields": ["email", "name"],
-    }  # fmt: skip
+        "method": "PATCH",
+        "path": "/accounts/acc-42",
+        "status": 200,
+        "fields": ["email", "name"],
+    }
     assert "secret@example.com" not in event.model_dump_json()  # names, never values
 
 

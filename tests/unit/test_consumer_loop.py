@@ -29,8 +29,12 @@ def good(log: Log, seq: int) -> Msg:
 
 async def test_poison_is_dead_lettered_its_neighbours_stored_and_all_acked_after_commit() -> None:
     log = Log()
-    batch = [good(log, 1), message(log, 2, b"{not json"), good(log, 3),
-             message(log, 4, encode(make_event(resource_id="reject-me")))]  # fmt: skip
+    batch = [
+        good(log, 1),
+        message(log, 2, b"{not json"),
+        good(log, 3),
+        message(log, 4, encode(make_event(resource_id="reject-me"))),
+    ]
     consumer = consumer_with(FakeWriter(log))
     await consumer.consume(FakeSource([batch]), FakeJetStream(log), max_batches=1)
 

@@ -29,10 +29,16 @@ def test_delivery_refuses_what_is_not_a_jetstream_ack_subject() -> None:
 
 
 def test_copy_line_escapes_text_and_json_and_writes_null() -> None:
-    line = copy_line((
-        UUID(int=1), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "a\tb\nc\\d\re", None, 42,
-        {"path": "/x\\y", "s": "tab\there"},
-    ))  # fmt: skip
+    line = copy_line(
+        (
+            UUID(int=1),
+            datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            "a\tb\nc\\d\re",
+            None,
+            42,
+            {"path": "/x\\y", "s": "tab\there"},
+        )
+    )
     assert line == (
         b"00000000-0000-0000-0000-000000000001\t2026-01-02T03:04:05+00:00\t"
         b"a\\tb\\nc\\\\d\\re\t\\N\t42\t"

@@ -38,8 +38,17 @@ def test_ip_addresses_are_stored_in_canonical_form() -> None:
     assert canonical_ip("192.0.2.1") == "192.0.2.1"
     assert canonical_ip("2001:DB8:0::0:1") == "2001:db8::1"
     assert canonical_ip("::ffff:c000:201") == "::ffff:192.0.2.1"  # IPv4-mapped
-    for bad in ("192.0.2", "192.0.2.01", "256.0.0.1", " 192.0.2.1", "fe80::1%eth0", "1\x00",
-                "::g", "localhost", ""):  # fmt: skip
+    for bad in (
+        "192.0.2",
+        "192.0.2.01",
+        "256.0.0.1",
+        " 192.0.2.1",
+        "fe80::1%eth0",
+        "1\x00",
+        "::g",
+        "localhost",
+        "",
+    ):
         with pytest.raises(ValueError, match="not an IPv"):
             canonical_ip(bad)
 

@@ -46,8 +46,9 @@ def test_plain_lines_append_the_trace_id() -> None:
 def test_plain_lines_escape_control_characters_so_no_line_can_be_forged() -> None:
     """A field name from a NATS message with a newline must not start a fake log line."""
     forged = "bad field 'x\n2026-01-01 00:00:00 INFO audit.consumer stored 1000'"
-    record = logging.LogRecord("audit.t", logging.WARNING, __file__, 1, "dead-lettered: %s",
-                               (forged,), None)  # fmt: skip
+    record = logging.LogRecord(
+        "audit.t", logging.WARNING, __file__, 1, "dead-lettered: %s", (forged,), None
+    )
     text = _Formatter("audit-consumer", as_json=False).format(record)
     assert "\n" not in text
     assert "x\\n2026-01-01" in text
@@ -57,8 +58,9 @@ def test_json_lines_stay_one_line_with_a_traceback() -> None:
     try:
         raise ValueError("boom\nsecond line")
     except ValueError:
-        record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "failed", None,
-                                   sys.exc_info())  # fmt: skip
+        record = logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()
+        )
     text = _Formatter("audit-api", as_json=True).format(record)
     assert "\n" not in text
     assert "Traceback" in json.loads(text)["exception"]

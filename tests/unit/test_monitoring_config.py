@@ -26,16 +26,20 @@ def promtool() -> str:
 
 
 def test_alert_rules_pass_promtool() -> None:
-    done = subprocess.run([promtool(), "check", "rules", str(CONFIG / "alerts.yml")],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [promtool(), "check", "rules", str(CONFIG / "alerts.yml")], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 rules found" in done.stdout
 
 
 def test_dead_letter_alert_fires_on_the_first_dead_letter_of_a_process() -> None:
     """config/alerts.test.yml: a series exported at 0 then 1 fires; one born at 1 would not."""
-    done = subprocess.run([promtool(), "test", "rules", str(CONFIG / "alerts.test.yml")],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [promtool(), "test", "rules", str(CONFIG / "alerts.test.yml")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr
 
@@ -69,8 +73,11 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
         .replace("/etc/prometheus/alerts.yml", str(CONFIG / "alerts.yml"))
     )
     (tmp_path / "prometheus.yml").write_text(config)
-    done = subprocess.run([promtool(), "check", "config", str(tmp_path / "prometheus.yml")],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [promtool(), "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -88,7 +95,10 @@ def test_dashboard_and_alerts_use_real_metric_names() -> None:
     dashboard = json.loads((CONFIG / "grafana" / "dashboards" / "audit-pipeline.json").read_text())
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queries.append((CONFIG / "alerts.yml").read_text())
-    used = {re.sub(r"_(bucket|count|sum)$", "", m)
-            for q in queries for m in re.findall(r"audit_[a-z_]+", q)}  # fmt: skip
+    used = {
+        re.sub(r"_(bucket|count|sum)$", "", m)
+        for q in queries
+        for m in re.findall(r"audit_[a-z_]+", q)
+    }
     assert used, "no audit metrics queried"
     assert used <= exported_metrics(), used - exported_metrics()

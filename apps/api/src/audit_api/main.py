@@ -66,8 +66,12 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         """405s list every method of the path (Starlette names only the first route's)."""
         if exc.status_code == 405:
             path = request.url.path
-            allowed = {m for r in app.routes if isinstance(r, APIRoute)
-                       and r.path_regex.match(path) for m in r.methods or ()}  # fmt: skip
+            allowed = {
+                m
+                for r in app.routes
+                if isinstance(r, APIRoute) and r.path_regex.match(path)
+                for m in r.methods or ()
+            }
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
         return await http_exception_handler(request, exc)
 

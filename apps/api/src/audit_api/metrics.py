@@ -30,9 +30,11 @@ REQUESTS = Counter(
     "audit_api_requests_total", "HTTP requests answered", ["method", "route", "status"]
 )
 REQUEST_SECONDS = Histogram(
-    "audit_api_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    "audit_api_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
     buckets=LATENCY_BUCKETS,
-)  # fmt: skip
+)
 PUBLISH_SECONDS = Histogram(
     "audit_api_publish_duration_seconds", "Publish until JetStream's ack", buckets=LATENCY_BUCKETS
 )

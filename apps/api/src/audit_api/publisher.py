@@ -99,8 +99,13 @@ class NatsPublisher:
             with self._span(subject, event):
                 if tracing.enabled():
                     tracing.inject(headers)  # traceparent of the publish span
-                await self.js.publish(subject, encode(event), timeout=self.timeout,
-                                      stream=self.names.stream, headers=headers)  # fmt: skip
+                await self.js.publish(
+                    subject,
+                    encode(event),
+                    timeout=self.timeout,
+                    stream=self.names.stream,
+                    headers=headers,
+                )
         except Exception as exc:  # timeout, no responders, stream full, connection lost
             reason = "timeout" if isinstance(exc, TimeoutError) else "error"
             PUBLISH_FAILURES.labels(reason).inc()
@@ -116,9 +121,12 @@ class NatsPublisher:
         return TRACER.start_as_current_span(
             f"publish {subject}",
             kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "nats", "messaging.destination.name": subject,
-                        "messaging.message.id": str(event.id)},
-        )  # fmt: skip
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.message.id": str(event.id),
+            },
+        )
 
 
 async def _log_error(exc: Exception) -> None:

@@ -136,9 +136,13 @@ async def current_actor(
         )
     except AuthError as exc:
         event = build_event(
-            request, actor_type="anonymous", actor_id="anonymous", outcome="denied", status=401,
+            request,
+            actor_type="anonymous",
+            actor_id="anonymous",
+            outcome="denied",
+            status=401,
             extra={"reason": exc.code},
-        )  # fmt: skip
+        )
         await record(request, event)
         raise HTTPException(
             401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}

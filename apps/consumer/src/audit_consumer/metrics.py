@@ -24,13 +24,15 @@ REDELIVERIES = Counter(
     "audit_consumer_redeliveries_total", "Messages received more than once from JetStream"
 )
 BATCH_SIZE = Histogram(
-    "audit_consumer_batch_size_messages", "Messages per fetched batch",
+    "audit_consumer_batch_size_messages",
+    "Messages per fetched batch",
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
-)  # fmt: skip
+)
 WRITE_SECONDS = Histogram(
-    "audit_consumer_write_duration_seconds", "One batch's PostgreSQL transaction",
+    "audit_consumer_write_duration_seconds",
+    "One batch's PostgreSQL transaction",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)  # fmt: skip
+)
 LAST_WRITE = Gauge(
     "audit_consumer_last_write_timestamp_seconds", "Unix time of the last committed batch"
 )

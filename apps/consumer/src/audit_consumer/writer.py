@@ -203,10 +203,15 @@ def _db_span(
 ) -> AbstractContextManager[trace.Span]:
     """A client span like the psycopg instrumentation's, for the statements it cannot see."""
     return TRACER.start_as_current_span(
-        f"{operation} {table}", kind=SpanKind.CLIENT,
-        attributes={"db.system": "postgresql", "db.operation.name": operation,
-                    "db.collection.name": table, "db.operation.batch.size": rows},
-    )  # fmt: skip
+        f"{operation} {table}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system": "postgresql",
+            "db.operation.name": operation,
+            "db.collection.name": table,
+            "db.operation.batch.size": rows,
+        },
+    )
 
 
 def _describe(exc: psycopg.Error) -> str:

@@ -36,9 +36,12 @@ class Child:
 
     def _popen(self, out: int | IO[bytes], new_session: bool) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            self.argv,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=new_session,
-        )  # fmt: skip
+        )
 
     def _relay(self, stream: IO[bytes]) -> None:
         prefix = f"{self.name:>10} | "

@@ -141,15 +141,40 @@ class PostgresServer(_Server):
         self.sockets.mkdir(parents=True, exist_ok=True)
         if not (self.data / "PG_VERSION").exists():
             subprocess.run(
-                [*as_non_root(), str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--no-instructions"],
-                check=True, capture_output=True,
-            )  # fmt: skip
+                [
+                    *as_non_root(),
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+            )
         self.proc = self._popen(
-            [*as_non_root(), str(PG_BIN / "postgres"), "-D", str(self.data),
-             "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.sockets),
-             "-c", "max_connections=200", "-c", "fsync=on", "-c", "synchronous_commit=on"]
-        )  # fmt: skip
+            [
+                *as_non_root(),
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.sockets),
+                "-c",
+                "max_connections=200",
+                "-c",
+                "fsync=on",
+                "-c",
+                "synchronous_commit=on",
+            ]
+        )
         _wait(self._ready, "postgres", 60, self.proc)
 
     def _ready(self) -> bool:
@@ -162,10 +187,26 @@ class PostgresServer(_Server):
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL with psql and return its unaligned, tuples-only output."""
         out = subprocess.run(
-            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-             "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                str(PG_BIN / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return out.stdout.strip()
 
 
@@ -211,9 +252,18 @@ class NatsServer(_Server):
         sync = f"\n  sync_interval: {self.sync}" if self.sync else ""
         conf.write_text(f'jetstream {{\n  store_dir: "{self.store}"{sync}\n}}\nmax_payload: 1MB\n')
         self.proc = self._popen(
-            [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port),
-             "-m", str(self.monitor_port)]
-        )  # fmt: skip
+            [
+                nats_server_binary(),
+                "-c",
+                str(conf),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+            ]
+        )
         _wait(self._ready, "nats-server", 30, self.proc)
 
     def _ready(self) -> bool:

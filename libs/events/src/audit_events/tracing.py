@@ -104,10 +104,13 @@ class _Formatter(logging.Formatter):
         )
         if self.as_json:
             entry = {
-                "time": self.formatTime(record), "level": record.levelname,
-                "logger": record.name, "service": self.service, "message": record.getMessage(),
+                "time": self.formatTime(record),
+                "level": record.levelname,
+                "logger": record.name,
+                "service": self.service,
+                "message": record.getMessage(),
                 **ids,
-            }  # fmt: skip
+            }
             if record.exc_info:
                 entry["exception"] = self.formatException(record.exc_info)
             return json.dumps(entry)
