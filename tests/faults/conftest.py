@@ -12,7 +12,7 @@ import pytest
 
 from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
-from audit_consumer.settings import Settings
+from audit_consumer.settings import ProvisionSettings, Settings
 from audit_devservers import NatsServer, PostgresServer
 from tests.conftest import ROOT, service_env
 from tests.faults.harness import RESULTS
@@ -79,7 +79,7 @@ async def rig(
         NATS_URL=fault_nats.url,
         AUDIT_WRITER_DATABASE_URL=fault_pg.url.replace("postgres@", "audit_consumer:pw@"),
         AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"),
-        AUDIT_ACK_WAIT_SECONDS=ACK_WAIT,
+        provision=ProvisionSettings(AUDIT_ACK_WAIT_SECONDS=ACK_WAIT),
         AUDIT_FETCH_WAIT_SECONDS=0.5,
     )
     await migrate(settings)

@@ -195,8 +195,8 @@ async def test_openapi_documents_the_route(client: httpx.AsyncClient) -> None:
     operations = spec["paths"]["/accounts/{account_id}"]
     assert set(operations) == {"get", "patch", "delete"}
     # A bearer scheme, so /docs' "Authorize" sends the token ("Try it out" otherwise only 401s).
-    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    assert all(op["security"] == [{"HTTPBearer": []}] for op in operations.values())
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert all(op["security"] == [{"bearer": []}] for op in operations.values())
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "cdn" not in docs.text  # its scripts come from this app

@@ -58,7 +58,7 @@ def authenticate(authorization: str | None, secret: str) -> str:
     subject = claims["sub"]
     if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
         raise AuthError("bad_subject")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in subject):
+    if not subject.isprintable() and any(unicodedata.category(c) in ("Cc", "Cs") for c in subject):
         raise AuthError("bad_subject")  # control characters, lone surrogates
     return subject
 

@@ -3,8 +3,9 @@
 import importlib.metadata
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -87,7 +88,26 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         return JSONResponse({"nats_connected": ready}, status_code=200 if ready else 503)
 
     metrics.init_series([*app.routes, *router.routes])
+    app.openapi = _with_bearer_scheme(app.openapi)  # type: ignore[method-assign]
     return app
+
+
+def _with_bearer_scheme(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document with the bearer scheme the /accounts operations name, so /docs
+    has "Authorize" and "Try it out" sends the token."""
+
+    def with_scheme() -> dict[str, Any]:
+        schema = openapi()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "HS256 JWT (`audit-token` prints one)",
+        }
+        return schema
+
+    return with_scheme
 
 
 def worker_app() -> FastAPI:

@@ -48,10 +48,10 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             discard=DiscardPolicy.NEW,
-            max_bytes=settings.stream_max_bytes,
+            max_bytes=settings.provision.stream_max_bytes,
             max_msg_size=2 * MAX_EVENT_BYTES,
-            num_replicas=settings.stream_replicas,
-            duplicate_window=settings.duplicate_window_seconds,
+            num_replicas=settings.provision.stream_replicas,
+            duplicate_window=settings.provision.duplicate_window_seconds,
             deny_delete=True,
             deny_purge=True,
         ),
@@ -63,8 +63,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             discard=DiscardPolicy.NEW,
             max_bytes=-1,  # unlimited, stated: the server reports -1 for "unset" and we compare
-            num_replicas=settings.stream_replicas,
-            duplicate_window=settings.duplicate_window_seconds,
+            num_replicas=settings.provision.stream_replicas,
+            duplicate_window=settings.provision.duplicate_window_seconds,
             deny_delete=True,
         ),
     ]
@@ -80,9 +80,9 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         description="audit-consumer processes share this durable",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=settings.ack_wait_seconds,
+        ack_wait=settings.provision.ack_wait_seconds,
         max_deliver=-1,
-        max_ack_pending=settings.max_ack_pending,
+        max_ack_pending=settings.provision.max_ack_pending,
         filter_subject=names.events_subjects,
         num_replicas=0,  # inherit the stream's
     )

@@ -6,6 +6,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from audit_events import StreamNames
 
 
+class ProvisionSettings(BaseSettings):
+    """How ``audit-setup provision`` configures the streams and the durable (jetstream.py)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    stream_replicas: int = Field(1, ge=1, le=5, alias="AUDIT_STREAM_REPLICAS")
+    stream_max_bytes: int = Field(-1, alias="AUDIT_STREAM_MAX_BYTES")
+    duplicate_window_seconds: float = Field(300.0, ge=120, alias="AUDIT_DUPLICATE_WINDOW_SECONDS")
+    ack_wait_seconds: float = Field(30.0, gt=0, alias="AUDIT_ACK_WAIT_SECONDS")
+    max_ack_pending: int = Field(50_000, ge=1, alias="AUDIT_MAX_ACK_PENDING")
+
+
 class Settings(BaseSettings):
     """Every knob of ``audit-consumer`` and ``audit-setup``; names are the env vars."""
 
@@ -24,16 +36,12 @@ class Settings(BaseSettings):
     liveness_seconds: float = Field(60.0, gt=0, alias="AUDIT_LIVENESS_SECONDS")
     shutdown_seconds: float = Field(20.0, gt=0, alias="AUDIT_SHUTDOWN_SECONDS")
 
-    # Provisioning (audit-setup provision)
-    stream_replicas: int = Field(1, ge=1, le=5, alias="AUDIT_STREAM_REPLICAS")
-    stream_max_bytes: int = Field(-1, alias="AUDIT_STREAM_MAX_BYTES")
-    duplicate_window_seconds: float = Field(300.0, ge=120, alias="AUDIT_DUPLICATE_WINDOW_SECONDS")
-    ack_wait_seconds: float = Field(30.0, gt=0, alias="AUDIT_ACK_WAIT_SECONDS")
-    max_ack_pending: int = Field(50_000, ge=1, alias="AUDIT_MAX_ACK_PENDING")
+    # audit-setup
     setup_wait_seconds: float = Field(60.0, ge=0, alias="AUDIT_SETUP_WAIT_SECONDS")
     migrations_dir: str | None = Field(None, alias="AUDIT_MIGRATIONS_DIR")
 
     names: StreamNames = Field(default_factory=StreamNames)
+    provision: ProvisionSettings = Field(default_factory=ProvisionSettings)
 
     @property
     def consumer_database_url(self) -> str:
