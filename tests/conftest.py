@@ -8,7 +8,9 @@ then TRUNCATE ``audit_events`` and recreate the ``AUDIT*`` streams there).
 import asyncio
 import contextlib
 import os
+import secrets
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,10 +24,14 @@ from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_devservers import NatsServer, PostgresServer
+from audit_events.broker import IDENTITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+ADMIN = "admin"  # the tests' own identity: recreates streams, inspects the DLQ (never shipped)
+BROKER_PASSWORDS = {user: secrets.token_urlsafe(18) for user in (*IDENTITIES, ADMIN)}
+"""The embedded NATS servers require these; each app process gets its own identity's."""
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +51,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     if os.environ.get("NATS_URL"):
         yield None
         return
-    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server = NatsServer(tmp_path_factory.mktemp("nats"), auth=BROKER_PASSWORDS)
     server.start()
     yield server
     server.stop()
@@ -58,7 +64,8 @@ def database_url(postgres: PostgresServer | None) -> str:
 
 @pytest.fixture(scope="session")
 def nats_url(nats_server: NatsServer | None) -> str:
-    return nats_server.url if nats_server else os.environ["NATS_URL"]
+    """What test code connects with: the admin identity on the embedded server."""
+    return nats_server.url_as(ADMIN) if nats_server else os.environ["NATS_URL"]
 
 
 @pytest.fixture(scope="session")
@@ -110,13 +117,24 @@ def service_env(settings: ConsumerSettings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
     env.update(
         DATABASE_URL=settings.database_url,
-        NATS_URL=settings.nats_url,
+        NATS_URL=without_credentials(settings.nats_url),
         AUDIT_JWT_SECRET=JWT_SECRET,
         AUDIT_FETCH_WAIT_SECONDS=str(settings.fetch_wait_seconds),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
     return env
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without ``user:password@``: app processes authenticate as their own identity."""
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def identity_env(identity: str) -> dict[str, str]:
+    """The environment that makes an app process connect to NATS as ``identity``."""
+    return {"AUDIT_NATS_PASSWORD": BROKER_PASSWORDS[identity]}
 
 
 async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> None:

@@ -5,7 +5,8 @@ import urllib.request
 from pathlib import Path
 
 from audit_devservers import Child, free_port
-from tests.conftest import BIN
+from audit_events.broker import API, CONSUMER
+from tests.conftest import BIN, identity_env
 
 
 class Service(Child):
@@ -45,11 +46,16 @@ class Service(Child):
 
 def api(env: dict[str, str], logs: Path) -> Service:
     port = free_port()
-    env = {**env, "AUDIT_API_PORT": str(port), "AUDIT_API_HOST": "127.0.0.1"}
+    env = {**identity_env(API), **env, "AUDIT_API_PORT": str(port), "AUDIT_API_HOST": "127.0.0.1"}
     return Service("api", [str(BIN / "audit-api")], env, port, logs)
 
 
 def consumer(env: dict[str, str], logs: Path, index: int) -> Service:
     port = free_port()
-    env = {**env, "AUDIT_HEALTH_PORT": str(port), "AUDIT_HEALTH_HOST": "127.0.0.1"}
+    env = {
+        **identity_env(CONSUMER),
+        **env,
+        "AUDIT_HEALTH_PORT": str(port),
+        "AUDIT_HEALTH_HOST": "127.0.0.1",
+    }
     return Service(f"consumer-{index}", [str(BIN / "audit-consumer")], env, port, logs)

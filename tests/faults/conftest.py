@@ -14,7 +14,7 @@ from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.settings import ProvisionSettings, Settings
 from audit_devservers import NatsServer, PostgresServer
-from tests.conftest import ROOT, service_env
+from tests.conftest import ADMIN, BROKER_PASSWORDS, ROOT, service_env
 from tests.faults.harness import RESULTS
 from tests.processes import Service, api, consumer
 
@@ -31,7 +31,7 @@ def fault_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 
 @pytest.fixture(scope="module")
 def fault_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path_factory.mktemp("fault-nats"))
+    server = NatsServer(tmp_path_factory.mktemp("fault-nats"), auth=BROKER_PASSWORDS)
     server.start()
     yield server
     server.stop()
@@ -76,7 +76,7 @@ async def rig(
     fault_nats.start()
     settings = Settings(
         DATABASE_URL=fault_pg.url,
-        NATS_URL=fault_nats.url,
+        NATS_URL=fault_nats.url_as(ADMIN),
         AUDIT_WRITER_DATABASE_URL=fault_pg.url.replace("postgres@", "audit_consumer:pw@"),
         AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"),
         provision=ProvisionSettings(AUDIT_ACK_WAIT_SECONDS=ACK_WAIT),

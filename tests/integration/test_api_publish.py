@@ -23,9 +23,10 @@ AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'carol')}"}
 
 
 async def api_client(url: str, names: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    publisher = NatsPublisher(url, names.names, timeout=2.0)
+    settings = ApiSettings(AUDIT_JWT_SECRET=JWT_SECRET, NATS_URL=url)
+    publisher = NatsPublisher(settings, names.names, timeout=2.0)
     await publisher.start()
-    app = create_app(ApiSettings(AUDIT_JWT_SECRET=JWT_SECRET, NATS_URL=url), publisher)
+    app = create_app(settings, publisher)
     transport = httpx.ASGITransport(app=app, client=("198.51.100.4", 1234))
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         yield client

@@ -17,7 +17,8 @@ from audit_consumer.jetstream import (
     stream_configs,
 )
 from audit_consumer.settings import Settings
-from tests.conftest import BIN, ROOT, service_env
+from audit_events.broker import SETUP
+from tests.conftest import BIN, ROOT, identity_env, service_env
 
 
 async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str) -> None:
@@ -90,7 +91,7 @@ async def test_provision_is_idempotent_and_repairs_drift(streams: Settings, nc: 
 
 
 def test_cli_runs_both_steps_twice(streams: Settings, migrated: str) -> None:
-    env = service_env(streams, AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"))
+    env = service_env(streams, AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations")) | identity_env(SETUP)
     for _ in range(2):
         done = subprocess.run([BIN / "audit-setup"], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr

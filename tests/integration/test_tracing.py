@@ -52,7 +52,7 @@ async def test_one_trace_from_request_to_row(
     spans: InMemorySpanExporter, streams: Settings, db: Any
 ) -> None:
     spans.clear()
-    publisher = NatsPublisher(streams.nats_url, streams.names, timeout=2.0)
+    publisher = NatsPublisher(streams, streams.names, timeout=2.0)
     await publisher.start()
     consumer = Consumer(streams)
     worker = asyncio.create_task(consumer.run())

@@ -34,9 +34,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
             app.state.publisher = publisher
             yield
             return
-        nats_publisher = NatsPublisher(
-            settings.nats_url, settings.names, settings.publish_timeout_seconds
-        )
+        nats_publisher = NatsPublisher(settings, settings.names, settings.publish_timeout_seconds)
         app.state.publisher = nats_publisher
         await nats_publisher.start()
         try:

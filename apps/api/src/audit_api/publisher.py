@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from audit_api.metrics import NATS_CONNECTED, PUBLISH_FAILURES, PUBLISH_SECONDS
 from audit_events import AuditEvent, StreamNames, encode, tracing
+from audit_events.broker import API, BrokerSettings
 
 log = logging.getLogger("audit.api.publisher")
 TRACER = trace.get_tracer("audit_api.publisher")
@@ -43,8 +44,8 @@ class Publisher(Protocol):
 class NatsPublisher:
     """One NATS connection per process, reconnecting forever, publishing with JetStream acks."""
 
-    def __init__(self, url: str, names: StreamNames, timeout: float) -> None:
-        self.url, self.names, self.timeout = url, names, timeout
+    def __init__(self, broker: BrokerSettings, names: StreamNames, timeout: float) -> None:
+        self.broker, self.names, self.timeout = broker, names, timeout
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None  # one per connection, not per publish
         self._connecting: asyncio.Task[None] | None = None
@@ -62,8 +63,7 @@ class NatsPublisher:
         while True:
             try:
                 self.nc = await nats.connect(
-                    self.url,
-                    name="audit-api",
+                    **self.broker.connect_options(API),
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     connect_timeout=5,

@@ -1,20 +1,20 @@
 """API configuration, all from the environment (see README)."""
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from audit_events import StreamNames
+from audit_events.broker import BrokerSettings
 
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 (refused outside dev)
 """The secret ``make dev`` and ``.env.example`` use; refused unless ``AUDIT_DEV_MODE`` is on."""
 
 
-class Settings(BaseSettings):
+class Settings(BrokerSettings):
     """Every knob of ``audit-api``; names are the env vars."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    nats_url: str = Field("nats://127.0.0.1:4222", alias="NATS_URL")
     jwt_secret: str = Field("", alias="AUDIT_JWT_SECRET", repr=False)
     dev_mode: bool = Field(False, alias="AUDIT_DEV_MODE")
     host: str = Field("0.0.0.0", alias="AUDIT_API_HOST")

@@ -42,6 +42,7 @@ from audit_consumer.settings import Settings
 from audit_consumer.spans import batch_span, consume_spans
 from audit_consumer.writer import BatchWriter, WriteResult, WriterPool
 from audit_events import Row
+from audit_events.broker import CONSUMER
 
 log = logging.getLogger("audit.consumer")
 
@@ -169,8 +170,7 @@ class Consumer:
         while not self.stopping:
             try:
                 return await nats.connect(
-                    self.settings.nats_url,
-                    name="audit-consumer",
+                    **self.settings.connect_options(CONSUMER),
                     max_reconnect_attempts=-1,  # reconnect forever
                     reconnect_time_wait=1,
                     connect_timeout=5,

@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from audit_consumer.retry import until_up
 from audit_consumer.settings import Settings
 from audit_events import MAX_EVENT_BYTES
+from audit_events.broker import SETUP
 
 log = logging.getLogger("audit.setup")
 
@@ -128,7 +129,7 @@ async def provision(settings: Settings) -> None:
     """Streams ``AUDIT``, ``AUDIT_DLQ`` and the durable ``audit-writer``, created or updated."""
     nc = await until_up(
         "NATS",
-        lambda: nats.connect(settings.nats_url, name="audit-setup", max_reconnect_attempts=1),
+        lambda: nats.connect(**settings.connect_options(SETUP), max_reconnect_attempts=1),
         settings.setup_wait_seconds,
     )
     try:

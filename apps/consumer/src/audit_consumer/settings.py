@@ -4,6 +4,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events import StreamNames
+from audit_events.broker import BrokerSettings
 
 
 class ProvisionSettings(BaseSettings):
@@ -18,14 +19,13 @@ class ProvisionSettings(BaseSettings):
     max_ack_pending: int = Field(50_000, ge=1, alias="AUDIT_MAX_ACK_PENDING")
 
 
-class Settings(BaseSettings):
+class Settings(BrokerSettings):
     """Every knob of ``audit-consumer`` and ``audit-setup``; names are the env vars."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", alias="DATABASE_URL")
     writer_database_url: str | None = Field(None, alias="AUDIT_WRITER_DATABASE_URL")
-    nats_url: str = Field("nats://127.0.0.1:4222", alias="NATS_URL")
     health_port: int = Field(8001, alias="AUDIT_HEALTH_PORT")
     health_host: str = Field("0.0.0.0", alias="AUDIT_HEALTH_HOST")
 

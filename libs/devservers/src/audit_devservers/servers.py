@@ -11,10 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Self
+
+from audit_events import StreamNames
+from audit_events.broker import authorization
 
 with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, which we never use
     warnings.simplefilter("ignore")
@@ -230,15 +234,26 @@ class NatsServer(_Server):
         port: int | None = None,
         sync: str | None = None,
         monitor_port: int | None = None,
+        auth: dict[str, str] | None = None,
+        names: StreamNames | None = None,
     ) -> None:
         super().__init__(root, port)
         self.monitor_port = monitor_port or free_port()
         self.store = root / "jetstream"
         self.sync = sync  # e.g. "always": fsync every write (see docs on durability)
+        self.auth = auth  # {user: password}: the project's identities (broker.py), and any admin
+        self.names = names or StreamNames()
 
     @property
     def url(self) -> str:
+        """The client URL, without credentials."""
         return f"nats://127.0.0.1:{self.port}"
+
+    def url_as(self, user: str) -> str:
+        """The client URL with ``user``'s credentials in it (what test clients connect with)."""
+        assert self.auth is not None
+        password = urllib.parse.quote(self.auth[user], safe="")
+        return f"nats://{user}:{password}@127.0.0.1:{self.port}"
 
     @property
     def monitor_url(self) -> str:
@@ -250,7 +265,11 @@ class NatsServer(_Server):
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.root / "nats.conf"
         sync = f"\n  sync_interval: {self.sync}" if self.sync else ""
-        conf.write_text(f'jetstream {{\n  store_dir: "{self.store}"{sync}\n}}\nmax_payload: 1MB\n')
+        auth = authorization(self.auth, self.names) if self.auth else ""
+        conf.touch(mode=0o600)  # it holds passwords
+        conf.write_text(
+            f'jetstream {{\n  store_dir: "{self.store}"{sync}\n}}\nmax_payload: 1MB\n{auth}'
+        )
         self.proc = self._popen(
             [
                 nats_server_binary(),
