@@ -1,0 +1,146 @@
+"""The broker as an attacker with network access and a NATS client sees it, on a real
+nats-server with the project's own authorization (audit_events.broker): no anonymous access,
+and each identity refused everything but its job."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.errors import NoServersError
+
+from audit_consumer.puller import Puller
+from audit_consumer.settings import Settings
+from audit_events import encode
+from audit_events.broker import API, CONSUMER, SETUP, inbox_prefix
+from audit_devservers import NatsServer
+from tests.conftest import BROKER_PASSWORDS, without_credentials
+from tests.helpers import make_event
+
+pytestmark = pytest.mark.usefixtures("streams")
+
+
+@pytest.fixture
+def server(nats_server: NatsServer | None) -> NatsServer:
+    if nats_server is None:
+        pytest.skip("NATS_URL points at your own server: its authorization is yours")
+    return nats_server
+
+
+@asynccontextmanager
+async def connect_as(server: NatsServer, identity: str) -> AsyncIterator[tuple[NATS, list[str]]]:
+    """A client logged in as ``identity``; the list collects the server's -ERR lines."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(
+        server.url, user=identity, password=BROKER_PASSWORDS[identity],
+        inbox_prefix=inbox_prefix(identity), error_cb=on_error, allow_reconnect=False,
+    )  # fmt: skip
+    try:
+        yield nc, errors
+    finally:
+        await nc.close()
+
+
+async def refused(
+    errors: list[str], subject: str, action: Callable[[], object], kind: str = "publish"
+) -> None:
+    """``action`` gets no answer and the server reports a ``kind`` (publish, subscription)
+    permissions violation on ``subject``."""
+    with pytest.raises((TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+        result = action()
+        if asyncio.iscoroutine(result):
+            await result
+        raise TimeoutError  # a plain publish or subscribe: the answer is the -ERR below
+    for _ in range(50):
+        if any(f'violation for {kind} to "{subject.lower()}"' in e.lower() for e in errors):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no permissions violation for {subject}: {errors}")
+
+
+async def test_an_anonymous_client_gets_nothing(server: NatsServer) -> None:
+    for credentials in ({}, {"user": API, "password": "wrong"}, {"user": "admin", "password": ""}):
+        errors: list[str] = []
+
+        async def on_error(exc: Exception, errors: list[str] = errors) -> None:
+            errors.append(str(exc))
+
+        with pytest.raises((NoServersError, nats.errors.Error)):
+            await asyncio.wait_for(nats.connect(
+                server.url, allow_reconnect=False, connect_timeout=2, error_cb=on_error,
+                **credentials,
+            ), 10)  # fmt: skip
+        assert any("Authorization Violation" in e for e in errors), errors
+
+
+async def test_the_api_may_publish_events_and_nothing_else(
+    server: NatsServer, streams: Settings, nc: NATS
+) -> None:
+    names = streams.names
+    async with connect_as(server, API) as (api, errors):
+        ack = await api.jetstream().publish(
+            names.event_subject("account.read"), encode(make_event()), stream=names.stream
+        )
+        assert ack.seq >= 1  # its job
+        pull = f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.durable}"
+        await refused(errors, pull, lambda: api.request(pull, b'{"batch": 1}', timeout=0.5))
+        delete = f"$JS.API.STREAM.DELETE.{names.stream}"
+        await refused(errors, delete, lambda: api.request(delete, b"", timeout=0.5))
+        await refused(errors, names.dlq_subject("x"), lambda: api.publish(names.dlq_subject("x")))
+        await refused(
+            errors, "audit.events.>", lambda: api.subscribe("audit.events.>"), "subscription"
+        )
+        other = f"{inbox_prefix(CONSUMER)}.>"  # another identity's replies
+        await refused(errors, other, lambda: api.subscribe(other), "subscription")
+    assert (await nc.jetstream().stream_info(names.stream)).state.messages == 1
+
+
+async def test_the_consumer_may_pull_ack_and_dead_letter_but_not_forge_or_delete(
+    server: NatsServer, streams: Settings, nc: NATS
+) -> None:
+    names = streams.names
+    await nc.jetstream().publish(names.event_subject("account.read"), encode(make_event()))
+    async with connect_as(server, CONSUMER) as (consumer, errors):
+        js = consumer.jetstream()
+        puller = Puller(consumer, names.stream, names.durable)  # what audit-consumer pulls with
+        await puller.start()
+        (msg,) = await puller.fetch(1, 5)
+        await msg.ack()  # its job
+        await js.publish(names.dlq_subject("invalid"), b"x", stream=names.dlq_stream)
+        forged = names.event_subject("account.delete")
+        await refused(errors, forged, lambda: consumer.publish(forged, encode(make_event())))
+        for verb in ("STREAM.DELETE", "STREAM.PURGE"):
+            subject = f"$JS.API.{verb}.{names.stream}"
+            await refused(errors, subject, lambda s=subject: consumer.request(s, b"", timeout=0.5))
+        delete = f"$JS.API.CONSUMER.DELETE.{names.stream}.{names.durable}"
+        await refused(errors, delete, lambda: consumer.request(delete, b"", timeout=0.5))
+        create = f"$JS.API.CONSUMER.CREATE.{names.stream}.thief"
+        await refused(errors, create, lambda: consumer.request(create, b"{}", timeout=0.5))
+    info = await nc.jetstream().consumer_info(names.stream, names.durable)
+    assert info.num_pending == 0  # the acked event left; the durable is still there
+
+
+async def test_setup_may_manage_but_not_delete_or_purge(
+    server: NatsServer, streams: Settings, nc: NATS
+) -> None:
+    names = streams.names
+    async with connect_as(server, SETUP) as (setup, errors):
+        js = setup.jetstream()
+        assert (await js.stream_info(names.stream)).config.name == names.stream  # its job
+        for verb in ("STREAM.DELETE", "STREAM.PURGE"):
+            subject = f"$JS.API.{verb}.{names.stream}"
+            await refused(errors, subject, lambda s=subject: setup.request(s, b"", timeout=0.5))
+        pull = f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.durable}"
+        await refused(errors, pull, lambda: setup.request(pull, b'{"batch": 1}', timeout=0.5))
+        await refused(errors, "audit.events.x", lambda: setup.publish("audit.events.x"))
+    assert (await nc.jetstream().stream_info(names.stream)).config.name == names.stream
+
+
+def test_app_processes_get_no_credentials_in_their_url(streams: Settings) -> None:
+    assert "@" not in without_credentials(streams.nats_url)
