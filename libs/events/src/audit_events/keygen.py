@@ -1,0 +1,30 @@
+"""``audit-keygen``: every secret a deployment needs, fresh and random, as ``NAME=value`` lines a
+shell can ``eval`` or a ``.env`` file can hold. Nothing the project ships has a default secret:
+``make docker-up`` writes these into ``.env`` once (and keeps them), ``make dev`` into
+``.dev/secrets.env``, the Helm chart generates its own the same way.
+"""
+
+import argparse
+import secrets
+
+from audit_events.broker import PASSWORD_VARS
+
+SECRETS = (
+    "AUDIT_JWT_SECRET",  # signs API tokens (HS256): 48 random bytes
+    *PASSWORD_VARS.values(),  # one NATS password per identity
+    "POSTGRES_PASSWORD",  # the database owner (migrations, setup only)
+    "AUDIT_WRITER_PASSWORD",  # the consumers' audit_consumer login
+)
+
+
+def generate(names: tuple[str, ...] = SECRETS) -> dict[str, str]:
+    """A new random value for each name: URL- and shell-safe (``[A-Za-z0-9_-]``)."""
+    return {name: secrets.token_urlsafe(48 if name == "AUDIT_JWT_SECRET" else 24) for name in names}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="audit-keygen", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=SECRETS, help="just these (default: all)")
+    args = parser.parse_args()
+    for name, value in generate(tuple(args.only or SECRETS)).items():
+        print(f"{name}={value}")
