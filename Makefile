@@ -68,8 +68,10 @@ bench-smoke: sync ## CI: the benchmark on tiny inputs (must finish and print; ne
 dev: sync ## Run PostgreSQL, NATS, setup, the API and two consumers locally; Ctrl-C stops all
 	$(UV) run --frozen python scripts/dev.py
 
-.env:
-	cp .env.example .env
+.env: ## .env from .env.example plus fresh secrets from audit-keygen (run once; kept afterwards)
+	@$(MAKE) --no-print-directory docker-build
+	umask 077 && cp .env.example .env.tmp && docker run --rm audit-api:dev audit-keygen >> .env.tmp && mv .env.tmp .env
+	@echo "wrote .env with fresh secrets (keep it; delete it to start over with new ones)"
 
 .PHONY: docker-build
 docker-build: ## Build the audit-api and audit-consumer images (host network, classic builder or BuildKit)
@@ -83,7 +85,7 @@ TRACING_OFF := $(if $(and $(NO_JAEGER),$(filter undefined,$(origin OTEL_EXPORTER
 READYZ := import urllib.request as u; u.urlopen("http://127.0.0.1:8001/readyz", timeout=2)
 
 .PHONY: docker-up
-docker-up: .env docker-build ## Build, start, wait until the API and every consumer are ready, print what runs
+docker-up: docker-build .env ## Build, start, wait until the API and every consumer are ready, print what runs
 	$(TRACING_OFF) $(COMPOSE) up -d --no-build $(DOCKER_SERVICES)
 	@echo "waiting for the API and the consumers to be ready..."; \
 	for i in $$(seq 1 90); do \

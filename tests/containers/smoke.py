@@ -17,6 +17,7 @@ import httpx
 import yaml
 
 from audit_api.auth import issue_token
+from audit_events import keygen
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT.parent / "shared" / "tools" / "docker-standins"
@@ -125,7 +126,7 @@ def main() -> None:
         )
         return
     compose = [*compose_cmd(), "-p", PROJECT]
-    os.environ.update(AUDIT_JWT_SECRET=SECRET, AUDIT_DEV_MODE="false")
+    os.environ.update(keygen.generate(), AUDIT_JWT_SECRET=SECRET)
     sizes = {}
     for app in ("api", "consumer"):
         t = time.monotonic()

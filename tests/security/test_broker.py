@@ -3,9 +3,14 @@ nats-server with the project's own authorization (audit_events.broker): no anony
 and each identity refused everything but its job."""
 
 import asyncio
+import contextlib
+import os
+import shutil
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import nats
 import pytest
@@ -14,13 +19,12 @@ from nats.errors import NoServersError
 
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
-from audit_devservers import NatsServer
-from audit_events import encode
-from audit_events.broker import API, CONSUMER, SETUP, inbox_prefix
-from tests.conftest import BROKER_PASSWORDS, without_credentials
+from audit_devservers import Child, NatsServer, free_port
+from audit_devservers.servers import nats_server_binary
+from audit_events import StreamNames, encode, keygen
+from audit_events.broker import API, CONSUMER, PASSWORD_VARS, SETUP, authorization, inbox_prefix
+from tests.conftest import BROKER_PASSWORDS, ROOT, wait_for, without_credentials
 from tests.helpers import make_event
-
-pytestmark = pytest.mark.usefixtures("streams")
 
 
 @pytest.fixture
@@ -66,6 +70,7 @@ async def refused(
     raise AssertionError(f"no permissions violation for {subject}: {errors}")
 
 
+@pytest.mark.usefixtures("streams")
 async def test_an_anonymous_client_gets_nothing(server: NatsServer) -> None:
     for credentials in ({}, {"user": API, "password": "wrong"}, {"user": "admin", "password": ""}):
         errors: list[str] = []
@@ -81,6 +86,7 @@ async def test_an_anonymous_client_gets_nothing(server: NatsServer) -> None:
         assert any("Authorization Violation" in e for e in errors), errors
 
 
+@pytest.mark.usefixtures("streams")
 async def test_the_api_may_publish_events_and_nothing_else(
     server: NatsServer, streams: Settings, nc: NATS
 ) -> None:
@@ -103,6 +109,7 @@ async def test_the_api_may_publish_events_and_nothing_else(
     assert (await nc.jetstream().stream_info(names.stream)).state.messages == 1
 
 
+@pytest.mark.usefixtures("streams")
 async def test_the_consumer_may_pull_ack_and_dead_letter_but_not_forge_or_delete(
     server: NatsServer, streams: Settings, nc: NATS
 ) -> None:
@@ -128,6 +135,7 @@ async def test_the_consumer_may_pull_ack_and_dead_letter_but_not_forge_or_delete
     assert info.num_pending == 0  # the acked event left; the durable is still there
 
 
+@pytest.mark.usefixtures("streams")
 async def test_setup_may_manage_but_not_delete_or_purge(
     server: NatsServer, streams: Settings, nc: NATS
 ) -> None:
@@ -146,3 +154,41 @@ async def test_setup_may_manage_but_not_delete_or_purge(
 
 def test_app_processes_get_no_credentials_in_their_url(streams: Settings) -> None:
     assert "@" not in without_credentials(streams.nats_url)
+
+
+def test_the_shipped_nats_config_is_the_projects_authorization() -> None:
+    """config/nats-auth.conf (compose) is what audit_events.broker defines, nothing else."""
+    committed = (ROOT / "config" / "nats-auth.conf").read_text()
+    refs = {identity: f"${var}" for identity, var in PASSWORD_VARS.items()}
+    body = "\n".join(line for line in committed.splitlines() if not line.startswith("#"))
+    assert body + "\n" == authorization(refs, StreamNames())
+
+
+async def test_the_shipped_nats_config_refuses_anonymous_and_admits_each_identity(
+    tmp_path: Path,
+) -> None:
+    """The compose config itself, on a real nats-server, passwords from its environment."""
+    for name in ("nats.conf", "nats-auth.conf"):
+        shutil.copy(ROOT / "config" / name, tmp_path / name)
+    port = free_port()
+    keys = keygen.generate(tuple(PASSWORD_VARS.values()))
+    argv = [nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-js", "-sd",
+            str(tmp_path / "js"), "-a", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    server = Child("nats", argv, {**os.environ, **keys}, tmp_path / "nats.log").start()
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        await wait_for(lambda: _accepts(url), timeout=30)
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        for identity, var in PASSWORD_VARS.items():
+            nc = await nats.connect(url, user=identity, password=keys[var], allow_reconnect=False)
+            await nc.close()
+    finally:
+        server.stop()
+
+
+def _accepts(url: str) -> bool:
+    host, port = url.removeprefix("nats://").split(":")
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+        return True
+    return False

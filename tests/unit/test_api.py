@@ -9,7 +9,7 @@ import pytest
 
 from audit_api.auth import issue_token
 from audit_api.main import create_app
-from audit_api.settings import DEV_JWT_SECRET, Settings
+from audit_api.settings import PUBLISHED_SECRETS, Settings
 from tests.conftest import JWT_SECRET, metric
 from tests.fakes import FakePublisher
 from tests.helpers import BAD_CREDENTIALS, raw_token
@@ -214,16 +214,10 @@ async def test_a_token_whose_subject_cannot_be_encoded_is_denied_not_500(
     assert (event.outcome, event.metadata["reason"]) == ("denied", "bad_subject")
 
 
-@pytest.mark.parametrize("secret", ["", "short", DEV_JWT_SECRET])
-def test_weak_secrets_are_refused_outside_dev_mode(secret: str) -> None:
+@pytest.mark.parametrize("secret", ["", "short", *PUBLISHED_SECRETS])
+def test_weak_or_published_secrets_are_refused(secret: str) -> None:
     with pytest.raises(ValueError, match="AUDIT_JWT_SECRET"):
         Settings(AUDIT_JWT_SECRET=secret)
-
-
-def test_dev_mode_allows_the_dev_secret_but_never_an_empty_one() -> None:
-    assert Settings(AUDIT_JWT_SECRET=DEV_JWT_SECRET, AUDIT_DEV_MODE=True).dev_mode
-    with pytest.raises(ValueError, match="empty"):
-        Settings(AUDIT_JWT_SECRET="", AUDIT_DEV_MODE=True)
 
 
 async def test_metrics_move_with_traffic_by_route_template(

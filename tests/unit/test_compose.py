@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from audit_events import keygen
+from audit_events.broker import API, CONSUMER, PASSWORD_VARS, SETUP
 from tests.conftest import ROOT
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -25,6 +27,18 @@ def test_only_setup_gets_the_owner_login_and_the_api_no_database_at_all() -> Non
     for name, service in COMPOSE["services"].items():
         if name not in ("setup", "postgres"):
             assert "POSTGRES_PASSWORD" not in str(service.get("environment", {})), name
+
+
+def test_each_service_has_its_own_broker_identity_and_no_secret_has_a_default() -> None:
+    text = (ROOT / "docker-compose.yaml").read_text()
+    for var in (*keygen.SECRETS,):
+        assert f"${{{var}:?" in text, f"{var} must be required, not defaulted"
+        assert f"${{{var}:-" not in text
+        assert f"${{{var}-" not in text
+    for service, identity in (("api", API), ("consumer", CONSUMER), ("setup", SETUP)):
+        assert env(service)["AUDIT_NATS_PASSWORD"].startswith(f"${{{PASSWORD_VARS[identity]}:?")
+    assert set(env("nats")) == set(PASSWORD_VARS.values())  # the server knows every identity
+    assert "nats-auth.conf" in str(COMPOSE["services"]["nats"]["volumes"])
 
 
 def test_the_api_trusts_no_proxy_a_caller_can_impersonate() -> None:

@@ -66,7 +66,6 @@ AUDIT_SUBJECT_PREFIX: {{ .Values.jetstream.subjectPrefix | quote }}
 AUDIT_STREAM_REPLICAS: {{ .Values.jetstream.replicas | quote }}
 AUDIT_SETUP_WAIT_SECONDS: {{ .Values.setup.waitSeconds | quote }}
 AUDIT_LOG_FORMAT: {{ .Values.logFormat | quote }}
-AUDIT_DEV_MODE: {{ .Values.devMode | quote }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.otel.endpoint | quote }}
 {{- end -}}
 

@@ -6,8 +6,8 @@ from pydantic_settings import SettingsConfigDict
 from audit_events import StreamNames
 from audit_events.broker import BrokerSettings
 
-DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 (refused outside dev)
-"""The secret ``make dev`` and ``.env.example`` use; refused unless ``AUDIT_DEV_MODE`` is on."""
+PUBLISHED_SECRETS = {"dev-only-secret-change-me-0123456789abcdef"}
+"""Secrets earlier versions shipped in examples: public knowledge, refused."""
 
 
 class Settings(BrokerSettings):
@@ -16,7 +16,6 @@ class Settings(BrokerSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     jwt_secret: str = Field("", alias="AUDIT_JWT_SECRET", repr=False)
-    dev_mode: bool = Field(False, alias="AUDIT_DEV_MODE")
     host: str = Field("0.0.0.0", alias="AUDIT_API_HOST")
     port: int = Field(8000, alias="AUDIT_API_PORT")
     workers: int = Field(1, ge=1, le=64, alias="AUDIT_API_WORKERS")
@@ -29,11 +28,12 @@ class Settings(BrokerSettings):
     def _secret_is_real(self) -> "Settings":
         """An audit trail is only as good as its actor ids: refuse guessable JWT secrets."""
         if not self.jwt_secret:
-            raise ValueError("AUDIT_JWT_SECRET is empty: set a random secret of 32+ bytes")
-        weak = len(self.jwt_secret.encode()) < 32 or self.jwt_secret == DEV_JWT_SECRET
-        if weak and not self.dev_mode:
             raise ValueError(
-                "AUDIT_JWT_SECRET is the dev default or shorter than 32 bytes;"
-                " use a random secret, or set AUDIT_DEV_MODE=true for local development"
+                "AUDIT_JWT_SECRET is empty: set a random secret of 32+ bytes (audit-keygen)"
+            )
+        if len(self.jwt_secret.encode()) < 32 or self.jwt_secret in PUBLISHED_SECRETS:
+            raise ValueError(
+                "AUDIT_JWT_SECRET is shorter than 32 bytes or a published example;"
+                " generate one with audit-keygen"
             )
         return self
