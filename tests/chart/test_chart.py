@@ -1,15 +1,27 @@
 """The chart, short of a cluster: lint, render with default/kind/production values, validate
 every object against Kubernetes' and KEDA's schemas, and enforce the policies users rely on."""
 
+import asyncio
+import base64
+import contextlib
 import json
 import math
+import os
+import re
+import socket
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import nats
 import pytest
 
+from audit_devservers import Child, free_port
+from audit_devservers.servers import nats_server_binary
+from audit_events import StreamNames, keygen
+from audit_events.broker import PASSWORD_VARS, permissions
 from tests.chart.conftest import CHART, SHARED, VALUES, Render, find
 
 CRDS = {"ScaledObject", "ServiceMonitor", "PodMonitor"}
@@ -196,7 +208,7 @@ def test_production_values_use_external_services_and_replicated_stream(render: R
     assert not [o for o in objects if o["kind"] == "StatefulSet"]
     config = find(objects, "ConfigMap", "-config")["data"]
     assert config["AUDIT_STREAM_REPLICAS"] == "3"
-    assert config["NATS_URL"].startswith("nats://nats.nats.svc")
+    assert config["NATS_URL"].startswith("tls://nats.nats.svc")
     assert not [o for o in objects if o["kind"] == "Secret"]  # existingSecret only
     assert {o["kind"] for o in objects} >= {"NetworkPolicy", "ServiceMonitor", "PodMonitor"}
 
@@ -224,9 +236,15 @@ def test_each_workload_gets_only_the_credentials_its_job_needs(render: Render, v
     api = find(objects, "Deployment", "-api")
     consumer = find(objects, "Deployment", "-consumer")
     setup = find(objects, "Job", "-setup")
-    assert secret_keys(api) == {"AUDIT_JWT_SECRET"}  # no database credentials at all
-    assert secret_keys(consumer) == {"AUDIT_WRITER_DATABASE_URL"}  # its writer login only
-    assert secret_keys(setup) == {"DATABASE_URL", "AUDIT_WRITER_DATABASE_URL"}
+    # No database credentials for the API; its writer login only for the consumer; each its own
+    # broker identity.
+    assert secret_keys(api) == {"AUDIT_JWT_SECRET", "AUDIT_NATS_API_PASSWORD"}
+    assert secret_keys(consumer) == {"AUDIT_WRITER_DATABASE_URL", "AUDIT_NATS_CONSUMER_PASSWORD"}
+    assert secret_keys(setup) == {
+        "DATABASE_URL",
+        "AUDIT_WRITER_DATABASE_URL",
+        "AUDIT_NATS_SETUP_PASSWORD",
+    }
     for obj in (api, consumer):
         assert "DATABASE_URL" not in env_of(obj, "")  # nor in any other form
     for secret in (o for o in objects if o["kind"] == "Secret"):
@@ -362,3 +380,82 @@ def test_image_tags_default_to_the_chart_app_version(render: Render) -> None:
             for c in pod_spec(obj)["containers"]:
                 if c["image"].startswith("audit-"):
                     assert c["image"].endswith(f":{version}"), c["image"]
+
+
+def test_no_default_secret_every_one_generated_and_shared_where_needed(render: Render) -> None:
+    first, second = render("kind"), render("kind")
+
+    def secrets(objects: list[dict[str, Any]]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for obj in objects:
+            if obj["kind"] == "Secret":
+                for key, value in obj["data"].items():
+                    plain = base64.b64decode(value).decode()
+                    assert found.setdefault(key, plain) == plain, f"{key} differs between Secrets"
+        return found
+
+    one, two = secrets(first), secrets(second)
+    assert set(one) >= {"AUDIT_JWT_SECRET", "POSTGRES_PASSWORD", "AUDIT_WRITER_PASSWORD",
+                        *PASSWORD_VARS.values()}  # fmt: skip
+    for key in ("AUDIT_JWT_SECRET", "POSTGRES_PASSWORD", *PASSWORD_VARS.values()):
+        assert len(one[key]) >= 32, key
+        assert one[key] != two[key], f"{key} is not random"  # (upgrades reuse the stored one)
+    postgres = base64.b64decode(find(first, "Secret", "-postgresql")["data"]["password"]).decode()
+    assert postgres == one["POSTGRES_PASSWORD"]
+    nats_conf = find(first, "ConfigMap", "-nats")["data"]["nats.conf"]
+    assert not [v for v in one.values() if v in nats_conf]  # passwords only by reference
+
+
+@pytest.mark.parametrize(
+    "names", [{}, {"stream": "ORDERS", "durable": "w", "subjectPrefix": "acme"}]
+)
+def test_bundled_nats_users_are_the_projects_identities(
+    render: Render, names: dict[str, str]
+) -> None:
+    """The chart renders, in Helm's language, the permissions audit_events/broker.py defines."""
+    sets = [f"--set=jetstream.{k}={v}" for k, v in names.items()]
+    conf = find(render("default", *sets), "ConfigMap", "-nats")["data"]["nats.conf"]
+    rendered = {
+        m[1]: json.loads(m[2])
+        for m in re.finditer(r'\{user: "([^"]+)", password: \$\w+, permissions: (\{.*\})\}', conf)
+    }
+    stream_names = StreamNames(
+        stream=names.get("stream", "AUDIT"), durable=names.get("durable", "audit-writer"),
+        subject_prefix=names.get("subjectPrefix", "audit"),
+    )  # fmt: skip
+    assert rendered == permissions(stream_names)
+
+
+async def test_bundled_nats_config_refuses_anonymous_on_a_real_server(
+    render: Render, tmp_path: Path
+) -> None:
+    conf = find(render("default"), "ConfigMap", "-nats")["data"]["nats.conf"]
+    (tmp_path / "nats.conf").write_text(conf)
+    keys = keygen.generate(tuple(PASSWORD_VARS.values()))
+    port = free_port()
+    argv = [nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-js", "-sd",
+            str(tmp_path / "js"), "-a", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    server = Child("nats", argv, {**os.environ, **keys}, tmp_path / "nats.log").start()
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            await asyncio.sleep(0.1)
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        for identity, var in PASSWORD_VARS.items():
+            nc = await nats.connect(url, user=identity, password=keys[var], allow_reconnect=False)
+            await nc.close()
+    finally:
+        server.stop()
+
+
+def test_production_values_use_tls_to_nats(render: Render) -> None:
+    objects = render("production", *OPERATOR)
+    assert find(objects, "ConfigMap", "-config")["data"]["NATS_URL"].startswith("tls://")
+    for kind, suffix in (("Deployment", "-api"), ("Deployment", "-consumer"), ("Job", "-setup")):
+        obj = find(objects, kind, suffix)
+        assert env_of(obj, "")["AUDIT_NATS_TLS_CA"] == "/etc/audit/nats-tls/ca.crt"
+        volumes = {v["name"]: v for v in pod_spec(obj)["volumes"]}
+        assert volumes["nats-tls"]["secret"]["secretName"] == "audit-nats-tls"

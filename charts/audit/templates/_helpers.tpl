@@ -69,13 +69,31 @@ AUDIT_LOG_FORMAT: {{ .Values.logFormat | quote }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.otel.endpoint | quote }}
 {{- end -}}
 
+{{/* A secret's plain value: the one given in values, else the one this release already stored
+(so upgrades keep passwords and tokens valid), else a new random one. Memoized in .Values for
+the render, so every template that needs it (the app Secret, the setup hook's Secret, the NATS
+server) gets the same value. Call: include "audit.secret" (list $ "KEY" given-value) */}}
+{{- define "audit.secret" -}}
+{{- $root := index . 0 -}}{{- $key := index . 1 -}}{{- $given := index . 2 -}}
+{{- $memo := $root.Values.secrets._generated | default dict -}}
+{{- if not (hasKey $memo $key) -}}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "audit.secretName" $root) -}}
+{{- $stored := index (($existing | default dict).data | default dict) $key -}}
+{{- $value := $given | default (and $stored ($stored | b64dec)) | default (randAlphaNum 40) -}}
+{{- $_ := set $memo $key $value -}}
+{{- $_ := set $root.Values.secrets "_generated" $memo -}}
+{{- end -}}
+{{- index $memo $key -}}
+{{- end -}}
+
 {{/* Database URLs. Least privilege: the consumer gets only its writer login (INSERT/SELECT
 through audit_writer), the API none, and only the setup hook the owner's URL (it migrates and
-creates the writer login). */}}
+creates the writer login). Bundled PostgreSQL: both passwords generated. */}}
 {{- define "audit.writerUrl" -}}
 {{- $pg := .Values.postgresql.bundled -}}
 {{- if $pg.enabled -}}
-{{- printf "postgresql://audit_consumer:%s@%s:5432/%s" .Values.secrets.writerPassword (include "audit.postgresHost" .) $pg.database -}}
+{{- $password := include "audit.secret" (list . "AUDIT_WRITER_PASSWORD" .Values.secrets.writerPassword) -}}
+{{- printf "postgresql://audit_consumer:%s@%s:5432/%s" $password (include "audit.postgresHost" .) $pg.database -}}
 {{- else -}}
 {{- required "secrets.writerDatabaseUrl is required when postgresql.bundled is off (the consumer never gets the owner's URL)" .Values.secrets.writerDatabaseUrl -}}
 {{- end -}}
@@ -84,34 +102,80 @@ creates the writer login). */}}
 {{- define "audit.ownerUrl" -}}
 {{- $pg := .Values.postgresql.bundled -}}
 {{- if $pg.enabled -}}
-{{- printf "postgresql://%s:%s@%s:5432/%s" $pg.user $pg.password (include "audit.postgresHost" .) $pg.database -}}
+{{- $password := include "audit.secret" (list . "POSTGRES_PASSWORD" $pg.password) -}}
+{{- printf "postgresql://%s:%s@%s:5432/%s" $pg.user $password (include "audit.postgresHost" .) $pg.database -}}
 {{- else -}}
 {{- required "secrets.databaseUrl is required when postgresql.bundled is off and no existingSecret" .Values.secrets.databaseUrl -}}
 {{- end -}}
 {{- end -}}
 
-{{/* What the apps' Secret holds (the owner's URL is only in the setup hook's Secret) */}}
+{{/* The apps' Secret: the JWT secret, the writer's URL, every NATS identity's password (the
+bundled NATS server reads them too); generated values are stored so upgrades find them. The
+owner's URL is only in the setup hook's Secret. */}}
 {{- define "audit.appSecretData" -}}
-AUDIT_JWT_SECRET: {{ include "audit.jwtSecret" . | quote }}
+AUDIT_JWT_SECRET: {{ include "audit.secret" (list . "AUDIT_JWT_SECRET" .Values.secrets.jwtSecret) | b64enc | quote }}
 AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
+{{- range $key := list "AUDIT_NATS_API_PASSWORD" "AUDIT_NATS_CONSUMER_PASSWORD" "AUDIT_NATS_SETUP_PASSWORD" }}
+{{ $key }}: {{ include "audit.secret" (list $ $key "") | b64enc | quote }}
+{{- end }}
+{{- if .Values.postgresql.bundled.enabled }}
+AUDIT_WRITER_PASSWORD: {{ include "audit.secret" (list . "AUDIT_WRITER_PASSWORD" .Values.secrets.writerPassword) | b64enc | quote }}
+POSTGRES_PASSWORD: {{ include "audit.secret" (list . "POSTGRES_PASSWORD" .Values.postgresql.bundled.password) | b64enc | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "audit.setupSecretData" -}}
 DATABASE_URL: {{ include "audit.ownerUrl" . | b64enc | quote }}
 AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
+AUDIT_NATS_SETUP_PASSWORD: {{ include "audit.secret" (list . "AUDIT_NATS_SETUP_PASSWORD" "") | b64enc | quote }}
 {{- end -}}
 
-{{/* The JWT secret: the given one, else the one this release already stored, else a new
-random one (so `helm install` works out of the box and upgrades keep tokens valid). */}}
-{{- define "audit.jwtSecret" -}}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "audit.secretName" .) -}}
-{{- if .Values.secrets.jwtSecret -}}
-{{- .Values.secrets.jwtSecret | b64enc -}}
-{{- else if and $existing (index ($existing.data | default dict) "AUDIT_JWT_SECRET") -}}
-{{- index $existing.data "AUDIT_JWT_SECRET" -}}
-{{- else -}}
-{{- randAlphaNum 48 | b64enc -}}
+{{/* The bundled NATS server's users: the permissions of audit_events/broker.py for these
+names (tests/chart checks the two agree), passwords from the server's environment */}}
+{{- define "audit.natsAuthorization" -}}
+{{- $j := .Values.jetstream -}}
+{{- $setup := list -}}
+{{- range $name := list $j.stream $j.dlqStream -}}
+{{- range $verb := list "CREATE" "UPDATE" "INFO" -}}
+{{- $setup = append $setup (printf "$JS.API.STREAM.%s.%s" $verb $name) -}}
 {{- end -}}
+{{- end -}}
+{{- $setup = concat $setup (list (printf "$JS.API.CONSUMER.CREATE.%s.%s" $j.stream $j.durable) (printf "$JS.API.CONSUMER.CREATE.%s.%s.>" $j.stream $j.durable) (printf "$JS.API.CONSUMER.DURABLE.CREATE.%s.%s" $j.stream $j.durable) (printf "$JS.API.CONSUMER.INFO.%s.%s" $j.stream $j.durable)) -}}
+{{- $api := dict "publish" (dict "allow" (list (printf "%s.events.>" $j.subjectPrefix) (printf "$JS.API.STREAM.INFO.%s" $j.stream))) "subscribe" (dict "allow" (list "_INBOX_audit-api.>")) -}}
+{{- $consumer := dict "publish" (dict "allow" (list (printf "$JS.API.CONSUMER.MSG.NEXT.%s.%s" $j.stream $j.durable) (printf "$JS.ACK.%s.%s.>" $j.stream $j.durable) (printf "$JS.API.CONSUMER.INFO.%s.%s" $j.stream $j.durable) (printf "%s.dlq.>" $j.subjectPrefix))) "subscribe" (dict "allow" (list "_INBOX_audit-consumer.>")) -}}
+{{- $setupPerms := dict "publish" (dict "allow" $setup) "subscribe" (dict "allow" (list "_INBOX_audit-setup.>")) -}}
+authorization {
+  users = [
+    {user: "audit-api", password: $AUDIT_NATS_API_PASSWORD, permissions: {{ $api | toJson | replace "\\u003e" ">" }}},
+    {user: "audit-consumer", password: $AUDIT_NATS_CONSUMER_PASSWORD, permissions: {{ $consumer | toJson | replace "\\u003e" ">" }}},
+    {user: "audit-setup", password: $AUDIT_NATS_SETUP_PASSWORD, permissions: {{ $setupPerms | toJson | replace "\\u003e" ">" }}}
+  ]
+}
+{{- end -}}
+
+{{/* TLS to NATS (nats.tls.secretName: a Secret with ca.crt, and tls.crt/tls.key for client
+certificates): env for the apps, and the volume it is mounted from */}}
+{{- define "audit.natsTlsEnv" -}}
+{{- with .Values.nats.tls.secretName }}
+- {name: AUDIT_NATS_TLS_CA, value: /etc/audit/nats-tls/ca.crt}
+{{- if $.Values.nats.tls.clientCertificate }}
+- {name: AUDIT_NATS_TLS_CERT, value: /etc/audit/nats-tls/tls.crt}
+- {name: AUDIT_NATS_TLS_KEY, value: /etc/audit/nats-tls/tls.key}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "audit.natsTlsMount" -}}
+{{- if .Values.nats.tls.secretName }}
+- {name: nats-tls, mountPath: /etc/audit/nats-tls, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "audit.natsTlsVolume" -}}
+{{- with .Values.nats.tls.secretName }}
+- name: nats-tls
+  secret: {secretName: {{ . }}}
+{{- end }}
 {{- end -}}
 
 {{/* "repository:tag" of an image; the tag defaults to the chart's appVersion */}}
@@ -155,6 +219,6 @@ capabilities:
 {{- define "audit.checksums" -}}
 checksum/config: {{ include "audit.configData" . | sha256sum }}
 {{- if not .Values.secrets.existingSecret }}
-checksum/secret: {{ include "audit.writerUrl" . | sha256sum }}
+checksum/secret: {{ include "audit.appSecretData" . | sha256sum }}
 {{- end }}
 {{- end -}}
