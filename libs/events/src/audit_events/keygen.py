@@ -7,7 +7,8 @@ shell can ``eval`` or a ``.env`` file can hold. Nothing the project ships has a 
 import argparse
 import secrets
 
-from audit_events.broker import PASSWORD_VARS
+from audit_events.broker import PASSWORD_VARS, authorization
+from audit_events.naming import StreamNames
 
 SECRETS = (
     "AUDIT_JWT_SECRET",  # signs API tokens (HS256): 48 random bytes
@@ -25,6 +26,16 @@ def generate(names: tuple[str, ...] = SECRETS) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="audit-keygen", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=SECRETS, help="just these (default: all)")
+    parser.add_argument(
+        "--nats-authorization",
+        action="store_true",
+        help="print instead the NATS server's users and permissions for these stream names"
+        " (AUDIT_STREAM...), passwords as $AUDIT_NATS_*_PASSWORD references to its environment",
+    )
     args = parser.parse_args()
+    if args.nats_authorization:
+        refs = {identity: f"${var}" for identity, var in PASSWORD_VARS.items()}
+        print(authorization(refs, StreamNames()), end="")
+        return
     for name, value in generate(tuple(args.only or SECRETS)).items():
         print(f"{name}={value}")
