@@ -79,11 +79,17 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         """The process is alive (never depends on NATS)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["probes"], responses={503: {"description": "NATS not connected"}})
+    @app.get(
+        "/readyz",
+        tags=["probes"],
+        responses={503: {"description": "NATS not connected, or the stream is missing"}},
+    )
     async def readyz() -> JSONResponse:
-        """Ready to take traffic: connected to NATS."""
-        ready = app.state.publisher is not None and app.state.publisher.ready
-        return JSONResponse({"nats_connected": ready}, status_code=200 if ready else 503)
+        """Ready to take traffic: connected to NATS, and the stream takes events."""
+        publisher = app.state.publisher
+        ready = publisher is not None and publisher.ready
+        body = {"ready": ready, "stream_ok": getattr(publisher, "stream_ok", ready)}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     metrics.init_series([*app.routes, *router.routes])
     app.openapi = _with_bearer_scheme(app.openapi)  # type: ignore[method-assign]

@@ -16,7 +16,9 @@ from typing import Protocol
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -48,15 +50,44 @@ class NatsPublisher:
         self.broker, self.names, self.timeout = broker, names, timeout
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None  # one per connection, not per publish
+        self.stream_ok = True  # the stream exists (publishes to a deleted one are refused)
         self._connecting: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
-        return self.nc is not None and self.nc.is_connected
+        """Connected, and the stream exists: a load balancer should not send us requests we
+        can only answer 503."""
+        return self.nc is not None and self.nc.is_connected and self.stream_ok
+
+    def _stream_state(self, ok: bool, why: str = "") -> None:
+        """Say it once when the stream goes missing or comes back."""
+        if ok and not self.stream_ok:
+            log.info("stream %s is back", self.names.stream)
+        elif not ok and self.stream_ok:
+            log.error(
+                "stream %s is missing (%s): not ready; run audit-setup", self.names.stream, why
+            )
+        self.stream_ok = ok
+
+    async def _watch_stream(self, every: float = 5.0) -> None:
+        """Notice a deleted (or re-created) stream even when no request comes in."""
+        while True:
+            await asyncio.sleep(every)
+            if self.js is None or self.nc is None or not self.nc.is_connected:
+                continue
+            try:
+                await self.js.stream_info(self.names.stream)
+                self._stream_state(True)
+            except NotFoundError as exc:
+                self._stream_state(False, str(exc) or "not found")
+            except Exception as exc:
+                log.debug("stream check failed: %s", exc)
 
     async def start(self) -> None:
         """Connect in the background: the API serves (and answers 503) while NATS is away."""
         self._connecting = asyncio.create_task(self._connect_forever())
+        self._watching = asyncio.create_task(self._watch_stream())
 
     async def _connect_forever(self) -> None:
         delay = 0.2
@@ -81,8 +112,9 @@ class NatsPublisher:
                 delay = min(delay * 2, 5.0)
 
     async def close(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
+        for task in (self._connecting, self._watching):
+            if task is not None:
+                task.cancel()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
 
@@ -107,6 +139,8 @@ class NatsPublisher:
                     headers=headers,
                 )
         except Exception as exc:  # timeout, no responders, stream full, connection lost
+            if isinstance(exc, NoRespondersError):  # nothing stores this subject: no stream
+                self._stream_state(False, "no stream answers the publish")
             reason = "timeout" if isinstance(exc, TimeoutError) else "error"
             PUBLISH_FAILURES.labels(reason).inc()
             raise PublishUnavailable(f"{type(exc).__name__}: {exc}") from exc

@@ -33,6 +33,8 @@ import psycopg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from audit_consumer import metrics
 from audit_consumer.batch import Batch, decode_batch
@@ -69,6 +71,7 @@ class Consumer:
             settings.db_connections, lambda: BatchWriter.connect(url)
         )
         self.db_ok = False
+        self.durable_ok = True  # until the first check says otherwise
         self.last_progress = time.monotonic()
         self.source: Source | None = None
         self._stopping = asyncio.Event()
@@ -106,7 +109,7 @@ class Consumer:
         await puller.start()
         log.info("consuming %s/%s", names.stream, names.durable)
         await self._connect_db()
-        lag = asyncio.create_task(metrics.poll_lag(js, names.stream, names.durable))
+        lag = asyncio.create_task(self._watch_durable(js))
         try:
             await self.consume(puller, js)
         finally:
@@ -151,6 +154,28 @@ class Consumer:
             for task in (pending, *storing):  # only when cancelled: unacked means redelivered
                 if not task.done():
                     task.cancel()
+
+    async def _watch_durable(self, js: JetStreamContext, every: float = 5.0) -> None:
+        """Keep the lag metric current (what KEDA sees), and notice a deleted durable or stream:
+        this worker then is not ready, and says why once, instead of idling as if all is well."""
+        names = self.settings.names
+        while True:
+            try:
+                info = await js.consumer_info(names.stream, names.durable)
+                metrics.LAG.set(info.num_pending + info.num_ack_pending)
+                if not self.durable_ok:
+                    log.info("durable %s/%s is back", names.stream, names.durable)
+                self.durable_ok = True
+            except NotFoundError as exc:
+                if self.durable_ok:
+                    log.error(
+                        "durable %s/%s is missing (%s): not ready; run audit-setup",
+                        names.stream, names.durable, exc.description or "not found",
+                    )  # fmt: skip
+                self.durable_ok = False
+            except Exception as exc:
+                log.debug("durable check failed: %s", exc)
+            await asyncio.sleep(every)
 
     async def _fetch(self, source: Source) -> list[Msg] | None:
         """One batch; ``[]`` when idle or NATS is away (the loop stays alive), ``None`` once

@@ -41,13 +41,14 @@ class HealthServer:
         body: dict[str, object] = {
             "nats_connected": c.nats_connected,
             "db_ok": c.db_ok,
+            "durable_ok": c.durable_ok,
             "seconds_since_progress": round(idle, 3),
             **c.stats.__dict__,
         }
         if path == "/healthz":
             return (200 if idle < c.settings.liveness_seconds else 503), body
         if path == "/readyz":
-            return (200 if c.nats_connected and c.db_ok else 503), body
+            return (200 if c.nats_connected and c.db_ok and c.durable_ok else 503), body
         return 404, {"error": "not found"}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

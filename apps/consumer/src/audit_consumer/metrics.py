@@ -4,10 +4,6 @@ Bounded labels only (``result`` has three values). ``audit_consumer_lag_messages
 scales on: the durable's ``num_pending + num_ack_pending``, polled from JetStream.
 """
 
-import asyncio
-import logging
-
-from nats.js.client import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
 RESULTS = ("stored", "duplicate", "dead_lettered")
@@ -39,14 +35,3 @@ LAST_WRITE = Gauge(
 LAG = Gauge("audit_consumer_lag_messages", "Durable's num_pending + num_ack_pending (polled)")
 DB_UP = Gauge("audit_consumer_db_up", "1 if the last PostgreSQL connect/write succeeded")
 NATS_UP = Gauge("audit_consumer_nats_connected", "1 if connected to NATS")
-
-
-async def poll_lag(js: JetStreamContext, stream: str, durable: str, every: float = 5.0) -> None:
-    """Keep :data:`LAG` current, as KEDA computes it, from any worker (runs until cancelled)."""
-    while True:
-        try:
-            info = await js.consumer_info(stream, durable)
-            LAG.set(info.num_pending + info.num_ack_pending)
-        except Exception as exc:
-            logging.getLogger("audit.consumer").debug("lag poll failed: %s", exc)
-        await asyncio.sleep(every)
