@@ -136,7 +136,7 @@ def main() -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http="audit_api.edges:BoundedHttpTools",  # httptools with head timeout and size caps
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         access_log=False,

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from audit_consumer.consumer import Consumer
 
 log = logging.getLogger("audit.consumer.health")
+MAX_CONNECTIONS = 64  # probes and scrapes; beyond it a connection is closed at once
 REASONS = {200: "OK", 404: "Not Found", 431: "Request Header Fields Too Large", 503: "Unavailable"}
 
 
@@ -26,6 +27,7 @@ class HealthServer:
         self.consumer = consumer
         self.host, self.port = host, port
         self._server: asyncio.Server | None = None
+        self._open = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -52,6 +54,10 @@ class HealthServer:
         return 404, {"error": "not found"}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:  # bounded: idle sockets cannot take every descriptor
+            writer.close()
+            return
+        self._open += 1
         try:
             try:
                 request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -67,8 +73,9 @@ class HealthServer:
                 code, body = self.status(path)
                 await self._answer(writer, code, "application/json", json.dumps(body).encode())
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # no complete request head within 5 s, or the peer went away
         finally:
+            self._open -= 1
             writer.close()
 
     @staticmethod

@@ -1,0 +1,105 @@
+"""The API's and the consumer's HTTP edges under the attacks that took the API down: idle
+sockets, slow headers, header bombs. Against real processes on loopback, bounded in count."""
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from audit_consumer.settings import Settings
+from tests.conftest import service_env
+from tests.processes import Service, api, consumer
+
+LIMITS = {
+    "AUDIT_API_HEADER_TIMEOUT_SECONDS": "1",
+    "AUDIT_API_MAX_HEADER_BYTES": "16384",
+    "AUDIT_API_MAX_CONNECTIONS": "32",
+}
+
+
+@pytest.fixture
+def server(streams: Settings, tmp_path: Path) -> Iterator[Service]:
+    service = api(service_env(streams, **LIMITS), tmp_path).start()
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
+def closed_by_peer(sock: socket.socket, within: float = 30) -> bytes:
+    """What the server sent before closing ``sock``; fails if it stays open ``within`` s."""
+    sock.settimeout(within)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_idle_connections_are_closed_and_cannot_starve_the_api(server: Service) -> None:
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+    try:
+        assert server.probe("/healthz") in (0, 200)  # at the cap, new ones may be refused...
+        for sock in idle:
+            closed_by_peer(sock)  # ...but every idle one is closed: none sent a request head
+        assert server.probe("/readyz") == 200  # and the API serves again
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_slow_header_is_cut_off_even_while_bytes_trickle_in(server: Service) -> None:
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 30:  # a byte every 0.1 s never completes the head
+            sock.sendall(b"X-a: b\r\n")
+            time.sleep(0.1)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    else:
+        raise AssertionError("a trickling request head was never cut off")
+    finally:
+        sock.close()
+
+
+def test_a_header_bomb_gets_431_and_memory_stays_bounded(server: Service) -> None:
+    assert server.proc is not None
+    process = psutil.Process(server.proc.pid)
+    answers = []
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bomb: ")
+        try:
+            for _ in range(100 * 16):  # up to 100 MB, 64 KB at a time
+                sock.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""  # (a reset may overtake the 431 while we are still sending)
+        with contextlib.suppress(ConnectionResetError):
+            answer = closed_by_peer(sock)
+        sock.close()
+        answers.append(answer)
+    assert all(a == b"" or a.startswith(b"HTTP/1.1 431 ") for a in answers), answers
+    assert any(a.startswith(b"HTTP/1.1 431 ") for a in answers), answers
+    assert process.memory_info().rss < 200 * 1024 * 1024  # the chart's limit is 512 MiB
+    assert server.probe("/readyz") == 200
+
+
+def test_the_consumer_probe_port_is_bounded_too(streams: Settings, tmp_path: Path) -> None:
+    service = consumer(service_env(streams), tmp_path, 1).start()
+    try:
+        service.wait_ready()
+        idle = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(100)]
+        for sock in idle[64:]:
+            assert closed_by_peer(sock, within=5) == b""  # beyond its 64: closed at once
+        for sock in idle:
+            sock.close()
+        assert service.probe("/readyz") == 200
+    finally:
+        service.stop()
