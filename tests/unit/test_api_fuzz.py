@@ -15,7 +15,9 @@ from tests.conftest import JWT_SECRET
 from tests.fakes import FakePublisher
 
 publisher = FakePublisher()
-app = create_app(Settings(AUDIT_JWT_SECRET=JWT_SECRET), publisher)
+app = create_app(
+    Settings(AUDIT_JWT_SECRET=JWT_SECRET, AUDIT_DENIED_EVENTS_PER_SOURCE=10**9), publisher
+)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 TOKEN = issue_token(JWT_SECRET, "fuzzer")
 

@@ -1,5 +1,6 @@
 """``audit-api``: the FastAPI app factory and the uvicorn entry point."""
 
+import asyncio
 import importlib.metadata
 import os
 import tempfile
@@ -17,6 +18,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit_api import metrics
+from audit_api.denials import Denials
 from audit_api.publisher import NatsPublisher, Publisher
 from audit_api.routes import router
 from audit_api.settings import Settings
@@ -28,19 +30,28 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     settings = settings or Settings()
     tracing.init_tracing("audit-api")  # per process: each uvicorn worker exports its own spans
 
+    denials = Denials(
+        settings.denied_window_seconds,
+        settings.denied_events_per_source,
+        settings.denied_requests_per_source,
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if publisher is not None:
-            app.state.publisher = publisher
-            yield
-            return
-        nats_publisher = NatsPublisher(settings, settings.names, settings.publish_timeout_seconds)
-        app.state.publisher = nats_publisher
-        await nats_publisher.start()
+        active = publisher or NatsPublisher(
+            settings, settings.names, settings.publish_timeout_seconds
+        )
+        app.state.publisher = active
+        if isinstance(active, NatsPublisher):
+            await active.start()
+        folding = asyncio.create_task(denials.flush_every_window(active.publish))
         try:
             yield
         finally:
-            await nats_publisher.close()
+            folding.cancel()
+            await denials.flush(active.publish)  # the last window's folded denials
+            if isinstance(active, NatsPublisher):
+                await active.close()
 
     # FastAPIOffline: /docs and /redoc load their scripts from this app (the fastapi-offline
     # package ships them), not from a CDN a firewalled network cannot reach.
@@ -53,6 +64,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     )
     app.state.settings = settings
     app.state.publisher = publisher
+    app.state.denials = denials
     app.include_router(router)
     app.add_middleware(metrics.RequestMetrics)
     if tracing.enabled():

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 
 from audit_api.auth import AuthError, authenticate
+from audit_api.denials import Denials
 from audit_api.publisher import Publisher, PublishUnavailable
 from audit_events import (
     MAX_ID_CHARS,
@@ -122,21 +123,32 @@ async def record(request: Request, event: AuditEvent) -> None:
 
 
 async def current_actor(request: Request) -> str:
-    """The authenticated actor; otherwise record a ``denied`` event, then answer 401."""
+    """The authenticated actor; otherwise record a ``denied`` event (one of its own, or folded
+    with others from the same source: denials.py), then answer 401 — or 429 past the budget."""
     try:
         return authenticate(
             request.headers.get("authorization"), request.app.state.settings.jwt_secret
         )
     except AuthError as exc:
+        denials: Denials = request.app.state.denials
+        source = _source_ip(request)
+        verdict = denials.verdict(source)
+        status = 429 if verdict == "refuse" else 401
         event = build_event(
             request,
             actor_type="anonymous",
             actor_id="anonymous",
             outcome="denied",
-            status=401,
+            status=status,
             extra={"reason": exc.code},
         )
-        await record(request, event)
+        if verdict == "record":
+            await record(request, event)
+        else:
+            denials.fold(source, event, status)
+        if status == 429:
+            retry = str(max(1, round(denials.window)))
+            raise HTTPException(429, "too many denied requests", {"Retry-After": retry}) from None
         raise HTTPException(
             401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
         ) from None

@@ -22,6 +22,11 @@ class Settings(BrokerSettings):
     publish_timeout_seconds: float = Field(2.0, gt=0, le=30, alias="AUDIT_PUBLISH_TIMEOUT_SECONDS")
     retry_after_seconds: int = Field(1, ge=1, alias="AUDIT_RETRY_AFTER_SECONDS")
     forwarded_allow_ips: str = Field("127.0.0.1", alias="AUDIT_FORWARDED_ALLOW_IPS")
+    # Denied requests per source address (denials.py): defaults bound one attacking source to
+    # 1.1 rows/s (~0.26 GB/day at maximum field sizes) per process, and 50 requests/s.
+    denied_window_seconds: float = Field(10.0, gt=0, le=3600, alias="AUDIT_DENIED_WINDOW_SECONDS")
+    denied_events_per_source: int = Field(10, ge=1, alias="AUDIT_DENIED_EVENTS_PER_SOURCE")
+    denied_requests_per_source: int = Field(500, ge=1, alias="AUDIT_DENIED_REQUESTS_PER_SOURCE")
     names: StreamNames = Field(default_factory=StreamNames)
 
     @model_validator(mode="after")
