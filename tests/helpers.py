@@ -1,20 +1,30 @@
 """Factories and helpers shared by the tests: events, bad credentials, row counting."""
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import os
+import socket
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import jwt
+import nats
 import psycopg
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from audit_api.auth import issue_token
-from audit_events import AuditEvent, uuid7
+from audit_devservers import Child, free_port
+from audit_devservers.servers import nats_server_binary
+from audit_events import AuditEvent, keygen, uuid7
+from audit_events.broker import PASSWORD_VARS
 from tests.conftest import JWT_SECRET
 
 SECRET = JWT_SECRET
@@ -134,3 +144,29 @@ BAD_CREDENTIALS = [
     (lambda: bearer("a" * 9000), "token_too_large"),
     (lambda: bearer("not.a.jwt"), "malformed_token"),
 ]
+
+
+# -- a shipped NATS configuration, on a real server ------------------------------------------
+
+
+async def assert_admits_only_the_identities(config: Path) -> None:
+    """Run nats-server on ``config`` (its passwords from the environment, as compose and the
+    chart run it): anonymous clients are refused, each identity with its password gets in."""
+    keys = keygen.generate(tuple(PASSWORD_VARS.values()))
+    port = free_port()
+    argv = [nats_server_binary(), "-c", str(config), "-js", "-sd", str(config.parent / "js"),
+            "-a", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    server = Child("nats", argv, {**os.environ, **keys}, config.parent / "nats.log").start()
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            await asyncio.sleep(0.1)
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        for identity, var in PASSWORD_VARS.items():
+            nc = await nats.connect(url, user=identity, password=keys[var], allow_reconnect=False)
+            await nc.close()
+    finally:
+        server.stop()

@@ -1,28 +1,22 @@
 """The chart, short of a cluster: lint, render with default/kind/production values, validate
 every object against Kubernetes' and KEDA's schemas, and enforce the policies users rely on."""
 
-import asyncio
 import base64
-import contextlib
 import json
 import math
-import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
-import nats
 import pytest
 
-from audit_devservers import Child, free_port
-from audit_devservers.servers import nats_server_binary
-from audit_events import StreamNames, keygen
+from audit_events import StreamNames
 from audit_events.broker import PASSWORD_VARS, permissions
 from tests.chart.conftest import CHART, SHARED, VALUES, Render, find
+from tests.helpers import assert_admits_only_the_identities
 
 CRDS = {"ScaledObject", "ServiceMonitor", "PodMonitor"}
 OPERATOR = (
@@ -431,24 +425,7 @@ async def test_bundled_nats_config_refuses_anonymous_on_a_real_server(
 ) -> None:
     conf = find(render("default"), "ConfigMap", "-nats")["data"]["nats.conf"]
     (tmp_path / "nats.conf").write_text(conf)
-    keys = keygen.generate(tuple(PASSWORD_VARS.values()))
-    port = free_port()
-    argv = [nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-js", "-sd",
-            str(tmp_path / "js"), "-a", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    server = Child("nats", argv, {**os.environ, **keys}, tmp_path / "nats.log").start()
-    url = f"nats://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                break
-            await asyncio.sleep(0.1)
-        with pytest.raises(nats.errors.Error):
-            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
-        for identity, var in PASSWORD_VARS.items():
-            nc = await nats.connect(url, user=identity, password=keys[var], allow_reconnect=False)
-            await nc.close()
-    finally:
-        server.stop()
+    await assert_admits_only_the_identities(tmp_path / "nats.conf")
 
 
 def test_production_values_use_tls_to_nats(render: Render) -> None:

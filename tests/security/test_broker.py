@@ -3,10 +3,7 @@ nats-server with the project's own authorization (audit_events.broker): no anony
 and each identity refused everything but its job."""
 
 import asyncio
-import contextlib
-import os
 import shutil
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,12 +16,11 @@ from nats.errors import NoServersError
 
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
-from audit_devservers import Child, NatsServer, free_port
-from audit_devservers.servers import nats_server_binary
-from audit_events import StreamNames, encode, keygen
+from audit_devservers import NatsServer
+from audit_events import StreamNames, encode
 from audit_events.broker import API, CONSUMER, PASSWORD_VARS, SETUP, authorization, inbox_prefix
-from tests.conftest import BROKER_PASSWORDS, ROOT, wait_for, without_credentials
-from tests.helpers import make_event
+from tests.conftest import BROKER_PASSWORDS, ROOT, without_credentials
+from tests.helpers import assert_admits_only_the_identities, make_event
 
 
 @pytest.fixture
@@ -170,25 +166,4 @@ async def test_the_shipped_nats_config_refuses_anonymous_and_admits_each_identit
     """The compose config itself, on a real nats-server, passwords from its environment."""
     for name in ("nats.conf", "nats-auth.conf"):
         shutil.copy(ROOT / "config" / name, tmp_path / name)
-    port = free_port()
-    keys = keygen.generate(tuple(PASSWORD_VARS.values()))
-    argv = [nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-js", "-sd",
-            str(tmp_path / "js"), "-a", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    server = Child("nats", argv, {**os.environ, **keys}, tmp_path / "nats.log").start()
-    url = f"nats://127.0.0.1:{port}"
-    try:
-        await wait_for(lambda: _accepts(url), timeout=30)
-        with pytest.raises(nats.errors.Error):
-            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
-        for identity, var in PASSWORD_VARS.items():
-            nc = await nats.connect(url, user=identity, password=keys[var], allow_reconnect=False)
-            await nc.close()
-    finally:
-        server.stop()
-
-
-def _accepts(url: str) -> bool:
-    host, port = url.removeprefix("nats://").split(":")
-    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
-        return True
-    return False
+    await assert_admits_only_the_identities(tmp_path / "nats.conf")
