@@ -117,6 +117,42 @@ def stored(compose: list[str]) -> list[str]:
     return psql(compose, "SELECT id FROM audit_events").split()
 
 
+ATTACKS = """
+import asyncio, os, nats
+async def attempt(**auth):
+    errors = []
+    async def on_error(exc):
+        errors.append(str(exc).lower())
+    try:
+        nc = await nats.connect("nats://nats:4222", allow_reconnect=False, connect_timeout=3,
+                                error_cb=on_error, **auth)
+    except Exception as exc:
+        return "refused: " + str(exc).lower()
+    for subject in ("$JS.API.CONSUMER.MSG.NEXT.AUDIT.audit-writer", "$JS.API.STREAM.DELETE.AUDIT"):
+        try:
+            await nc.request(subject, b"", timeout=1)
+        except Exception:
+            pass
+    await nc.close()
+    return " | ".join(errors)
+async def main():
+    print("ANON", await attempt())
+    print("API", await attempt(user="audit-api", password=os.environ["AUDIT_NATS_PASSWORD"]))
+asyncio.run(main())
+"""
+
+
+def broker_attacks(compose: list[str]) -> None:
+    """Inside the compose network: an anonymous client gets nothing, the API's identity can
+    neither pull from the durable nor delete the stream."""
+    out = sh(*compose, "exec", "-T", "api", "python", "-c", ATTACKS, capture=True)
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert "authorization violation" in lines["ANON"], out
+    for subject in ("msg.next.audit.audit-writer", "stream.delete.audit"):
+        assert f'permissions violation for publish to "$js.api.{subject}' in lines["API"], out
+    assert stored(compose), "the stream must still be there"
+
+
 def main() -> None:
     started = time.monotonic()
     if not engine():
@@ -160,6 +196,7 @@ def main() -> None:
             " WHERE resource_id = 'smoke-7'",
         )
         assert row == "smoke|account.update|smoke-7|success", row
+        broker_attacks(compose)
 
         # Crash one consumer (SIGKILL its process from the host, as the OOM killer would).
         victim = (
