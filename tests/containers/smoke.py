@@ -148,7 +148,7 @@ def broker_attacks(compose: list[str]) -> None:
     out = sh(*compose, "exec", "-T", "api", "python", "-c", ATTACKS, capture=True)
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
     assert "authorization violation" in lines["ANON"], out
-    for subject in ("msg.next.audit.audit-writer", "stream.delete.audit"):
+    for subject in ("consumer.msg.next.audit.audit-writer", "stream.delete.audit"):
         assert f'permissions violation for publish to "$js.api.{subject}' in lines["API"], out
     assert stored(compose), "the stream must still be there"
 
