@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,11 +36,13 @@ from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
 from audit_devservers import Child, NatsServer, PostgresServer, free_port
 from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
+from audit_events.broker import IDENTITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SECRET = "bench-secret-0123456789abcdef0123456789"
 NAMES = StreamNames()
+PASSWORD = secrets.token_urlsafe(18)
 METADATA = COLUMNS.index("metadata")  # the jsonb column
 SUBJECT = NAMES.event_subject("account.update")
 
@@ -112,14 +115,17 @@ class Bench:
         self.n = 2_000 if quick else 100_000
         self.seconds = 1.5 if quick else 9.0
         self.pg = PostgresServer(root / "pg")
-        self.nats = NatsServer(root / "nats")
+        # As shipped: NATS requires the project's identities (one password for all of them
+        # here), and the bench's own clients log in as an admin.
+        users = {**dict.fromkeys(IDENTITIES, PASSWORD), "admin": PASSWORD}
+        self.nats = NatsServer(root / "nats", auth=users)
         self.results: dict[str, dict[str, Any]] = {}
 
     @property
     def settings(self) -> Settings:
         return Settings(
             DATABASE_URL=self.pg.url,
-            NATS_URL=self.nats.url,
+            NATS_URL=self.nats.url_as("admin"),
             AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"),
         )
 
@@ -128,6 +134,7 @@ class Bench:
         env.update(
             DATABASE_URL=self.pg.url,
             NATS_URL=self.nats.url,
+            AUDIT_NATS_PASSWORD=PASSWORD,
             AUDIT_JWT_SECRET=SECRET,
             PYTHONUNBUFFERED="1",
             **extra,
@@ -147,7 +154,7 @@ class Bench:
         """Empty table, fresh streams and durable."""
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             await conn.execute("TRUNCATE audit_events")
-        nc = await nats.connect(self.nats.url)
+        nc = await nats.connect(self.nats.url_as("admin"))
         for name in (NAMES.stream, NAMES.dlq_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await nc.jetstream().delete_stream(name)
@@ -156,7 +163,7 @@ class Bench:
 
     async def backlog(self, n: int) -> None:
         """``n`` events in the stream, published with acks, 256 in flight."""
-        nc = await nats.connect(self.nats.url)
+        nc = await nats.connect(self.nats.url_as("admin"))
         js = nc.jetstream()
         events = [event(i) for i in range(n)]
         gate = asyncio.Semaphore(256)
@@ -213,7 +220,7 @@ class Bench:
     async def broker_ceiling(self) -> None:
         await self.reset()
         await self.backlog(self.n)
-        nc = await nats.connect(self.nats.url)
+        nc = await nats.connect(self.nats.url_as("admin"))
         # The consumer's own pull path (audit_consumer.puller), so the ratio isolates the cost
         # of decoding and storing; nats-py's fetch() is measured too, for reference.
         puller = Puller(nc, NAMES.stream, NAMES.durable)
@@ -264,7 +271,7 @@ class Bench:
     async def drain(self, consumers: int) -> None:
         """Time ``consumers`` audit-consumer processes take to store a backlog of n events."""
         await self.reset()
-        nc = await nats.connect(self.nats.url)
+        nc = await nats.connect(self.nats.url_as("admin"))
         js: JetStreamContext = nc.jetstream()
         await js.pause_consumer(NAMES.stream, NAMES.durable, "2999-01-01T00:00:00Z")
         await self.backlog(self.n)
@@ -310,7 +317,7 @@ class Bench:
         n = 300 if self.quick else 3_000
         await self.reset()
         await self.backlog(n)
-        nc = await nats.connect(self.nats.url)
+        nc = await nats.connect(self.nats.url_as("admin"))
         sub = await nc.jetstream().pull_subscribe_bind(NAMES.durable, NAMES.stream)
         cols = ", ".join(COLUMNS)
         marks = ", ".join(["%s"] * len(COLUMNS))

@@ -104,6 +104,12 @@ async def test_sigterm_every_consumer_during_load(rig: Rig, db_url: str) -> None
     codes = [await asyncio.to_thread(c.wait, grace + 5) for c in rig.consumers]
     assert codes == [0, 0, 0]
     await load.done()
+    # What they stored before exiting they acked, and nothing else (work queue: an acked
+    # message leaves the stream): the stream holds exactly the events not yet stored.
+    nc = await nats.connect(rig.settings.nats_url)
+    state = (await nc.jetstream().stream_info(rig.settings.names.stream)).state
+    await nc.close()
+    assert state.messages == len(load.acknowledged) - len(await stored_ids(db_url))
     restarted = time.monotonic()
     for c in rig.consumers:
         c.start()
@@ -138,9 +144,18 @@ async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db_url: str) -
     dlq = rig.settings.names.dlq_stream
     await wait_for(lambda: _messages(js, dlq, len(poison)))
     letters = [await js.get_msg(dlq, seq) for seq in range(1, len(poison) + 1)]
-    reasons = {m.data: (m.headers or {}).get("Audit-Dlq-Reason", "") for m in letters}
+    headers = {m.data: m.headers or {} for m in letters}
     for prefix, payload in poison.items():
-        assert reasons[payload].startswith(prefix), (prefix, reasons[payload])
+        reason = headers[payload].get("Audit-Dlq-Reason", "")
+        assert reason.startswith(prefix), (prefix, reason)
+        kind = "rejected" if prefix == "22P05" else "invalid"  # PostgreSQL's verdict, or ours
+        assert headers[payload]["Audit-Dlq-Kind"] == kind
+
+    async def nothing_left() -> bool:  # poison is acked once it is in the DLQ
+        info = await js.consumer_info(rig.settings.names.stream, rig.settings.names.durable)
+        return bool(info.num_pending + info.num_ack_pending == 0)
+
+    await wait_for(nothing_left)
     await nc.close()
     assert sorted(await stored_ids(db_url)) == sorted(ids)
     await verify(

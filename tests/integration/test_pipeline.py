@@ -1,8 +1,9 @@
-"""End to end on real servers and real processes: API → JetStream → 2 consumers → PostgreSQL."""
+"""End to end on real servers and real processes: API → JetStream → 2 consumers → PostgreSQL.
+
+The scenarios around it (poison, duplicates, redelivery, SIGTERM, crashes, outages) are in
+tests/faults, once each."""
 
 import asyncio
-import json
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,13 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from nats.aio.client import Client as NATS
 
 from audit_api.auth import issue_token
 from audit_consumer.settings import Settings
-from audit_events import StreamNames, encode
+from audit_events import StreamNames
 from tests.conftest import JWT_SECRET, metric, service_env, wait_for
-from tests.helpers import count_rows, make_event
+from tests.helpers import count_rows
 from tests.processes import Service, api, consumer
 
 SUBJECT = StreamNames().event_subject("account.update")
@@ -120,90 +120,3 @@ async def _count_is(db: Any, n: int) -> bool:
     got = await count_rows(db)
     assert got <= n, f"{got} rows for {n} events: something was stored twice"
     return got == n
-
-
-async def test_duplicate_publish_is_one_row(pipeline: Pipeline, db: Any, nc: NATS) -> None:
-    js = nc.jetstream()
-    event = make_event()
-    data = encode(event)
-    # Same Nats-Msg-Id: JetStream drops the copy. Different ids (the dedupe window passed, or a
-    # client bug): both reach the consumer and the primary key keeps one.
-    for msg_id in ("same", "same", "other"):
-        await js.publish(SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
-    await js.publish(SUBJECT, encode(make_event()))  # a marker behind it
-    await wait_for(lambda: _count_is(db, 2))
-    assert await rows(db, "SELECT count(*) FROM audit_events") == [(2,)]
-    assert (
-        await rows(db, "SELECT count(*) FILTER (WHERE id = %s) FROM audit_events", event.id)
-    ) == [(1,)]
-
-
-async def test_poison_goes_to_dlq_with_reason_and_neighbours_are_stored(
-    pipeline: Pipeline, db: Any, nc: NATS, streams: Settings
-) -> None:
-    js = nc.jetstream()
-    subject = SUBJECT
-    good = [make_event(resource_id=f"good-{i}") for i in range(4)]
-    poison = [
-        b"not json at all",
-        json.dumps({"schema_version": 99}).encode(),
-        encode(make_event(actor_id="nul\x00inside")),  # valid event, PostgreSQL refuses it
-    ]
-    for payload in [
-        encode(good[0]),
-        poison[0],
-        encode(good[1]),
-        poison[1],
-        poison[2],
-        encode(good[2]),
-        encode(good[3]),
-    ]:
-        await js.publish(subject, payload)
-
-    await wait_for(lambda: _count_is(db, 4))
-    dlq = streams.names.dlq_stream
-    await wait_for(lambda: _dlq_count(js, dlq, 3))
-    letters = [await js.get_msg(dlq, seq) for seq in range(1, 4)]
-    reasons = {m.data: m.headers or {} for m in letters}
-    assert set(reasons) == set(poison)
-    assert reasons[poison[0]]["Audit-Dlq-Reason"].startswith("not JSON")
-    assert reasons[poison[1]]["Audit-Dlq-Reason"].startswith("schema_version")
-    assert reasons[poison[2]]["Audit-Dlq-Kind"] == "rejected"
-    assert "NUL" in reasons[poison[2]]["Audit-Dlq-Reason"]
-    stored = {r[0] for r in await rows(db, "SELECT resource_id FROM audit_events")}
-    assert stored == {f"good-{i}" for i in range(4)}
-    # Nothing is left pending: poison was acked after it was dead-lettered.
-    info = await js.consumer_info(streams.names.stream, streams.names.durable)
-    assert info.num_pending == 0
-    assert info.num_ack_pending == 0
-
-
-async def _dlq_count(js: Any, stream: str, n: int) -> bool:
-    return int((await js.stream_info(stream)).state.messages) == n
-
-
-async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
-    pipeline: Pipeline, db: Any, nc: NATS, streams: Settings
-) -> None:
-    n = 600
-    load = asyncio.create_task(send(pipeline.url, n, concurrency=8))
-    await wait_for(lambda: _at_least(db, 50))
-    for service in pipeline.consumers:
-        service.signal(signal.SIGTERM)
-    codes = [await asyncio.to_thread(s.wait, 30) for s in pipeline.consumers]
-    assert codes == [0, 0], [s.logs() for s in pipeline.consumers]
-    ids = await load  # the API kept acknowledging into the stream meanwhile
-    # Whatever they stored before exiting they acked, and nothing else (work queue: an acked
-    # message leaves the stream): the stream holds exactly the events not yet stored.
-    stored_while_down = await count_rows(db)
-    state = (await nc.jetstream().stream_info(streams.names.stream)).state
-    assert state.messages == n - stored_while_down
-    for service in pipeline.consumers:
-        service.start()
-    await wait_for(lambda: _count_is(db, n), timeout=120)
-    stored = await rows(db, "SELECT id::text FROM audit_events")
-    assert sorted(r[0] for r in stored) == sorted(ids)
-
-
-async def _at_least(db: Any, n: int) -> bool:
-    return await count_rows(db) >= n
