@@ -4,6 +4,9 @@ shared machine), with the CPU each process spent per event, which says what limi
 number. Prints a markdown table and writes ``bench-results/bench.json``.
 
 ``--quick`` (CI) runs the same steps on tiny inputs: it must finish and print, nothing more.
+
+(One file on purpose, over 250 lines: every measurement shares the run's servers, data and CPU
+accounting, and the table compares them with each other.)
 """
 
 import argparse

