@@ -255,3 +255,19 @@ async def test_denied_event_from_a_hostile_path_can_always_be_stored(
     # Replaced, not deleted: deleting would turn "a\0b" into the different id "ab".
     assert event.resource_id == "a\ufffdb\ufffdc"
     assert event.metadata["path"] == "/accounts/a\ufffdb\ufffdc"
+
+
+@pytest.mark.parametrize(
+    ("peer", "recorded"),
+    [("2001:DB8:0:0::1", "2001:db8::1"), ("unknown", None), ("10.0.0.01", None)],
+)
+async def test_the_source_address_is_canonical_or_absent_never_an_error(
+    publisher: FakePublisher, peer: str, recorded: str | None
+) -> None:
+    """What a trusted proxy forwards need not be an address: the event is recorded without one."""
+    app = create_app(Settings(AUDIT_JWT_SECRET=JWT_SECRET), publisher)
+    transport = httpx.ASGITransport(app=app, client=(peer, 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        assert (await client.get("/accounts/acc-1", headers=AUTH)).status_code == 200
+    (event,) = publisher.events
+    assert event.source_ip == recorded

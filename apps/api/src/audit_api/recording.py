@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from pydantic import ValidationError
 
 from audit_api.auth import AuthError, authenticate
 from audit_api.denials import Denials
@@ -23,7 +24,6 @@ from audit_events import (
     MAX_USER_AGENT_CHARS,
     AuditEvent,
     Outcome,
-    canonical_ip,
     tracing,
     uuid7,
 )
@@ -59,11 +59,9 @@ def header(request: Request, name: str) -> str | None:
 
 
 def _source_ip(request: Request) -> str | None:
-    host = request.client.host if request.client else None
-    try:
-        return canonical_ip(host) if host else None
-    except ValueError:
-        return None
+    """The client's address as given: the TCP peer, or a trusted proxy's ``X-Forwarded-For``.
+    The model canonicalizes it (once per event)."""
+    return request.client.host if request.client else None
 
 
 def _trace_id(request: Request) -> str | None:
@@ -86,7 +84,7 @@ def build_event(
 ) -> AuditEvent:
     """The audit event for this request: who, what, on which account, from where, outcome."""
     account_id = str(request.path_params.get("account_id", ""))
-    return AuditEvent(
+    fields: dict[str, Any] = dict(
         id=uuid7(),
         occurred_at=datetime.now(UTC),
         actor_type=actor_type,
@@ -106,6 +104,14 @@ def build_event(
         }
         | (extra or {}),
     )
+    try:
+        return AuditEvent(**fields)
+    except ValidationError as exc:
+        # A trusted proxy may forward something that is no address ("unknown"): the event is
+        # recorded without one rather than the request failing.
+        if not fields["source_ip"] or any(e["loc"][:1] != ("source_ip",) for e in exc.errors()):
+            raise
+        return AuditEvent(**{**fields, "source_ip": None})
 
 
 async def record(request: Request, event: AuditEvent) -> None:
