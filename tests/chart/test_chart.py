@@ -393,6 +393,7 @@ def test_no_default_secret_every_one_generated_and_shared_where_needed(render: R
                         *PASSWORD_VARS.values()}  # fmt: skip
     for key in ("AUDIT_JWT_SECRET", "POSTGRES_PASSWORD", *PASSWORD_VARS.values()):
         assert len(one[key]) >= 32, key
+        assert one[key][0].isalpha(), key  # nats-server would parse a leading digit as a number
         assert one[key] != two[key], f"{key} is not random"  # (upgrades reuse the stored one)
     postgres = base64.b64decode(find(first, "Secret", "-postgresql")["data"]["password"]).decode()
     assert postgres == one["POSTGRES_PASSWORD"]

@@ -3,6 +3,7 @@ trusted blindly, and the NATS it ships is the release the tests run."""
 
 import importlib.metadata
 import re
+import string
 from typing import Any
 
 import yaml
@@ -52,3 +53,12 @@ def test_compose_and_chart_ship_the_nats_release_the_tests_run() -> None:
     values = yaml.safe_load((ROOT / "charts" / "audit" / "values.yaml").read_text())
     for image in (COMPOSE["services"]["nats"]["image"], values["nats"]["bundled"]["image"]):
         assert image == f"nats:{tested}-alpine"
+
+
+def test_generated_secrets_are_plain_strings_to_nats() -> None:
+    """nats-server parses a $VAR password as a config value: one starting with a digit or '-'
+    would be a number and the server would refuse its config (it happened, at random)."""
+    for _ in range(200):
+        for value in keygen.generate().values():
+            assert value[0].isalpha(), value
+            assert set(value) <= set(string.ascii_letters + string.digits + "_-")

@@ -79,7 +79,8 @@ server) gets the same value. Call: include "audit.secret" (list $ "KEY" given-va
 {{- if not (hasKey $memo $key) -}}
 {{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "audit.secretName" $root) -}}
 {{- $stored := index (($existing | default dict).data | default dict) $key -}}
-{{- $value := $given | default (and $stored ($stored | b64dec)) | default (randAlphaNum 40) -}}
+{{- /* a letter first: nats-server would parse a $VAR password starting with a digit as a number */ -}}
+{{- $value := $given | default (and $stored ($stored | b64dec)) | default (printf "%s%s" (randAlpha 1) (randAlphaNum 39)) -}}
 {{- $_ := set $memo $key $value -}}
 {{- $_ := set $root.Values.secrets "_generated" $memo -}}
 {{- end -}}

@@ -6,6 +6,7 @@ shell can ``eval`` or a ``.env`` file can hold. Nothing the project ships has a 
 
 import argparse
 import secrets
+import string
 
 from audit_events.broker import PASSWORD_VARS, authorization
 from audit_events.naming import StreamNames
@@ -18,9 +19,16 @@ SECRETS = (
 )
 
 
+def secret(nbytes: int) -> str:
+    """``nbytes`` random bytes, URL- and shell-safe (``[A-Za-z0-9_-]``), starting with a letter:
+    nats-server reads a ``$VAR`` password as a config value, and one starting with a digit or
+    ``-`` would be parsed as a number (the server then refuses its config)."""
+    return secrets.choice(string.ascii_letters) + secrets.token_urlsafe(nbytes)
+
+
 def generate(names: tuple[str, ...] = SECRETS) -> dict[str, str]:
-    """A new random value for each name: URL- and shell-safe (``[A-Za-z0-9_-]``)."""
-    return {name: secrets.token_urlsafe(48 if name == "AUDIT_JWT_SECRET" else 24) for name in names}
+    """A new random value for each name."""
+    return {name: secret(48 if name == "AUDIT_JWT_SECRET" else 24) for name in names}
 
 
 def main() -> None:
