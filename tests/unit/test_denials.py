@@ -37,6 +37,8 @@ async def test_beyond_the_budget_denials_are_folded_then_refused_and_all_counted
     answers = await flood(app, "203.0.113.7", 15)
     assert answers == {401: 10, 429: 5}
     assert len(publisher.events) == 3  # one event each, within the budget
+    responses = app.openapi()["paths"]["/accounts/{account_id}"]["get"]["responses"]
+    assert "429" in responses  # documented, and its metric series exists from the start
 
     await app.state.denials.flush(publisher.publish)  # the window's end (or shutdown)
     (folded,) = publisher.events[3:]

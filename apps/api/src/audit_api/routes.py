@@ -42,6 +42,10 @@ class AuditReceipt(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token (a `denied` event is recorded)"},
+    429: {
+        "description": "Too many denied requests from this source; see `Retry-After` (counted"
+        " in a folded `denied` event)"
+    },
     503: {"description": "The audit log cannot take the event now; see `Retry-After`"},
 }
 
