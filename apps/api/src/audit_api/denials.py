@@ -13,8 +13,10 @@ source address and window (``AUDIT_DENIED_WINDOW_SECONDS``):
 
 So the sum of ``denied_requests`` (1 for an unfolded event) over the stored denied events equals
 the 401 and 429 answers given. A folded event that cannot be published now (broker away) is kept
-and retried; the lifespan's end publishes what is left. An ungraceful crash (SIGKILL, OOM) loses
-the counts of at most the current window: a folded 401 claims no audit event id, unlike a 200.
+and retried; the lifespan's end publishes what is left. An ungraceful crash (SIGKILL, OOM), or a
+shutdown while the broker is unreachable, loses the counts not yet published (at most the current
+window's, plus any the broker refused meanwhile; logged): a folded 401 claims no audit event id,
+unlike a 200.
 Budgets count per process: with W uvicorn workers and R replicas a source may get W x R times
 the budget. The source is the TCP peer, or ``X-Forwarded-For`` from a trusted proxy only.
 """
