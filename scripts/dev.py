@@ -44,6 +44,10 @@ def secrets_of(path: Path) -> dict[str, str]:
 
 def main() -> None:
     data = ROOT / ".dev"
+    pgdata = data / "postgres" / "pgdata"
+    if pgdata.exists() and pgdata.stat().st_uid != os.geteuid():
+        # Earlier versions ran PostgreSQL as a system user that owned this directory.
+        raise SystemExit(f"{pgdata} belongs to another user (an earlier make dev): `make clean`")
     keys = secrets_of(data / "secrets.env")
     api_port = int(os.environ.get("AUDIT_API_PORT", "8000"))
     pg = PostgresServer(
