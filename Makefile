@@ -68,8 +68,8 @@ bench-smoke: sync ## CI: the benchmark on tiny inputs (must finish and print; ne
 dev: sync ## Run PostgreSQL, NATS, setup, the API and two consumers locally; Ctrl-C stops all
 	$(UV) run --frozen python scripts/dev.py
 
-.env: ## .env from .env.example plus fresh secrets from audit-keygen (run once; kept afterwards)
-	@$(MAKE) --no-print-directory docker-build
+# Order-only: the image that runs audit-keygen must exist, but a rebuild must never regenerate .env.
+.env: | docker-build ## .env from .env.example plus fresh secrets from audit-keygen (run once; kept afterwards)
 	umask 077 && cp .env.example .env.tmp && docker run --rm audit-api:dev audit-keygen >> .env.tmp && mv .env.tmp .env
 	@echo "wrote .env with fresh secrets (keep it; delete it to start over with new ones)"
 

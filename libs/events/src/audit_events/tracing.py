@@ -115,9 +115,7 @@ class _Formatter(logging.Formatter):
                 entry["exception"] = self.formatException(record.exc_info)
             return json.dumps(entry)
         record.trace = f" trace_id={ids['trace_id']}" if ids else ""
-        message = record.getMessage()
-        if CONTROL.search(message):
-            record.msg, record.args = escape(message), None
+        record.msg, record.args = escape(record.getMessage()), None  # formatted once, escaped
         return super().format(record)
 
 
