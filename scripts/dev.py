@@ -132,10 +132,10 @@ def main() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\nstopping apps...", flush=True)
-        for proc in procs:
+        for proc in procs:  # all at once, then wait for each
             proc.signal(signal.SIGTERM)
         for proc in procs:
-            proc.stop(30)
+            proc.reap(30)
         nats.stop()
         pg.stop()
         print("stopped.", flush=True)

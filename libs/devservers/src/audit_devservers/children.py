@@ -12,13 +12,20 @@ from typing import IO, Self
 
 
 class Child:
-    """Start, signal, wait for and stop one program. ``log``: a file for its output (appended),
-    ``"prefix"``: each line onto our stdout behind its name, ``None``: discarded."""
+    """Start, signal, wait for and stop one program: the apps, and the embedded servers.
+    ``log``: a file for its output (appended), ``"prefix"``: each line onto our stdout behind
+    its name, ``None``: discarded. ``env=None`` inherits ours."""
 
     def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], log: Path | str | None = None
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None,
+        log: Path | str | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.name, self.argv, self.env, self.log = name, argv, env, log
+        self.stop_signal = stop_signal
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, new_session: bool = False) -> Self:
@@ -70,12 +77,23 @@ class Child:
         return self.proc.wait(timeout)
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM (the apps finish their work), SIGKILL if that takes over ``timeout``."""
+        """Its stop signal (the apps finish their work), SIGKILL if that takes over ``timeout``."""
+        if self.running:
+            self.signal(self.stop_signal)
+            self.reap(timeout)
+
+    def reap(self, timeout: float = 30) -> None:
+        """Wait for an exit already asked for; SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no flush, no goodbye to clients."""
         if self.running:
             assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.kill()
+            self.proc.wait()

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Self
 
+from audit_devservers.children import Child
 from audit_events import StreamNames
 from audit_events.broker import authorization
 
@@ -79,40 +80,35 @@ class _Server:
 
     name = "server"
     proc: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
 
     def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = root
         self.port = port or free_port()
         self.log_path = root / f"{self.name}.log"
 
-    def _popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        log = self.log_path.open("ab")
+    def _popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
         # New session: Ctrl-C in `make dev` reaches us, not the servers; we stop them in order.
-        return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True, **kwargs)
+        self.child = Child(self.name, argv, None, self.log_path, self.stop_signal)
+        proc = self.child.start(new_session=True).proc
+        assert proc is not None
+        return proc
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.running
 
     def stop(self, timeout: float = 30) -> None:
         """Graceful stop (SIGTERM for nats, fast shutdown for PostgreSQL); waits for exit."""
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(self.stop_signal)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if self.child is not None:
+            self.child.stop(timeout)
+        self.child = self.proc = None
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no flush, no goodbye to clients."""
-        if self.running:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        if self.child is not None:
+            self.child.kill()
+        self.child = self.proc = None
 
     stop_signal = signal.SIGTERM
 
