@@ -66,7 +66,11 @@ async def refused(
     raise AssertionError(f"no permissions violation for {subject}: {errors}")
 
 
-@pytest.mark.usefixtures("streams")
+async def request_refused(nc: NATS, errors: list[str], subject: str, payload: bytes = b"") -> None:
+    """A request to ``subject`` goes unanswered, refused by the server's permissions."""
+    await refused(errors, subject, partial(nc.request, subject, payload, timeout=0.5))
+
+
 async def test_an_anonymous_client_gets_nothing(server: NatsServer) -> None:
     for credentials in ({}, {"user": API, "password": "wrong"}, {"user": "admin", "password": ""}):
         errors: list[str] = []
@@ -82,7 +86,6 @@ async def test_an_anonymous_client_gets_nothing(server: NatsServer) -> None:
         assert any("Authorization Violation" in e for e in errors), errors
 
 
-@pytest.mark.usefixtures("streams")
 async def test_the_api_may_publish_events_and_nothing_else(
     server: NatsServer, streams: Settings, nc: NATS
 ) -> None:
@@ -93,9 +96,8 @@ async def test_the_api_may_publish_events_and_nothing_else(
         )
         assert ack.seq >= 1  # its job
         pull = f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.durable}"
-        await refused(errors, pull, lambda: api.request(pull, b'{"batch": 1}', timeout=0.5))
-        delete = f"$JS.API.STREAM.DELETE.{names.stream}"
-        await refused(errors, delete, lambda: api.request(delete, b"", timeout=0.5))
+        await request_refused(api, errors, pull, b'{"batch": 1}')
+        await request_refused(api, errors, f"$JS.API.STREAM.DELETE.{names.stream}")
         await refused(errors, names.dlq_subject("x"), lambda: api.publish(names.dlq_subject("x")))
         await refused(
             errors, "audit.events.>", lambda: api.subscribe("audit.events.>"), "subscription"
@@ -105,7 +107,6 @@ async def test_the_api_may_publish_events_and_nothing_else(
     assert (await nc.jetstream().stream_info(names.stream)).state.messages == 1
 
 
-@pytest.mark.usefixtures("streams")
 async def test_the_consumer_may_pull_ack_and_dead_letter_but_not_forge_or_delete(
     server: NatsServer, streams: Settings, nc: NATS
 ) -> None:
@@ -121,17 +122,15 @@ async def test_the_consumer_may_pull_ack_and_dead_letter_but_not_forge_or_delete
         forged = names.event_subject("account.delete")
         await refused(errors, forged, lambda: consumer.publish(forged, encode(make_event())))
         for verb in ("STREAM.DELETE", "STREAM.PURGE"):
-            subject = f"$JS.API.{verb}.{names.stream}"
-            await refused(errors, subject, partial(consumer.request, subject, b"", timeout=0.5))
+            await request_refused(consumer, errors, f"$JS.API.{verb}.{names.stream}")
         delete = f"$JS.API.CONSUMER.DELETE.{names.stream}.{names.durable}"
-        await refused(errors, delete, lambda: consumer.request(delete, b"", timeout=0.5))
+        await request_refused(consumer, errors, delete)
         create = f"$JS.API.CONSUMER.CREATE.{names.stream}.thief"
-        await refused(errors, create, lambda: consumer.request(create, b"{}", timeout=0.5))
+        await request_refused(consumer, errors, create, b"{}")
     info = await nc.jetstream().consumer_info(names.stream, names.durable)
     assert info.num_pending == 0  # the acked event left; the durable is still there
 
 
-@pytest.mark.usefixtures("streams")
 async def test_setup_may_manage_but_not_delete_or_purge(
     server: NatsServer, streams: Settings, nc: NATS
 ) -> None:
@@ -140,10 +139,9 @@ async def test_setup_may_manage_but_not_delete_or_purge(
         js = setup.jetstream()
         assert (await js.stream_info(names.stream)).config.name == names.stream  # its job
         for verb in ("STREAM.DELETE", "STREAM.PURGE"):
-            subject = f"$JS.API.{verb}.{names.stream}"
-            await refused(errors, subject, partial(setup.request, subject, b"", timeout=0.5))
+            await request_refused(setup, errors, f"$JS.API.{verb}.{names.stream}")
         pull = f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.durable}"
-        await refused(errors, pull, lambda: setup.request(pull, b'{"batch": 1}', timeout=0.5))
+        await request_refused(setup, errors, pull, b'{"batch": 1}')
         await refused(errors, "audit.events.x", lambda: setup.publish("audit.events.x"))
     assert (await nc.jetstream().stream_info(names.stream)).config.name == names.stream
 

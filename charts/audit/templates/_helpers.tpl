@@ -110,13 +110,18 @@ creates the writer login). Bundled PostgreSQL: both passwords generated. */}}
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret keys of the NATS identities' passwords (audit_events/broker.py PASSWORD_VARS) */}}
+{{- define "audit.natsPasswordKeys" -}}
+{{- list "AUDIT_NATS_API_PASSWORD" "AUDIT_NATS_CONSUMER_PASSWORD" "AUDIT_NATS_SETUP_PASSWORD" | toJson -}}
+{{- end -}}
+
 {{/* The apps' Secret: the JWT secret, the writer's URL, every NATS identity's password (the
 bundled NATS server reads them too); generated values are stored so upgrades find them. The
 owner's URL is only in the setup hook's Secret. */}}
 {{- define "audit.appSecretData" -}}
 AUDIT_JWT_SECRET: {{ include "audit.secret" (list . "AUDIT_JWT_SECRET" .Values.secrets.jwtSecret) | b64enc | quote }}
 AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
-{{- range $key := list "AUDIT_NATS_API_PASSWORD" "AUDIT_NATS_CONSUMER_PASSWORD" "AUDIT_NATS_SETUP_PASSWORD" }}
+{{- range $key := include "audit.natsPasswordKeys" . | fromJsonArray }}
 {{ $key }}: {{ include "audit.secret" (list $ $key "") | b64enc | quote }}
 {{- end }}
 {{- if .Values.postgresql.bundled.enabled }}
