@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,12 @@ from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
+from audit_consumer.verify import VerifySettings, verify_once
 from audit_devservers import Child, NatsServer, PostgresServer, free_port
 from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
+from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import IDENTITIES
+from audit_events.seals import SealKey, generate_seal_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,6 +51,9 @@ NAMES = StreamNames()
 PASSWORD = secrets.token_urlsafe(18)
 METADATA = COLUMNS.index("metadata")  # the jsonb column
 SUBJECT = NAMES.event_subject("account.update")
+EVENT_KEY = secrets.token_urlsafe(32)
+KEYS = EventKeys([EVENT_KEY])
+SEAL_KEY = generate_seal_key()
 
 
 def event(i: int) -> AuditEvent:
@@ -139,6 +145,8 @@ class Bench:
             NATS_URL=self.nats.url,
             AUDIT_NATS_PASSWORD=PASSWORD,
             AUDIT_JWT_SECRET=SECRET,
+            AUDIT_EVENT_KEYS=EVENT_KEY,
+            AUDIT_SEAL_KEY=SEAL_KEY,
             PYTHONUNBUFFERED="1",
             **extra,
         )
@@ -156,7 +164,7 @@ class Bench:
     async def reset(self) -> None:
         """Empty table, fresh streams and durable."""
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
-            await conn.execute("TRUNCATE audit_events")
+            await conn.execute("TRUNCATE audit_events, audit_batches, audit_seals")
         nc = await nats.connect(self.nats.url_as("admin"))
         for name in (NAMES.stream, NAMES.dlq_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -171,9 +179,11 @@ class Bench:
         events = [event(i) for i in range(n)]
         gate = asyncio.Semaphore(256)
 
-        async def one(e: AuditEvent) -> None:  # as the API publishes: with a message id
+        async def one(e: AuditEvent) -> None:  # as the API publishes: id and signature
+            data = encode(e)
+            headers = {"Nats-Msg-Id": str(e.id), SIGNATURE_HEADER: KEYS.sign(data)}
             async with gate:
-                await js.publish(SUBJECT, encode(e), headers={"Nats-Msg-Id": str(e.id)})
+                await js.publish(SUBJECT, data, headers=headers)
 
         await asyncio.gather(*(one(e) for e in events))
         await nc.close()
@@ -197,7 +207,7 @@ class Bench:
         return [self.nats.proc.pid]
 
     async def db_ceiling(self) -> None:
-        rows = [row(event(i), i) for i in range(self.n)]
+        rows = [row(e, i, KEYS.sign(encode(e))) for i, e in enumerate(map(event, range(self.n)))]
         cols = ", ".join(COLUMNS)
         cpu = CpuMeter(postgres=self.pg_pid)
         async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
@@ -271,8 +281,9 @@ class Bench:
             for p in procs:
                 p.wait(30)
 
-    async def drain(self, consumers: int) -> None:
-        """Time ``consumers`` audit-consumer processes take to store a backlog of n events."""
+    async def drain(self, consumers: int, integrity: bool = True) -> None:
+        """Time ``consumers`` audit-consumer processes take to store a backlog of n events
+        (``integrity=False``: the same consumer without signature checks and sealing)."""
         await self.reset()
         nc = await nats.connect(self.nats.url_as("admin"))
         js: JetStreamContext = nc.jetstream()
@@ -291,7 +302,10 @@ class Bench:
             )
             for p in ports
         ]
-        with self.processes([[str(BIN / "audit-consumer")]] * consumers, envs) as pids:
+        argv = [str(BIN / "audit-consumer")]
+        if not integrity:
+            argv = [sys.executable, str(ROOT / "bench" / "consumer_without_integrity.py")]
+        with self.processes([argv] * consumers, envs) as pids:
             await asyncio.sleep(2.0)  # started, connected, idle on the paused durable
             cpu = CpuMeter(consumer=pids, postgres=self.pg_pid, nats=self.nats_pid)
             cpu.start()
@@ -307,12 +321,58 @@ class Bench:
             elapsed = time.perf_counter() - started
             used = cpu.stop(self.n)
             assert await self.rows() == self.n
+            if integrity:
+                await self.sealed()
         await nc.close()
         self.record(
-            f"consumer_{consumers}p",
+            f"consumer_{consumers}p" + ("" if integrity else "_without_integrity"),
             events=self.n,
             per_s=self.n / elapsed,
             **{f"{k}_cpu_us": v for k, v in used.items()},
+        )
+
+    async def sealed(self, timeout: float = 120) -> None:
+        """Wait until every committed batch is sealed (the consumers are still running)."""
+        unsealed = (
+            "SELECT count(*) FROM audit_batches WHERE tx_id >="
+            " coalesce((SELECT max(upto_tx) FROM audit_seals), '0')"
+        )
+        deadline = time.monotonic() + timeout
+        async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
+            while (await (await conn.execute(unsealed)).fetchone()) != (0,):
+                assert time.monotonic() < deadline, "sealing did not catch up"
+                await asyncio.sleep(0.2)
+
+    async def verify_speed(self) -> None:
+        """``audit-verify`` over every row (sealed by the last drain) against reading the same
+        rows with ``COPY … TO STDOUT``, both against the same table in the same run."""
+        async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
+            started = time.perf_counter()
+            size = 0
+            query = "COPY (SELECT * FROM audit_events) TO STDOUT"
+            async with conn.cursor() as cur, cur.copy(query) as copy:
+                async for block in copy:
+                    size += len(block)
+            copy_s = time.perf_counter() - started
+        settings = VerifySettings.model_validate(
+            {
+                "DATABASE_URL": self.pg.url,
+                "AUDIT_SEAL_PUBLIC_KEYS": SealKey(SEAL_KEY).public_text(),
+                "AUDIT_EVENT_KEYS": EVENT_KEY,
+            }
+        )
+        started = time.perf_counter()
+        report = await verify_once(settings, None, None, timedelta(hours=1))
+        verify_s = time.perf_counter() - started
+        assert report.findings == [], report.summary()
+        assert report.rows == self.n, report.summary()
+        self.record(
+            "verify",
+            rows=self.n,
+            seals=report.seals,
+            per_s=self.n / verify_s,
+            copy_per_s=self.n / copy_s,
+            copy_mb=size / 1e6,
         )
 
     async def per_message(self) -> None:
@@ -333,7 +393,7 @@ class Bench:
             started = time.perf_counter()
             for _ in range(n):
                 (msg,) = await sub.fetch(1, timeout=2)
-                r = list(row(decode(msg.data), msg.metadata.sequence.stream))
+                r = list(row(decode(msg.data), msg.metadata.sequence.stream, None))
                 r[METADATA] = psycopg.types.json.Jsonb(r[METADATA])
                 await conn.execute(insert, r)
                 await conn.commit()
@@ -491,6 +551,7 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
     db, ceiling = r["db_ceiling"], r["broker_ceiling"]
     broker, nats_py = ceiling["per_s"], ceiling["nats_py_fetch_per_s"]
     c1, c2 = r["consumer_1p"]["per_s"], r["consumer_2p"]["per_s"]
+    plain, verify = r["consumer_1p_without_integrity"]["per_s"], r["verify"]
     base = r["per_message_baseline"]["per_s"]
     api, noop = r[f"api_publish_w{workers}"], r[f"api_noop_w{workers}"]
     e2e = r[f"end_to_end_w{workers}"]
@@ -518,7 +579,13 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"| consumer, 1 process, draining {r['consumer_1p']['events']:,} | {c1:,.0f} events/s "
         f"| {c1 / broker:.2f} × broker ({c1 / nats_py:.2f} × nats-py fetch) "
         f"| ≥ 0.75 × broker: {ok(c1 >= 0.75 * broker)} |",
+        f"| consumer, 1 process, without authorship checks and sealing | {plain:,.0f} events/s "
+        f"| with them: {c1 / plain:.2f} × | ≥ 0.85: {ok(c1 >= 0.85 * plain)} |",
         f"| consumer, 2 processes | {c2:,.0f} events/s | {c2 / c1:.2f} × 1 process | |",
+        f"| audit-verify, {verify['rows']:,} rows in {verify['seals']:,} seals (with event key) "
+        f"| {verify['per_s']:,.0f} rows/s | {verify['per_s'] / verify['copy_per_s']:.2f} × COPY "
+        f"TO STDOUT ({verify['copy_per_s']:,.0f} rows/s) "
+        f"| ≥ 0.25: {ok(verify['per_s'] >= 0.25 * verify['copy_per_s'])} |",
         f"| CPU per stored event (2 processes) | consumer {cost['consumer']:.1f} µs, "
         f"PostgreSQL {cost['postgres']:.1f} µs, NATS {cost['nats']:.1f} µs "
         f"| {cores} cores allow ≤ {bound:,.0f} events/s; 2 processes reach {c2 / bound:.0%} | |",
@@ -556,7 +623,9 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"benchmark: {bench.n:,} events, {os.cpu_count()} CPUs", flush=True)
             await bench.db_ceiling()
             await bench.broker_ceiling()
+            await bench.drain(1, integrity=False)
             await bench.drain(1)
+            await bench.verify_speed()
             await bench.drain(2)
             await bench.per_message()
             await bench.api(args.workers)

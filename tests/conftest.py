@@ -25,6 +25,7 @@ from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_devservers import NatsServer, PostgresServer
 from audit_events.broker import IDENTITIES
+from audit_events.seals import SealKey, generate_seal_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -32,6 +33,14 @@ JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
 ADMIN = "admin"  # the tests' own identity: recreates streams, inspects the DLQ (never shipped)
 BROKER_PASSWORDS = {user: secrets.token_urlsafe(18) for user in (*IDENTITIES, ADMIN)}
 """The embedded NATS servers require these; each app process gets its own identity's."""
+EVENT_KEY = secrets.token_urlsafe(32)
+"""The producers' HMAC key (``AUDIT_EVENT_KEYS``) for this session."""
+SEAL_KEY = generate_seal_key()
+SEAL_PUBLIC_KEY = SealKey(SEAL_KEY).public_text()
+# In-process apps (unit tests) read their keys from here; child processes get theirs from
+# service_env(), which drops every inherited AUDIT_* variable first.
+os.environ.setdefault("AUDIT_EVENT_KEYS", EVENT_KEY)
+os.environ.setdefault("AUDIT_SEAL_KEY", SEAL_KEY)
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +85,8 @@ def settings(database_url: str, nats_url: str) -> ConsumerSettings:
         NATS_URL=nats_url,
         AUDIT_FETCH_WAIT_SECONDS=0.5,
         AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"),
+        AUDIT_EVENT_KEYS=EVENT_KEY,
+        AUDIT_SEAL_KEY=SEAL_KEY,
     )
 
 
@@ -89,7 +100,7 @@ async def migrated(settings: ConsumerSettings) -> str:
 async def db(migrated: str) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
     """An autocommit connection to a database whose ``audit_events`` is empty."""
     conn = await psycopg.AsyncConnection.connect(migrated, autocommit=True)
-    await conn.execute("TRUNCATE audit_events")
+    await conn.execute("TRUNCATE audit_events, audit_batches, audit_seals")
     yield conn
     await conn.close()
 
@@ -119,6 +130,7 @@ def service_env(settings: ConsumerSettings, **extra: str) -> dict[str, str]:
         DATABASE_URL=settings.database_url,
         NATS_URL=without_credentials(settings.nats_url),
         AUDIT_JWT_SECRET=JWT_SECRET,
+        AUDIT_EVENT_KEYS=EVENT_KEY,
         AUDIT_FETCH_WAIT_SECONDS=str(settings.fetch_wait_seconds),
         PYTHONUNBUFFERED="1",
     )

@@ -11,6 +11,8 @@ from nats.js.api import PubAck
 from audit_api.publisher import PublishUnavailable
 from audit_consumer.writer import WriteResult
 from audit_events import COLUMNS, AuditEvent
+from audit_events.authorship import SIGNATURE_HEADER
+from tests.helpers import sign
 
 
 class FakePublisher:
@@ -60,9 +62,17 @@ class FakeClient:
         self.log(kind, int(subject.split(".")[5]))  # the stream sequence
 
 
-def message(log: Log, seq: int, data: bytes) -> Msg:
+def message(log: Log, seq: int, data: bytes, signed: bool = True) -> Msg:
+    """A delivered message; ``signed`` by the test producer key unless told otherwise."""
     reply = f"$JS.ACK.AUDIT.audit-writer.1.{seq}.{seq}.1700000000000000000.0"
-    return Msg(FakeClient(log), subject="audit.events.account.update", reply=reply, data=data)  # type: ignore[arg-type]
+    headers = {SIGNATURE_HEADER: sign(data)} if signed else None
+    return Msg(
+        FakeClient(log),  # type: ignore[arg-type]
+        subject="audit.events.account.update",
+        reply=reply,
+        data=data,
+        headers=headers,
+    )
 
 
 class FakeSource:
@@ -91,7 +101,8 @@ class FakeWriter:
     def __init__(self, log: Log, outages: int = 0) -> None:
         self.log, self.outages = log, outages
 
-    async def write(self, rows: list[tuple[Any, ...]]) -> WriteResult:
+    async def write(self, rows: list[tuple[Any, ...]], entries: list[bytes]) -> WriteResult:
+        assert len(entries) == len(rows)
         if self.outages:
             self.outages -= 1
             self.log("write_failed")

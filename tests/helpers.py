@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from audit_api.auth import issue_token
+from audit_consumer.verify import Report, VerifySettings, verify_once
+from audit_consumer.writer import BatchWriter, WriteResult
 from audit_devservers import Child, free_port
 from audit_devservers.servers import nats_server_binary
-from audit_events import AuditEvent, keygen, uuid7
+from audit_events import AuditEvent, Row, encode, keygen, row, uuid7
+from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import PASSWORD_VARS
-from tests.conftest import JWT_SECRET
+from audit_events.model import canonical
+from audit_events.seals import entry
+from tests.conftest import EVENT_KEY, JWT_SECRET, SEAL_PUBLIC_KEY
 
 SECRET = JWT_SECRET
 
@@ -46,6 +51,44 @@ def make_event(**overrides: object) -> AuditEvent:
     }
     fields.update(overrides)
     return AuditEvent.model_validate(fields)
+
+
+def sign(data: bytes) -> str:
+    """The ``Audit-Signature`` the API would send with ``data``."""
+    return EventKeys([EVENT_KEY]).sign(data)
+
+
+def published(event: AuditEvent, msg_id: str | None = None) -> dict[str, Any]:
+    """``payload`` and ``headers`` of ``event`` as the API publishes it (signed)."""
+    data = encode(event)
+    headers = {"Nats-Msg-Id": msg_id or str(event.id), SIGNATURE_HEADER: sign(data)}
+    return {"payload": data, "headers": headers}
+
+
+def signed_row(event: AuditEvent, stream_seq: int) -> Row:
+    """``event`` as the consumer stores it: with the API's signature."""
+    return row(event, stream_seq, sign(encode(event)))
+
+
+async def write(writer: BatchWriter, rows: list[Row]) -> WriteResult:
+    """``writer.write`` with the seal entries the consumer would give it."""
+    return await writer.write(rows, [entry(r[0], canonical(r)) for r in rows])
+
+
+async def assert_intact(db_url: str, timeout: float = 60) -> Report:
+    """``audit-verify`` finds nothing, once every row is sealed (the consumers seal within a
+    few seconds; waiting for that is a bound, not a speed assertion)."""
+    settings = VerifySettings(
+        DATABASE_URL=db_url, AUDIT_SEAL_PUBLIC_KEYS=SEAL_PUBLIC_KEY, AUDIT_EVENT_KEYS=EVENT_KEY
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        report = await verify_once(settings, None, None, timedelta(seconds=timeout))
+        assert report.findings == [], report.findings
+        if report.pending == 0:
+            return report
+        assert time.monotonic() < deadline, f"{report.pending} rows still unsealed"
+        await asyncio.sleep(0.5)
 
 
 async def count_rows(db: psycopg.AsyncConnection[Any]) -> int:

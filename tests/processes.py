@@ -6,7 +6,7 @@ from pathlib import Path
 
 from audit_devservers import Child, free_port
 from audit_events.broker import API, CONSUMER
-from tests.conftest import BIN, identity_env
+from tests.conftest import BIN, SEAL_KEY, identity_env
 
 
 class Service(Child):
@@ -54,6 +54,7 @@ def consumer(env: dict[str, str], logs: Path, index: int) -> Service:
     port = free_port()
     env = {
         **identity_env(CONSUMER),
+        "AUDIT_SEAL_KEY": SEAL_KEY,
         **env,
         "AUDIT_HEALTH_PORT": str(port),
         "AUDIT_HEALTH_HOST": "127.0.0.1",

@@ -13,10 +13,11 @@ import nats
 import psycopg
 
 from audit_events import MAX_EVENT_BYTES, encode
-from tests.conftest import wait_for
+from audit_events.authorship import SIGNATURE_HEADER, EventKeys
+from tests.conftest import EVENT_KEY, wait_for
 from tests.faults.conftest import Rig
 from tests.faults.harness import Load, health, verify, wait_stored
-from tests.helpers import make_event, stored_ids
+from tests.helpers import make_event, published, sign, stored_ids
 
 
 async def rows_at_least(db_url: str, n: int) -> bool:
@@ -128,17 +129,27 @@ async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db_url: str) -
     nc = await nats.connect(rig.settings.nats_url)
     js = nc.jetstream()
     good = [make_event(resource_id=f"good-{i}") for i in range(20)]
-    poison = {
+    forged = encode(make_event(actor_id="mallory"))
+    poison = {  # reason prefix -> (payload, its Audit-Signature)
         "not JSON": b"\x00\x01 definitely not json",
         "schema_version": json.dumps({"schema_version": 7, "id": "x"}).encode(),
         "event is": b'{"pad": "' + b"x" * (MAX_EVENT_BYTES + 10) + b'"}',  # oversize
         "22P05": encode(make_event(metadata={"note": "\u0000"})),  # PostgreSQL refuses it
+        "bad signature: unsigned": encode(make_event(actor_id="nobody")),
+        "bad signature: signature does not match": forged,
     }
+    signatures = {payload: sign(payload) for payload in poison.values()}
+    signatures[poison["bad signature: unsigned"]] = ""
+    signatures[forged] = sign(encode(make_event()))  # a real signature, of another event
     payloads = [encode(e) for e in good]
     for i, bad in enumerate(poison.values()):
-        payloads.insert(3 + i * 5, bad)
+        payloads.insert(3 + i * 4, bad)
     for payload in payloads:
-        await js.publish(rig.settings.names.event_subject("account.update"), payload)
+        signature = signatures[payload] if payload in signatures else sign(payload)
+        signed = {SIGNATURE_HEADER: signature} if signature else None
+        await js.publish(
+            rig.settings.names.event_subject("account.update"), payload, headers=signed
+        )
     ids = [str(e.id) for e in good]
     await wait_stored(db_url, ids)
     dlq = rig.settings.names.dlq_stream
@@ -148,7 +159,7 @@ async def test_poison_goes_to_the_dlq_and_the_rest_flow(rig: Rig, db_url: str) -
     for prefix, payload in poison.items():
         reason = headers[payload].get("Audit-Dlq-Reason", "")
         assert reason.startswith(prefix), (prefix, reason)
-        kind = "rejected" if prefix == "22P05" else "invalid"  # PostgreSQL's verdict, or ours
+        kind = {"22P05": "rejected", "bad signature": "signature"}.get(prefix[:13], "invalid")
         assert headers[payload]["Audit-Dlq-Kind"] == kind
 
     async def nothing_left() -> bool:  # poison is acked once it is in the DLQ
@@ -178,21 +189,22 @@ async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db_url:
     subject = rig.settings.names.event_subject("account.update")
     twice = make_event()
     for msg_id in ("dup", "dup"):  # JetStream drops the copy
-        await js.publish(subject, encode(twice), headers={"Nats-Msg-Id": msg_id})
-    await js.publish(subject, encode(twice), headers={"Nats-Msg-Id": "dup-2"})  # PK drops it
+        await js.publish(subject, **published(twice, msg_id))
+    await js.publish(subject, **published(twice, "dup-2"))  # the primary key drops it
     batch = [make_event() for _ in range(50)]
     for e in batch:
-        await js.publish(subject, encode(e), headers={"Nats-Msg-Id": str(e.id)})
+        await js.publish(subject, **published(e))
 
     # A worker that stores a batch and dies before acking: fetch, write, never ack.
     sub = await js.pull_subscribe_bind(rig.settings.names.durable, rig.settings.names.stream)
     msgs = await sub.fetch(100, timeout=5)
     assert len(msgs) == 52
+    from audit_consumer.batch import Checks, decode_batch
     from audit_consumer.writer import BatchWriter
-    from audit_events import decode, row
 
+    stored = decode_batch(msgs, Checks(EventKeys([EVENT_KEY])))
     writer = await BatchWriter.connect(rig.pg.url)
-    first = await writer.write([row(decode(m.data), m.metadata.sequence.stream) for m in msgs])
+    first = await writer.write(stored.rows, stored.entries)
     await writer.close()
     await nc.close()  # gone without an ack: JetStream redelivers after ack_wait
     assert first.inserted == 51  # twice + 50; the second copy of `twice` was a duplicate

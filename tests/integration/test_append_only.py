@@ -7,20 +7,17 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from audit_consumer.database import ensure_writer_login
+from audit_consumer.database import ensure_logins
 from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter
-from audit_events import row
-from tests.helpers import make_event
+from tests.helpers import make_event, signed_row, write
 
 
 @pytest.fixture
 async def writer_url(db: Any, settings: Settings) -> str:
     url = make_conninfo(settings.database_url, user="audit_consumer", password="pw-1")
-    await ensure_writer_login(
-        Settings(DATABASE_URL=settings.database_url, AUDIT_WRITER_DATABASE_URL=url)
-    )
-    await ensure_writer_login(  # twice: idempotent, refreshes the password
+    await ensure_logins(Settings(DATABASE_URL=settings.database_url, AUDIT_WRITER_DATABASE_URL=url))
+    await ensure_logins(  # twice: idempotent, refreshes the password
         Settings(DATABASE_URL=settings.database_url, AUDIT_WRITER_DATABASE_URL=url)
     )
     return url
@@ -30,7 +27,7 @@ async def test_writer_inserts_and_reads_but_cannot_change_or_delete(writer_url: 
     assert conninfo_to_dict(writer_url)["user"] == "audit_consumer"
     writer = await BatchWriter.connect(writer_url)
     event = make_event()
-    assert (await writer.write([row(event, 1)])).inserted == 1
+    assert (await write(writer, [signed_row(event, 1)])).inserted == 1
     await writer.close()
     async with await psycopg.AsyncConnection.connect(writer_url, autocommit=True) as conn:
         cur = await conn.execute("SELECT count(*) FROM audit_events")
@@ -45,7 +42,7 @@ async def test_writer_inserts_and_reads_but_cannot_change_or_delete(writer_url: 
 
 
 async def test_trigger_blocks_update_and_delete_even_when_granted(db: Any) -> None:
-    assert (await BatchWriter(db).write([row(make_event(), 1)])).inserted == 1
+    assert (await write(BatchWriter(db), [signed_row(make_event(), 1)])).inserted == 1
     await db.execute("DROP ROLE IF EXISTS careless")
     await db.execute("CREATE ROLE careless")
     await db.execute("GRANT SELECT, UPDATE, DELETE ON audit_events TO careless")

@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
 from audit_api.auth import issue_token
 from audit_consumer.settings import Settings
-from audit_events import StreamNames
+from audit_devservers import NatsServer
+from audit_events import StreamNames, encode
+from audit_events.authorship import SIGNATURE_HEADER
+from audit_events.broker import API, inbox_prefix
 from tests.conftest import JWT_SECRET, metric, service_env, wait_for
-from tests.helpers import count_rows
+from tests.helpers import assert_intact, count_rows, make_event, published, sign
 from tests.processes import Service, api, consumer
 
 SUBJECT = StreamNames().event_subject("account.update")
@@ -25,6 +29,7 @@ AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'dave')}", "User-Agen
 
 class Pipeline:
     def __init__(self, settings: Settings, logs: Path) -> None:
+        self.db_url = settings.database_url
         env = service_env(settings)
         self.api = api(env, logs)
         self.consumers = [consumer(env, logs, i) for i in range(2)]
@@ -114,6 +119,51 @@ async def test_every_acknowledged_request_becomes_exactly_one_row(
     assert sum(metric(t, "audit_consumer_messages_total", result="stored") for t in scraped) == n
     assert metric(api_text, "audit_api_publish_duration_seconds_count") == n
     assert all(metric(t, "audit_consumer_db_up") == 1 for t in scraped)
+
+    # Every row authored by the API, sealed by the consumers, and the table provably intact.
+    report = await assert_intact(pipeline.db_url)
+    assert report.rows == n
+    assert report.unsigned == 0
+    async with httpx.AsyncClient() as http:
+        scraped = [
+            (await http.get(f"http://127.0.0.1:{c.port}/metrics")).text for c in pipeline.consumers
+        ]
+    assert sum(metric(t, "audit_consumer_sealed_rows_total") for t in scraped) == n
+    logs = "".join(c.logs() for c in pipeline.consumers)
+    assert f"head {report.head}" in logs  # each seal's hash is logged, for keeping elsewhere
+
+
+async def test_forged_and_unsigned_events_from_the_apis_identity_are_dead_lettered(
+    pipeline: Pipeline, db: Any, nats_server: NatsServer | None, streams: Settings
+) -> None:
+    """The API's broker password alone does not make a row: the event key is needed too."""
+    if nats_server is None:
+        pytest.skip("needs the embedded NATS server (it knows the API identity's password)")
+    names = streams.names
+    nc = await nats.connect(nats_server.url_as(API), inbox_prefix=inbox_prefix(API))
+    js = nc.jetstream()
+    real = await send(pipeline.url, 1)
+    forged, unsigned = make_event(actor_id="mallory"), make_event(actor_id="nobody")
+    bad = published(forged)
+    bad["headers"][SIGNATURE_HEADER] = sign(encode(make_event()))  # a real tag, wrong event
+    await js.publish(names.event_subject("account.update"), **bad)
+    await js.publish(names.event_subject("account.update"), encode(unsigned))
+    await nc.close()
+    admin = await nats.connect(streams.nats_url)
+    dlq = admin.jetstream()
+    await wait_for(lambda: _dlq_holds(dlq, names.dlq_stream, 2))
+    letters = [await dlq.get_msg(names.dlq_stream, seq) for seq in (1, 2)]
+    await admin.close()
+    assert sorted((m.headers or {})["Audit-Dlq-Reason"] for m in letters) == [
+        "bad signature: signature does not match",
+        "bad signature: unsigned",
+    ]
+    assert all((m.headers or {})["Audit-Dlq-Kind"] == "signature" for m in letters)
+    assert [r[0] for r in await rows(db, "SELECT id::text FROM audit_events")] == real
+
+
+async def _dlq_holds(js: Any, stream: str, n: int) -> bool:
+    return int((await js.stream_info(stream)).state.messages) == n
 
 
 async def _count_is(db: Any, n: int) -> bool:

@@ -22,7 +22,8 @@ from audit_api.settings import Settings as ApiSettings
 from audit_consumer.consumer import Consumer
 from audit_consumer.settings import Settings
 from audit_events import tracing
-from tests.conftest import JWT_SECRET, wait_for
+from audit_events.authorship import EventKeys
+from tests.conftest import EVENT_KEY, JWT_SECRET, wait_for
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
@@ -52,7 +53,7 @@ async def test_one_trace_from_request_to_row(
     spans: InMemorySpanExporter, streams: Settings, db: Any
 ) -> None:
     spans.clear()
-    publisher = NatsPublisher(streams, streams.names, timeout=2.0)
+    publisher = NatsPublisher(streams, streams.names, 2.0, EventKeys([EVENT_KEY]))
     await publisher.start()
     consumer = Consumer(streams)
     worker = asyncio.create_task(consumer.run())

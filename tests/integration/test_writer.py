@@ -8,7 +8,7 @@ import pytest
 
 from audit_consumer.writer import BatchWriter
 from audit_events import COLUMNS, AuditEvent, row
-from tests.helpers import count_rows, make_event
+from tests.helpers import count_rows, make_event, signed_row, write
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ async def writer(db: psycopg.AsyncConnection[Any], migrated: str):
 
 async def test_batch_insert_stores_every_column(writer: BatchWriter, db: Any) -> None:
     events = [make_event(resource_id=f"acc-{i}", trace_id="ab" * 16) for i in range(50)]
-    result = await writer.write([row(e, 100 + i) for i, e in enumerate(events)])
+    result = await write(writer, [signed_row(e, 100 + i) for i, e in enumerate(events)])
     assert (result.inserted, result.duplicates, result.rejected) == (50, 0, [])
     cur = await db.execute(
         "SELECT id, actor_id, action, resource_id, outcome, host(source_ip), user_agent,"
@@ -46,18 +46,18 @@ async def test_batch_insert_stores_every_column(writer: BatchWriter, db: Any) ->
 
 
 async def test_duplicates_are_ignored(writer: BatchWriter, db: Any) -> None:
-    rows = [row(make_event(), i) for i in range(10)]
-    assert (await writer.write(rows)).inserted == 10
-    again = await writer.write([*rows[:5], row(make_event(), 99)])
+    rows = [signed_row(make_event(), i) for i in range(10)]
+    assert (await write(writer, rows)).inserted == 10
+    again = await write(writer, [*rows[:5], signed_row(make_event(), 99)])
     assert (again.inserted, again.duplicates) == (1, 5)
     assert await count_rows(db) == 11
 
 
 async def test_rejected_rows_are_isolated(writer: BatchWriter, db: Any) -> None:
-    rows = [row(make_event(), i) for i in range(20)]
-    rows[3] = row(make_event(actor_id="nul\x00byte"), 3)  # text can't hold NUL
-    rows[17] = row(make_event(metadata={"k": "\u0000"}), 17)  # nor can jsonb
-    result = await writer.write(rows)
+    rows = [signed_row(make_event(), i) for i in range(20)]
+    rows[3] = signed_row(make_event(actor_id="nul\x00byte"), 3)  # text can't hold NUL
+    rows[17] = signed_row(make_event(metadata={"k": "\u0000"}), 17)  # nor can jsonb
+    result = await write(writer, rows)
     assert result.inserted == 18
     assert [i for i, _ in result.rejected] == [3, 17]
     assert "NUL" in result.rejected[0][1]
@@ -69,21 +69,21 @@ async def test_connection_errors_propagate_instead_of_rejecting(migrated: str) -
     writer = await BatchWriter.connect(migrated)
     await writer.conn.close()
     with pytest.raises(psycopg.OperationalError):
-        await writer.write([row(make_event(), 1)])
+        await write(writer, [signed_row(make_event(), 1)])
 
 
 async def test_duplicates_and_rejected_rows_in_one_batch(writer: BatchWriter, db: Any) -> None:
     """The fast COPY fails on the stored row; the ON CONFLICT path then isolates the bad ones."""
-    stored = row(make_event(), 1)
-    assert (await writer.write([stored])).inserted == 1
+    stored = signed_row(make_event(), 1)
+    assert (await write(writer, [stored])).inserted == 1
     batch = [
-        row(make_event(user_agent="tab\there, new\nline, back\\slash"), 2),  # escaped, kept
+        signed_row(make_event(user_agent="tab\there, new\nline, back\\slash"), 2),  # escaped, kept
         stored,
-        row(make_event(metadata={"k": "\u0000"}), 3),  # refused by PostgreSQL
-        row(make_event(), 4),
-        row(make_event(request_id="\x00"), 5),  # refused before sending
+        signed_row(make_event(metadata={"k": "\u0000"}), 3),  # refused by PostgreSQL
+        signed_row(make_event(), 4),
+        signed_row(make_event(request_id="\x00"), 5),  # refused before sending
     ]
-    result = await writer.write(batch)
+    result = await write(writer, batch)
     assert (result.inserted, result.duplicates) == (2, 1)
     assert [i for i, _ in result.rejected] == [2, 4]
     assert await count_rows(db) == 3
@@ -92,16 +92,17 @@ async def test_duplicates_and_rejected_rows_in_one_batch(writer: BatchWriter, db
 
 
 async def test_the_row_definition_is_the_tables(db: Any) -> None:
-    """COLUMNS (the COPY list and row()'s order) names every column but the database's own
-    recorded_at, and row() puts each event field under its own name."""
+    """COLUMNS (the COPY list and signed_row()'s order) names every column but the database's own
+    recorded_at and tx_id, and signed_row() puts each event field under its own name."""
     cur = await db.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_events'"
     )
     table = {r[0] for r in await cur.fetchall()}
-    assert set(COLUMNS) == table - {"recorded_at"}
+    assert set(COLUMNS) == table - {"recorded_at", "tx_id"}
     assert len(COLUMNS) == len(set(COLUMNS))
     event = make_event(trace_id="ab" * 16, request_id="r-1")
-    values = dict(zip(COLUMNS, row(event, 42), strict=True))
+    values = dict(zip(COLUMNS, row(event, 42, "k:sig"), strict=True))
     assert values.pop("stream_seq") == 42
+    assert values.pop("signature") == "k:sig"
     assert values == {name: getattr(event, name) for name in values}
     assert set(values) <= set(AuditEvent.model_fields)

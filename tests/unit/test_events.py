@@ -1,7 +1,9 @@
 """The event model: round-trip, strict decoding with precise reasons, ids and subject names."""
 
+import ipaddress
 import json
 import time
+from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID
 
 import pytest
@@ -15,17 +17,55 @@ from audit_events import (
     encode,
     uuid7,
 )
+from audit_events.model import canonical, event_values
 from tests.helpers import make_event
 
 
-def test_round_trip_is_lossless_and_compact() -> None:
-    event = make_event()
+def test_round_trip_is_lossless_and_canonical() -> None:
+    event = make_event(metadata={"z": 1, "a": {"y": [1.5, None], "b": True}})
     data = encode(event)
     assert decode(data) == event
     assert b" " not in data.replace(b"curl/8", b"")  # compact separators
     body = json.loads(data)
-    assert body["schema_version"] == 1
-    assert "request_id" not in body  # absent optionals are left out
+    assert body["schema_version"] == 2
+    assert body["request_id"] is None  # every key, always
+    assert list(body) == sorted(body)
+    assert list(body["metadata"]) == ["a", "z"]
+    assert list(body["metadata"]["a"]) == ["b", "y"]  # sorted at every level
+    assert encode(decode(data)) == data
+
+
+def test_one_instant_has_one_canonical_form() -> None:
+    """The API's clock, a client's offset and PostgreSQL's session time zone all give the same
+    bytes: signatures and seals must not depend on where the time was read."""
+    utc = make_event(occurred_at=datetime(2026, 11, 28, 10, 0, 0, 5, tzinfo=UTC))
+    paris = make_event(
+        id=utc.id,
+        occurred_at=datetime(2026, 11, 28, 11, 0, 0, 5, tzinfo=timezone(timedelta(hours=1))),
+    )
+    assert encode(paris) == encode(utc)
+    assert b'"occurred_at":"2026-11-28T10:00:00.000005Z"' in encode(utc)
+    row_values = (*event_values(utc)[:8], ipaddress.ip_address("10.0.0.7"), *event_values(utc)[9:])
+    assert canonical(row_values) == encode(utc)  # as psycopg returns an inet
+
+
+@pytest.mark.parametrize("number", [1e16, -2.5e20, -0.0, 2**64])
+def test_metadata_numbers_postgresql_would_change_are_refused(number: float) -> None:
+    """jsonb keeps decimals: 1e16 would come back as an integer, -0.0 as 0.0, and the stored
+    row could then never reproduce the signed bytes."""
+    data = encode(make_event()).replace(
+        b'"method":"PATCH"', b'"method":%s' % json.dumps(number).encode()
+    )
+    with pytest.raises(InvalidEvent, match="metadata"):
+        decode(data)
+
+
+def test_schema_version_1_events_still_decode() -> None:
+    """What producers of the previous release publish while they are being rolled."""
+    body = json.loads(encode(make_event()))
+    body["schema_version"] = 1
+    del body["request_id"]
+    assert decode(json.dumps(body).encode()).schema_version == 1
 
 
 def test_ipv6_and_no_ip_round_trip() -> None:
@@ -57,7 +97,7 @@ def test_ip_addresses_are_stored_in_canonical_form() -> None:
     ("mutate", "reason"),
     [
         (lambda d: b"{not json", "not JSON"),
-        (lambda d: json.dumps({**d, "schema_version": 2}).encode(), "schema_version"),
+        (lambda d: json.dumps({**d, "schema_version": 3}).encode(), "schema_version"),
         (
             lambda d: json.dumps({k: v for k, v in d.items() if k != "actor_id"}).encode(),
             "actor_id",

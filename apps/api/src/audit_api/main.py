@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         active = publisher or NatsPublisher(
-            settings, settings.names, settings.publish_timeout_seconds
+            settings, settings.names, settings.publish_timeout_seconds, settings.keys
         )
         app.state.publisher = active
         if isinstance(active, NatsPublisher):

@@ -2,6 +2,8 @@
 
 The API answers a request only after :meth:`Publisher.publish` returned, and that happens only
 once JetStream acknowledged the event (stored in the stream, fsynced per the server's policy).
+Every event is signed (``Audit-Signature``, an HMAC with the first of ``AUDIT_EVENT_KEYS``):
+consumers store only events signed by a producer key.
 ``Nats-Msg-Id`` is the event id: if a publish is retried, JetStream drops the copy inside its
 duplicate window. A publish that fails or times out raises :class:`PublishUnavailable`, which
 the routes turn into 503 + ``Retry-After``: nothing is claimed that was not stored.
@@ -24,6 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from audit_api.metrics import NATS_CONNECTED, PUBLISH_FAILURES, PUBLISH_SECONDS
 from audit_events import AuditEvent, StreamNames, encode, tracing
+from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import API, BrokerSettings
 
 log = logging.getLogger("audit.api.publisher")
@@ -46,8 +49,10 @@ class Publisher(Protocol):
 class NatsPublisher:
     """One NATS connection per process, reconnecting forever, publishing with JetStream acks."""
 
-    def __init__(self, broker: BrokerSettings, names: StreamNames, timeout: float) -> None:
-        self.broker, self.names, self.timeout = broker, names, timeout
+    def __init__(
+        self, broker: BrokerSettings, names: StreamNames, timeout: float, keys: EventKeys
+    ) -> None:
+        self.broker, self.names, self.timeout, self.keys = broker, names, timeout, keys
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None  # one per connection, not per publish
         self.stream_ok = True  # the stream exists (publishes to a deleted one are refused)
@@ -125,7 +130,8 @@ class NatsPublisher:
             PUBLISH_FAILURES.labels("not_connected").inc()
             raise PublishUnavailable("not connected to NATS")
         subject = self.names.event_subject(event.action)
-        headers = {"Nats-Msg-Id": str(event.id)}
+        data = encode(event)
+        headers = {"Nats-Msg-Id": str(event.id), SIGNATURE_HEADER: self.keys.sign(data)}
         started = time.perf_counter()
         try:
             with self._span(subject, event):
@@ -133,7 +139,7 @@ class NatsPublisher:
                     tracing.inject(headers)  # traceparent of the publish span
                 await self.js.publish(
                     subject,
-                    encode(event),
+                    data,
                     timeout=self.timeout,
                     stream=self.names.stream,
                     headers=headers,

@@ -4,6 +4,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from audit_events import StreamNames
+from audit_events.authorship import EventKeys
 from audit_events.broker import BrokerSettings
 
 PUBLISHED_SECRETS = {"dev-only-secret-change-me-0123456789abcdef"}
@@ -16,6 +17,7 @@ class Settings(BrokerSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     jwt_secret: str = Field("", alias="AUDIT_JWT_SECRET", repr=False)
+    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
     host: str = Field("0.0.0.0", alias="AUDIT_API_HOST")
     port: int = Field(8000, alias="AUDIT_API_PORT")
     workers: int = Field(1, ge=1, le=64, alias="AUDIT_API_WORKERS")
@@ -41,4 +43,14 @@ class Settings(BrokerSettings):
                 "AUDIT_JWT_SECRET is shorter than 32 bytes or a published example;"
                 " generate one with audit-keygen"
             )
+        if not self.event_keys:
+            raise ValueError(
+                "AUDIT_EVENT_KEYS is empty: the API signs every event it publishes and consumers"
+                " store only signed ones; generate a key with audit-keygen"
+            )
+        self.keys  # noqa: B018 - fails here, not at the first publish
         return self
+
+    @property
+    def keys(self) -> EventKeys:
+        return EventKeys.parse(self.event_keys)

@@ -2,14 +2,18 @@
 
 Order of operations per batch, and why no acknowledged event is lost or doubled:
 
-1. decode every message; one that is not a valid event is dead-lettered (below);
-2. write the valid ones in one transaction and COMMIT (``writer.py``: rows already stored are
-   skipped by the primary key); a row PostgreSQL rejects is isolated and dead-lettered, its
-   neighbours are stored;
+1. check every message's signature and decode it; one that is forged, unsigned or not a valid
+   event is dead-lettered (below);
+2. write the valid ones and their seal entries in one transaction and COMMIT (``writer.py``:
+   rows already stored are skipped by the primary key); a row PostgreSQL rejects is isolated
+   and dead-lettered, its neighbours are stored;
 3. publish each dead letter to ``AUDIT_DLQ`` and wait for JetStream's ack (``Nats-Msg-Id`` =
    ``<stream>-<seq>``, so a redelivered poison message is dead-lettered once);
 4. only then ack the batch. A crash anywhere before 4 means redelivery after ``ack_wait``,
    and the primary key makes the second write a no-op.
+
+Committed rows are sealed within ``AUDIT_SEAL_INTERVAL_SECONDS`` by whichever consumer's
+sealer runs next (``sealer.py``); sealing never delays a batch or its ack.
 
 If PostgreSQL is unavailable the batch stays in hand, unacked: the loop stops fetching, backs
 off with jitter, reconnects and retries the same rows, telling JetStream the messages are still
@@ -37,14 +41,16 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from audit_consumer import metrics
-from audit_consumer.batch import Batch, decode_batch
+from audit_consumer.batch import Batch, Checks, decode_batch
 from audit_consumer.deadletter import Publisher, dead_letter
 from audit_consumer.puller import Puller, Source
+from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
 from audit_consumer.spans import batch_span, consume_spans
 from audit_consumer.writer import BatchWriter, WriteResult, WriterPool
-from audit_events import Row
+from audit_events.authorship import EventKeys
 from audit_events.broker import CONSUMER
+from audit_events.seals import SealKey
 
 log = logging.getLogger("audit.consumer")
 
@@ -70,6 +76,8 @@ class Consumer:
         self.writers = writers or WriterPool(
             settings.db_connections, lambda: BatchWriter.connect(url)
         )
+        self.checks = Checks(EventKeys.parse(settings.event_keys), settings.accept_unsigned_until)
+        self.sealer = Sealer(url, SealKey(settings.seal_key), settings.seal_interval_seconds)
         self.db_ok = False
         self.durable_ok = True  # until the first check says otherwise
         self.last_progress = time.monotonic()
@@ -109,11 +117,16 @@ class Consumer:
         await puller.start()
         log.info("consuming %s/%s", names.stream, names.durable)
         await self._connect_db()
-        lag = asyncio.create_task(self._watch_durable(js))
+        background = [
+            asyncio.create_task(self._watch_durable(js)),
+            asyncio.create_task(self.sealer.run()),
+        ]
         try:
             await self.consume(puller, js)
         finally:
-            lag.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await self._close(puller)
 
     async def consume(self, source: Source, js: Publisher, max_batches: int | None = None) -> None:
@@ -136,7 +149,7 @@ class Consumer:
                 if not stop:
                     pending = asyncio.create_task(self._fetch(source))
                 if msgs:
-                    batch = decode_batch(msgs)
+                    batch = decode_batch(msgs, self.checks)
                     if len(storing) == self.writers.size:  # wait for the slot to be free
                         await storing.popleft()
                     storing.append(asyncio.create_task(self.store(js, batch, slot)))
@@ -228,6 +241,13 @@ class Consumer:
                 log.warning("could not flush acks (%s); unacked ones will be redelivered", exc)
             await self.nc.close()
         await self.writers.close()
+        # Seal what this worker committed last, so a scaled-down pool leaves nothing unsealed
+        # (another consumer would seal it anyway; this only makes it sooner).
+        try:
+            await asyncio.wait_for(self.sealer.seal(), 5)
+        except Exception as exc:
+            log.info("no final seal (%s); another consumer will seal", _one_line(exc))
+        await self.sealer.close()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when asked to stop."""
@@ -239,7 +259,7 @@ class Consumer:
     async def handle(self, js: Publisher, msgs: list[Msg]) -> None:
         """Store, dead-letter and ack one fetched batch (the order is the guarantee)."""
         if msgs:
-            await self.store(js, decode_batch(msgs))
+            await self.store(js, decode_batch(msgs, self.checks))
 
     async def store(self, js: Publisher, batch: Batch, slot: int = 0) -> None:
         """Write the rows and COMMIT, dead-letter what cannot be stored, then ack everything."""
@@ -249,7 +269,7 @@ class Consumer:
         spans = consume_spans(valid)
         try:
             with batch_span(spans, len(msgs)):
-                result = await self._write_until_stored(batch.rows, slot)
+                result = await self._write_until_stored(batch, slot)
                 if result is None:  # stopping while PostgreSQL is down: hand the batch back
                     for msg in msgs:
                         await msg.nak()
@@ -276,16 +296,17 @@ class Consumer:
                 self.source.release(msgs)
         self.stats.batches += 1
 
-    async def _write_until_stored(self, rows: list[Row], slot: int) -> WriteResult | None:
-        """Write ``rows``, retrying through any PostgreSQL outage. ``None`` if asked to stop."""
-        if not rows:
+    async def _write_until_stored(self, batch: Batch, slot: int) -> WriteResult | None:
+        """Write the batch's rows, retrying through any PostgreSQL outage. ``None`` if asked to
+        stop."""
+        if not batch.rows:
             return WriteResult()
         delay = 0.1
         while True:
             try:
                 writer = await self.writers.get(slot)
                 with metrics.WRITE_SECONDS.time():
-                    result = await writer.write(rows)
+                    result = await writer.write(batch.rows, batch.entries)
                 metrics.LAST_WRITE.set_to_current_time()
                 if not self.db_ok:
                     log.info("PostgreSQL writes ok")

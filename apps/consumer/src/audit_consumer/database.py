@@ -1,5 +1,6 @@
-"""The PostgreSQL side of ``audit-setup``: alembic migrations (which create the table, the
-``audit_writer`` role and the append-only grants) and the consumer's own writer login."""
+"""The PostgreSQL side of ``audit-setup``: alembic migrations (which create the tables, the
+``audit_writer`` and ``audit_reader`` roles and the append-only grants) and the logins of the
+consumers and of ``audit-verify``."""
 
 import asyncio
 import logging
@@ -46,26 +47,33 @@ async def migrate(settings: Settings, revision: str = "head") -> None:
     await conn.close()
     await asyncio.to_thread(command.upgrade, config, revision)
     log.info("database migrated to %s", revision)
-    await ensure_writer_login(settings)
+    await ensure_logins(settings)
 
 
-async def ensure_writer_login(settings: Settings) -> None:
-    """Give the login in ``AUDIT_WRITER_DATABASE_URL`` membership of ``audit_writer`` (created
-    by the migrations), creating it or refreshing its password. No-op without that URL or when
-    it names the owner itself."""
-    if not settings.writer_database_url:
+async def ensure_logins(settings: Settings) -> None:
+    """Logins for the URLs given: ``AUDIT_WRITER_DATABASE_URL`` joins ``audit_writer`` (the
+    consumers), ``AUDIT_READER_DATABASE_URL`` joins ``audit_reader`` (``audit-verify``; SELECT
+    only). Roles are created by the migrations; each login is created or its password
+    refreshed. A URL that is not given, or names the owner itself, is left alone."""
+    for url, role in (
+        (settings.writer_database_url, "audit_writer"),
+        (settings.reader_database_url, "audit_reader"),
+    ):
+        if url:
+            await ensure_login(settings.database_url, url, role)
+
+
+async def ensure_login(owner_url: str, url: str, role: str) -> None:
+    """Make the user of ``url`` a login that is a member of ``role``."""
+    login = conninfo_to_dict(url)
+    user, password = login.get("user"), login.get("password")
+    if not user or user == conninfo_to_dict(owner_url).get("user"):
         return
-    writer = conninfo_to_dict(settings.writer_database_url)
-    user, password = writer.get("user"), writer.get("password")
-    if not user or user == conninfo_to_dict(settings.database_url).get("user"):
-        return
-    role = sql.Identifier(str(user))
+    name = sql.Identifier(str(user))
     secret = sql.SQL(" PASSWORD {}").format(sql.Literal(str(password))) if password else sql.SQL("")
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url, autocommit=True
-    ) as conn:
+    async with await psycopg.AsyncConnection.connect(owner_url, autocommit=True) as conn:
         cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
         verb = sql.SQL("ALTER" if await cur.fetchone() else "CREATE")
-        await conn.execute(sql.SQL("{} ROLE {} LOGIN{}").format(verb, role, secret))
-        await conn.execute(sql.SQL("GRANT audit_writer TO {}").format(role))
-    log.info("writer login %s: member of audit_writer", user)
+        await conn.execute(sql.SQL("{} ROLE {} LOGIN{}").format(verb, name, secret))
+        await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), name))
+    log.info("login %s: member of %s", user, role)

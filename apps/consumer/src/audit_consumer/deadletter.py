@@ -54,4 +54,5 @@ async def dead_letter(js: Publisher, names: StreamNames, msg: Msg, kind: str, re
     if ack.duplicate:
         return False
     metrics.MESSAGES.labels("dead_lettered").inc()
+    metrics.DEAD_LETTERS.labels(kind).inc()
     return True

@@ -49,6 +49,7 @@ def main() -> None:
     if tracing.init_tracing("audit-consumer"):
         PsycopgInstrumentor().instrument(enable_commenter=False)
     settings = Settings()
+    settings.require_keys()
     # Everything allocated so far lives as long as the process: keep it out of every garbage
     # collection (the consumer allocates tens of objects per event; full collections would
     # otherwise walk the whole heap again and again).

@@ -4,7 +4,7 @@ Bounded labels only (``result`` has three values). ``audit_consumer_lag_messages
 scales on: the durable's ``num_pending + num_ack_pending``, polled from JetStream.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 RESULTS = ("stored", "duplicate", "dead_lettered")
 MESSAGES = Counter(
@@ -35,3 +35,21 @@ LAST_WRITE = Gauge(
 LAG = Gauge("audit_consumer_lag_messages", "Durable's num_pending + num_ack_pending (polled)")
 DB_UP = Gauge("audit_consumer_db_up", "1 if the last PostgreSQL connect/write succeeded")
 NATS_UP = Gauge("audit_consumer_nats_connected", "1 if connected to NATS")
+DEAD_LETTERS = Counter(
+    "audit_consumer_dead_letters_total",
+    "Messages dead-lettered, by kind: invalid, rejected (by PostgreSQL), signature (forged,"
+    " altered or unsigned)",
+    ["kind"],
+)
+for _kind in ("invalid", "rejected", "signature"):
+    DEAD_LETTERS.labels(_kind)
+SEALS = Counter("audit_consumer_seals_total", "Seals this process wrote")
+SEALED_ROWS = Counter("audit_consumer_sealed_rows_total", "Rows covered by the seals it wrote")
+SEAL_LAG = Gauge(
+    "audit_consumer_seal_lag_seconds",
+    "Age of the oldest committed batch not yet sealed (0 when everything is sealed)",
+)
+SEAL_HEAD = Info(
+    "audit_consumer_seal_head",
+    "The last seal this process wrote: its number and hash (pin it: audit-verify --head)",
+)

@@ -1,6 +1,6 @@
 """Consumer and ``audit-setup`` configuration, all from the environment (see README)."""
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events import StreamNames
@@ -26,6 +26,7 @@ class Settings(BrokerSettings):
 
     database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", alias="DATABASE_URL")
     writer_database_url: str | None = Field(None, alias="AUDIT_WRITER_DATABASE_URL")
+    reader_database_url: str | None = Field(None, alias="AUDIT_READER_DATABASE_URL")
     health_port: int = Field(8001, alias="AUDIT_HEALTH_PORT")
     health_host: str = Field("0.0.0.0", alias="AUDIT_HEALTH_HOST")
 
@@ -36,12 +37,31 @@ class Settings(BrokerSettings):
     liveness_seconds: float = Field(60.0, gt=0, alias="AUDIT_LIVENESS_SECONDS")
     shutdown_seconds: float = Field(20.0, gt=0, alias="AUDIT_SHUTDOWN_SECONDS")
 
+    # integrity (README, "Integrity")
+    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
+    seal_key: str = Field("", alias="AUDIT_SEAL_KEY", repr=False)
+    seal_interval_seconds: float = Field(1.0, gt=0, le=60, alias="AUDIT_SEAL_INTERVAL_SECONDS")
+    accept_unsigned_until: AwareDatetime | None = Field(None, alias="AUDIT_ACCEPT_UNSIGNED_UNTIL")
+
     # audit-setup
     setup_wait_seconds: float = Field(60.0, ge=0, alias="AUDIT_SETUP_WAIT_SECONDS")
     migrations_dir: str | None = Field(None, alias="AUDIT_MIGRATIONS_DIR")
 
     names: StreamNames = Field(default_factory=StreamNames)
     provision: ProvisionSettings = Field(default_factory=ProvisionSettings)
+
+    def require_keys(self) -> None:
+        """A consumer cannot check authorship or seal without its keys: say so at start."""
+        missing = [
+            name
+            for name, value in (
+                ("AUDIT_EVENT_KEYS", self.event_keys),
+                ("AUDIT_SEAL_KEY", self.seal_key),
+            )
+            if not value
+        ]
+        if missing:
+            raise SystemExit(f"{' and '.join(missing)} not set: generate them with audit-keygen")
 
     @property
     def consumer_database_url(self) -> str:

@@ -1,16 +1,26 @@
-"""The audit event: one typed definition, its versioned compact JSON encoding, strict decoding.
+"""The audit event: one typed definition, its canonical JSON form, strict decoding.
 
 The API builds events, the consumer decodes them; both go through this module so that what
 the broker holds, what the consumer accepts and what the table stores are the same shape.
 Decoding never trusts the wire: anything malformed raises :class:`InvalidEvent` with a
 reason precise enough to put in a dead-letter header.
+
+:func:`canonical` is the one byte form of an event that is signed and sealed: the API publishes
+exactly it, the consumer checks the producer's signature over it, and ``audit-verify`` rebuilds
+it from a stored row. So a row must give back the same bytes: every value it holds survives
+PostgreSQL unchanged (microsecond UTC times, canonical addresses, and metadata numbers that
+``jsonb`` keeps exactly — see :func:`_storable`).
 """
 
+import math
 import operator
 import socket
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -21,7 +31,9 @@ from pydantic import (
     ValidationError,
 )
 
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2
+"""2: canonical JSON, signed by its producer (``Audit-Signature``). 1: the same fields, unsigned;
+accepted only while ``AUDIT_ACCEPT_UNSIGNED_UNTIL`` says so (a rolling upgrade, README)."""
 MAX_EVENT_BYTES = 128 * 1024
 """Largest encoded event accepted. The API's own events stay far below (a PATCH body of at most
 64 KiB contributes only its field names); anything bigger was not written by this system."""
@@ -56,6 +68,28 @@ IpAddress = Annotated[str, Field(max_length=64), AfterValidator(canonical_ip)]
 """An IPv4 or IPv6 address in its canonical text form (stored as PostgreSQL inet)."""
 
 
+def _storable(value: JsonValue) -> JsonValue:
+    """``value`` if PostgreSQL's ``jsonb`` gives it back unchanged, else ValueError: jsonb keeps
+    numbers as decimals, so ``1e16`` would come back as the integer ``10000000000000000``
+    and ``-0.0`` as ``0.0``; integers beyond 64 bits have no canonical encoding here."""
+    if isinstance(value, dict):
+        for item in value.values():
+            _storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
+    elif isinstance(value, float) and (
+        abs(value) >= 1e16 or (value == 0 and math.copysign(1, value) < 0)
+    ):
+        raise ValueError(f"number {value!r} would not be stored exactly (floats must be < 1e16)")
+    elif isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise ValueError("integers must fit in 64 bits")
+    return value
+
+
+Metadata = Annotated[dict[str, JsonValue], AfterValidator(_storable)]
+
+
 class InvalidEvent(ValueError):
     """Raised when bytes are not a valid audit event; ``reason`` says exactly why."""
 
@@ -69,7 +103,7 @@ class AuditEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     id: UUID
     occurred_at: AwareDatetime
     actor_type: Name
@@ -82,12 +116,12 @@ class AuditEvent(BaseModel):
     user_agent: str | None = Field(None, max_length=MAX_USER_AGENT_CHARS)
     request_id: str | None = Field(None, max_length=MAX_REQUEST_ID_CHARS)
     trace_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 def encode(event: AuditEvent) -> bytes:
-    """Compact JSON with ``schema_version``; absent optional fields are left out."""
-    return event.model_dump_json(exclude_none=True).encode()
+    """The event's :func:`canonical` bytes (always the current ``schema_version``)."""
+    return canonical(event_values(event))
 
 
 def decode(data: bytes) -> AuditEvent:
@@ -127,13 +161,39 @@ EVENT_COLUMNS = (
     "metadata",
 )
 """The event's fields stored as they are, in row order (``schema_version`` is not stored)."""
-COLUMNS = (*EVENT_COLUMNS, "stream_seq")
-"""The ``audit_events`` columns the consumer writes (``recorded_at`` is the database's), in the
-order of :func:`row`'s values: the COPY column list is this tuple."""
+COLUMNS = (*EVENT_COLUMNS, "stream_seq", "signature")
+"""The ``audit_events`` columns the consumer writes, in the order of :func:`row`'s values: the
+COPY column list is this tuple. ``recorded_at`` and ``tx_id`` are the database's own (the writer
+login may not set them)."""
 Row = tuple[Any, ...]
-_event_values = operator.attrgetter(*EVENT_COLUMNS)
+event_values: "operator.attrgetter[tuple[Any, ...]]" = operator.attrgetter(*EVENT_COLUMNS)
+"""The event's values in :data:`EVENT_COLUMNS` order (what :func:`canonical` takes)."""
 
 
-def row(event: AuditEvent, stream_seq: int) -> Row:
+def row(event: AuditEvent, stream_seq: int, signature: str | None) -> Row:
     """The event as an ``audit_events`` row, in :data:`COLUMNS` order."""
-    return (*_event_values(event), stream_seq)
+    return (*event_values(event), stream_seq, signature)
+
+
+def utc_text(moment: datetime) -> str:
+    """``2026-11-28T06:54:44.123456Z``: one text per instant, whatever offset it came with."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def canonical(values: Sequence[Any]) -> bytes:
+    """The canonical bytes of an event given as :data:`EVENT_COLUMNS` values (from a model or
+    from a stored row): compact JSON, keys sorted at every level, every key present (``null``
+    when absent), ``occurred_at`` in UTC (``…Z``, microseconds unless zero), the address in
+    canonical form, the current ``schema_version``. Signatures and seals are over exactly
+    these bytes."""
+    out = dict(zip(EVENT_COLUMNS, values, strict=False))  # a row's extra columns fall off
+    out["schema_version"] = SCHEMA_VERSION
+    moment: datetime = out["occurred_at"]
+    if moment.utcoffset():
+        out["occurred_at"] = moment.astimezone(UTC)
+    if out["source_ip"] is not None:
+        out["source_ip"] = canonical_ip(str(out["source_ip"]))
+    return orjson.dumps(out, option=_CANONICAL)
+
+
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z

@@ -1,0 +1,175 @@
+"""Seals: signed, hash-chained statements of which rows the table held, so that any later
+change, deletion or insertion is found by ``audit-verify``.
+
+Every committed batch leaves one *entry* per row it inserted (``audit_batches``, written in the
+same transaction as the rows): a flag, the row's id and the SHA-256 of its canonical bytes. A
+seal covers every batch whose transaction id lies in ``[from_tx, upto_tx)`` — a range that no
+running transaction can still add to (``horizon.py``) — and holds the SHA-256 of their entries
+in order, the hash of the previous seal, and an Ed25519 signature by the sealing key. Because
+the ranges tile the transaction ids without gaps or overlaps, every row is sealed exactly once.
+
+Keys are Ed25519: ``AUDIT_SEAL_KEY`` (consumers only) is the private key, base64 of its 32 raw
+bytes or PKCS#8 PEM; ``AUDIT_SEAL_PUBLIC_KEYS`` (``audit-verify``) a comma-separated list of
+public keys, each base64 raw, PEM, or a PEM certificate carrying one (the Helm chart's form).
+A key's id is derived from its public key.
+"""
+
+import base64
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from uuid import UUID
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from audit_events.model import utc_text
+
+AUTHORED, UNSIGNED = 0, 1
+"""Entry flags: the consumer checked the producer's signature, or stored the row without one
+(rows from before this feature, or schema_version 1 while ``AUDIT_ACCEPT_UNSIGNED_UNTIL``)."""
+ENTRY_BYTES = 1 + 16 + 32
+GENESIS = bytes(32)
+"""``prev_hash`` of the first seal."""
+
+
+def entry(event_id: UUID, canonical: bytes, flag: int = AUTHORED) -> bytes:
+    """One row's entry: flag, id, SHA-256 of its canonical bytes."""
+    return bytes((flag,)) + event_id.bytes + hashlib.sha256(canonical).digest()
+
+
+def entries(blob: bytes) -> Iterator[tuple[int, UUID, bytes]]:
+    """The ``(flag, id, digest)`` of each entry in ``blob``."""
+    for at in range(0, len(blob) - ENTRY_BYTES + 1, ENTRY_BYTES):
+        yield blob[at], UUID(bytes=blob[at + 1 : at + 17]), blob[at + 17 : at + ENTRY_BYTES]
+
+
+@dataclass(frozen=True)
+class Seal:
+    """One link of the chain (a row of ``audit_seals``)."""
+
+    seq: int
+    from_tx: int
+    upto_tx: int
+    row_count: int
+    rows_digest: bytes
+    prev_hash: bytes
+    sealed_at: datetime
+    key_id: str
+    signature: bytes = b""
+
+    def payload(self) -> bytes:
+        """The signed bytes: every field but the signature, one per line."""
+        return "\n".join(
+            (
+                "audit-seal:1",
+                str(self.seq),
+                str(self.from_tx),
+                str(self.upto_tx),
+                str(self.row_count),
+                self.rows_digest.hex(),
+                self.prev_hash.hex(),
+                utc_text(self.sealed_at),
+                self.key_id,
+            )
+        ).encode()
+
+    @property
+    def hash(self) -> bytes:
+        """What the next seal links to, and what an operator pins (as :attr:`head`)."""
+        return hashlib.sha256(self.payload()).digest()
+
+    @property
+    def head(self) -> str:
+        """``<seq>:<hash hex>``: give it to ``audit-verify --head`` to prove that the chain
+        still extends this seal."""
+        return f"{self.seq}:{self.hash.hex()}"
+
+
+def _public_raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def seal_key_id(key: Ed25519PublicKey) -> str:
+    return hashlib.sha256(_public_raw(key)).hexdigest()[:8]
+
+
+class SealKey:
+    """The private sealing key (consumers only)."""
+
+    def __init__(self, text: str) -> None:
+        text = text.strip()
+        try:
+            if text.startswith("-----"):
+                key = serialization.load_pem_private_key(text.encode(), None)
+            else:
+                key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(text, validate=True))
+        except ValueError as exc:
+            raise ValueError(f"AUDIT_SEAL_KEY is not an Ed25519 private key: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("AUDIT_SEAL_KEY is not an Ed25519 private key")
+        self._key = key
+        self.id = seal_key_id(key.public_key())
+
+    def public_text(self) -> str:
+        """The public key as ``AUDIT_SEAL_PUBLIC_KEYS`` takes it (base64 raw)."""
+        return base64.b64encode(_public_raw(self._key.public_key())).decode()
+
+    def sign(self, seal: Seal) -> Seal:
+        unsigned = replace(seal, key_id=self.id, signature=b"")
+        return replace(unsigned, signature=self._key.sign(unsigned.payload()))
+
+
+def generate_seal_key() -> str:
+    """A new private key as ``AUDIT_SEAL_KEY`` takes it (base64 raw)."""
+    raw = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    return base64.b64encode(raw).decode()
+
+
+def _public_key(text: str) -> Ed25519PublicKey:
+    text = text.strip()
+    key: object
+    if "BEGIN CERTIFICATE" in text:
+        key = x509.load_pem_x509_certificate(text.encode()).public_key()
+    elif text.startswith("-----"):
+        key = serialization.load_pem_public_key(text.encode())
+    else:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return key
+
+
+class SealKeys:
+    """The public keys ``audit-verify`` checks seals with (never a private one)."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        try:
+            keys = [_public_key(t) for t in texts if t.strip()]
+        except ValueError as exc:
+            raise ValueError(f"AUDIT_SEAL_PUBLIC_KEYS: {exc}") from None
+        if not keys:
+            raise ValueError("no seal public key: set AUDIT_SEAL_PUBLIC_KEYS")
+        self._keys = {seal_key_id(k): k for k in keys}
+
+    @classmethod
+    def parse(cls, text: str) -> "SealKeys":
+        return cls(text.split(","))
+
+    def check(self, seal: Seal) -> str | None:
+        """``None`` if the seal's signature is valid, otherwise why not."""
+        key = self._keys.get(seal.key_id)
+        if key is None:
+            return f"signed by unknown key {seal.key_id[:16]!r}"
+        try:
+            key.verify(seal.signature, replace(seal, signature=b"").payload())
+        except InvalidSignature:
+            return "bad signature"
+        return None

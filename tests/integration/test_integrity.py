@@ -1,0 +1,241 @@
+"""Tamper evidence against real PostgreSQL: rows written and sealed as the consumer does, then
+tampered with as the database owner (or the writer login), and ``audit-verify`` must name each
+change — and find nothing when nothing was changed."""
+
+import os
+import subprocess
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from alembic import command
+from psycopg.conninfo import make_conninfo
+
+from audit_consumer.database import alembic_config, ensure_logins, migrate
+from audit_consumer.sealer import Sealer
+from audit_consumer.settings import Settings
+from audit_consumer.verify import Report, VerifySettings, verify_once
+from audit_consumer.writer import BatchWriter
+from audit_events import AuditEvent, encode, row
+from audit_events.seals import SealKey
+from tests.conftest import BIN, EVENT_KEY, SEAL_KEY, SEAL_PUBLIC_KEY
+from tests.helpers import make_event, sign, signed_row, write
+
+NOW = timedelta(0)  # grace: every unsealed row is overdue
+
+
+@pytest.fixture
+async def sealed(db: Any, migrated: str) -> list[AuditEvent]:
+    """Three batches of five rows, written and sealed as the consumers do (three seals)."""
+    events = [make_event(resource_id=f"acc-{i}") for i in range(15)]
+    writer = await BatchWriter.connect(migrated)
+    sealer = Sealer(migrated, SealKey(SEAL_KEY), 1.0)
+    for part in range(3):
+        batch = events[part * 5 : part * 5 + 5]
+        await write(writer, [signed_row(e, i) for i, e in enumerate(batch, start=part * 5)])
+        assert await sealer.seal() is not None
+    await writer.close()
+    await sealer.close()
+    return events
+
+
+async def check(url: str, head: str | None = None, grace: timedelta = NOW, **env: str) -> Report:
+    keys = {"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "AUDIT_EVENT_KEYS": EVENT_KEY, **env}
+    settings = VerifySettings.model_validate({"DATABASE_URL": url, **keys})
+    return await verify_once(settings, None, head, grace)
+
+
+async def test_an_untouched_table_is_intact(sealed: list[AuditEvent], migrated: str) -> None:
+    report = await check(migrated)
+    assert report.findings == []
+    assert (report.seals, report.rows, report.unsigned, report.pending) == (3, 15, 0, 0)
+    assert report.head.startswith("3:")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "finding"),
+    [
+        ("UPDATE audit_events SET actor_id = 'mallory' WHERE resource_id = 'acc-7'", "altered"),
+        ("UPDATE audit_events SET metadata = '{}' WHERE resource_id = 'acc-7'", "altered"),
+        (
+            "UPDATE audit_events SET occurred_at = occurred_at - interval '1 day'"
+            " WHERE resource_id = 'acc-7'",
+            "altered",
+        ),
+        ("DELETE FROM audit_events WHERE resource_id = 'acc-7'", "deleted"),
+        ("UPDATE audit_events SET tx_id = '1' WHERE resource_id = 'acc-7'", "altered"),
+    ],
+)
+async def test_each_change_to_a_sealed_row_is_named(
+    sealed: list[AuditEvent], db: Any, migrated: str, tamper: str, finding: str
+) -> None:
+    await db.execute(tamper)  # as the owner: the append-only trigger lets the owner through
+    report = await check(migrated)
+    assert report.findings, "tampering went unnoticed"
+    assert (
+        report.findings[0]
+        == f"row {sealed[7].id}: {finding} (" + report.findings[0].split("(", 1)[1]
+    )
+    assert all(str(sealed[7].id) in line for line in report.findings)
+
+
+async def test_a_row_inserted_behind_the_pipeline_is_named(
+    sealed: list[AuditEvent], db: Any, migrated: str
+) -> None:
+    fake = make_event(actor_id="mallory")
+    await write(BatchWriter(db), [row(fake, 99, "00000000:forged")])  # with an entry, even
+    report = await check(migrated)
+    assert report.findings == [f"row {fake.id}: inserted (unsealed, stored 0s ago)"]
+    # Inside a sealed range instead (the owner sets tx_id): not in that seal.
+    await db.execute("UPDATE audit_events SET tx_id = '1' WHERE id = %s", (fake.id,))
+    report = await check(migrated)
+    assert report.findings == [f"row {fake.id}: inserted (in seal #1's range, not in it)"]
+
+
+async def test_a_forged_row_sealed_like_a_real_one_fails_authorship(
+    sealed: list[AuditEvent], migrated: str
+) -> None:
+    """Someone with the writer's password but not the producers' key can insert a row and a
+    matching entry, and a consumer will seal both; the event key check still finds it."""
+    fake = make_event(actor_id="mallory")
+    forged = sign(encode(make_event()))  # a real signature, of another event
+    await write(await BatchWriter.connect(migrated), [row(fake, 99, forged)])
+    await Sealer(migrated, SealKey(SEAL_KEY), 1.0).seal()
+    report = await check(migrated)
+    assert report.findings == [
+        f"row {fake.id}: inserted: no valid authorship (signature does not match)"
+    ]
+    assert (await check(migrated, AUDIT_EVENT_KEYS="")).findings == []  # the documented limit
+
+
+async def test_a_changed_seal_or_entry_is_named(
+    sealed: list[AuditEvent], db: Any, migrated: str
+) -> None:
+    await db.execute("UPDATE audit_seals SET row_count = 4 WHERE seq = 2")
+    assert (await check(migrated)).findings == ["seal #2: bad signature"]
+
+
+async def test_deleting_the_newest_seal_is_found_against_a_pinned_head(
+    sealed: list[AuditEvent], db: Any, migrated: str
+) -> None:
+    head = (await check(migrated)).head
+    await db.execute("DELETE FROM audit_seals WHERE seq = 3")
+    quiet = await check(migrated, grace=timedelta(hours=1))  # rows wait for a new seal
+    assert quiet.findings == []  # the chain alone still looks whole...
+    report = await check(migrated, head=head, grace=timedelta(hours=1))
+    assert report.findings == ["seal #3: pinned head is gone (seals were deleted)"]
+    later = await check(migrated)  # ...and its rows are overdue for a seal
+    assert len(later.findings) == 5
+    assert all("inserted (unsealed" in line for line in later.findings)
+
+
+async def test_a_rewritten_chain_is_found_against_a_pinned_head(
+    sealed: list[AuditEvent], db: Any, migrated: str
+) -> None:
+    """The owner deletes every seal and row 7, and re-seals with a key of their own that the
+    verifier is told about: only the pinned head shows history was rewritten."""
+    head = (await check(migrated)).head
+    await db.execute("DELETE FROM audit_events WHERE resource_id = 'acc-7'")
+    await db.execute("DELETE FROM audit_seals")
+    await db.execute("DELETE FROM audit_batches")
+    rows = await (await db.execute("SELECT id FROM audit_events")).fetchall()
+    assert len(rows) == 14
+    await db.execute("TRUNCATE audit_events")
+    own_key = SealKey(SEAL_KEY)  # the worst case: the attacker even holds the sealing key
+    writer = BatchWriter(db)
+    await write(writer, [signed_row(e, i) for i, e in enumerate(sealed) if i != 7])
+    for _ in range(3):
+        await Sealer(migrated, own_key, 1.0).seal()
+    assert (await check(migrated)).findings == []
+    report = await check(migrated, head=head)
+    assert report.findings == ["seal #3: pinned head is gone (seals were deleted)"] or (
+        report.findings == ["seal #3: pinned head differs (history rewritten)"]
+    ), report.findings
+
+
+async def test_recorded_at_and_tx_id_are_the_databases(db: Any, settings: Settings) -> None:
+    """The writer login may not backdate rows or choose their transaction."""
+    url = make_conninfo(settings.database_url, user="audit_consumer", password="pw-1")
+    await ensure_logins(Settings(DATABASE_URL=settings.database_url, AUDIT_WRITER_DATABASE_URL=url))
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for column, value in (("recorded_at", "2020-01-01"), ("tx_id", "1")):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await conn.execute(
+                    f"INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, action,"  # noqa: S608
+                    f" resource_type, resource_id, outcome, stream_seq, {column})"
+                    f" VALUES (%s, now(), 'user', 'a', 'x.y', 'r', '1', 'success', 1, %s)",
+                    (uuid.uuid4(), value),
+                )
+
+
+async def test_the_reader_login_verifies_and_can_change_nothing(
+    sealed: list[AuditEvent], settings: Settings, migrated: str
+) -> None:
+    url = make_conninfo(settings.database_url, user="audit_verify", password="pw-2")
+    await ensure_logins(Settings(DATABASE_URL=settings.database_url, AUDIT_READER_DATABASE_URL=url))
+    assert (await check(url)).findings == []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for statement in (
+            "INSERT INTO audit_seals SELECT * FROM audit_seals",
+            "INSERT INTO audit_batches (entries) VALUES ('')",
+            "DELETE FROM audit_events",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await conn.execute(statement)
+
+
+async def test_rows_stored_before_the_upgrade_are_sealed_as_unsigned(
+    db: Any, settings: Settings, migrated: str
+) -> None:
+    """Migration 0003 enters the rows it finds, so the first seal covers them too."""
+    config = alembic_config(settings)
+    command.downgrade(config, "0002")
+    try:
+        old = [make_event(resource_id=f"old-{i}", source_ip="::ffff:10.0.0.1") for i in range(3)]
+        async with await psycopg.AsyncConnection.connect(migrated, autocommit=True) as conn:
+            for i, e in enumerate(old):
+                await conn.execute(
+                    "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, action,"
+                    " resource_type, resource_id, outcome, source_ip, user_agent, metadata,"
+                    " stream_seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (e.id, e.occurred_at, e.actor_type, e.actor_id, e.action, e.resource_type,
+                     e.resource_id, e.outcome, e.source_ip, e.user_agent,
+                     psycopg.types.json.Jsonb(e.metadata), i),
+                )  # fmt: skip
+    finally:
+        await migrate(settings)
+    writer = await BatchWriter.connect(migrated)
+    await write(writer, [signed_row(make_event(), 10)])
+    await writer.close()
+    assert await Sealer(migrated, SealKey(SEAL_KEY), 1.0).seal() is not None
+    report = await check(migrated)
+    assert report.findings == []
+    assert (report.rows, report.unsigned) == (4, 3)
+
+
+def test_the_command_exits_0_intact_1_found_2_could_not_check(
+    sealed: list[AuditEvent], migrated: str
+) -> None:
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+        base.update(DATABASE_URL=migrated, AUDIT_SEAL_PUBLIC_KEYS=SEAL_PUBLIC_KEY)
+        return subprocess.run(
+            [str(BIN / "audit-verify")], env={**base, **env}, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("intact: 3 seals, 15 rows checked")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute("UPDATE audit_events SET outcome = 'failure' WHERE resource_id = 'acc-3'")
+    found = run()
+    assert found.returncode == 1
+    assert f"row {sealed[3].id}: altered" in found.stdout
+    assert found.stdout.splitlines()[-1].startswith("FOUND 1 problem(s)")
+    assert run(AUDIT_SEAL_PUBLIC_KEYS="").returncode == 2
+    unreachable = run(DATABASE_URL="postgresql://nobody@127.0.0.1:1/x")
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.startswith("could not check:")
