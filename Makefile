@@ -73,6 +73,12 @@ dev: sync ## Run PostgreSQL, NATS, setup, the API and two consumers locally; Ctr
 	umask 077 && cp .env.example .env.tmp && docker run --rm audit-api:dev audit-keygen >> .env.tmp && mv .env.tmp .env
 	@echo "wrote .env with fresh secrets (keep it; delete it to start over with new ones)"
 
+.PHONY: env-upgrade
+env-upgrade: .env ## Append to .env the secrets a newer version needs (keeps every existing one)
+	umask 077 && docker run -i --rm audit-api:dev audit-keygen --missing < .env > .env.add
+	@if [ -s .env.add ]; then cat .env.add >> .env; echo "added to .env: $$(cut -d= -f1 .env.add | tr '\n' ' ')"; fi
+	@rm -f .env.add
+
 .PHONY: docker-build
 docker-build: ## Build the audit-api and audit-consumer images (host network, classic builder or BuildKit)
 	docker build --network host --build-arg APP=api -t audit-api:dev .
@@ -85,7 +91,7 @@ TRACING_OFF := $(if $(and $(NO_JAEGER),$(filter undefined,$(origin OTEL_EXPORTER
 READYZ := import urllib.request as u; u.urlopen("http://127.0.0.1:8001/readyz", timeout=2)
 
 .PHONY: docker-up
-docker-up: docker-build .env ## Build, start, wait until the API and every consumer are ready, print what runs
+docker-up: docker-build env-upgrade ## Build, start, wait until the API and every consumer are ready, print what runs
 	$(TRACING_OFF) $(COMPOSE) up -d --no-build $(DOCKER_SERVICES)
 	@echo "waiting for the API and the consumers to be ready..."; \
 	for i in $$(seq 1 90); do \

@@ -37,7 +37,7 @@ from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
-from audit_consumer.verify import VerifySettings, verify_once
+from audit_consumer.verify import VerifySettings, verify
 from audit_devservers import Child, NatsServer, PostgresServer, free_port
 from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
@@ -361,16 +361,21 @@ class Bench:
                 "AUDIT_EVENT_KEYS": EVENT_KEY,
             }
         )
-        started = time.perf_counter()
-        report = await verify_once(settings, None, None, timedelta(hours=1))
-        verify_s = time.perf_counter() - started
-        assert report.findings == [], report.summary()
-        assert report.rows == self.n, report.summary()
+        speeds = {}
+        jobs = os.cpu_count() or 1
+        for name, keys, n in (("", EVENT_KEY, 1), ("_no_key", "", 1), ("_jobs", EVENT_KEY, jobs)):
+            settings = settings.model_copy(update={"event_keys": keys})
+            started = time.perf_counter()
+            report = await asyncio.to_thread(verify, settings, grace=timedelta(hours=1), jobs=n)
+            speeds[f"per_s{name}"] = self.n / (time.perf_counter() - started)
+            assert report.findings == [], report.summary()
+            assert report.rows == self.n, report.summary()
         self.record(
             "verify",
             rows=self.n,
             seals=report.seals,
-            per_s=self.n / verify_s,
+            jobs=jobs,
+            **speeds,
             copy_per_s=self.n / copy_s,
             copy_mb=size / 1e6,
         )
@@ -552,6 +557,7 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
     broker, nats_py = ceiling["per_s"], ceiling["nats_py_fetch_per_s"]
     c1, c2 = r["consumer_1p"]["per_s"], r["consumer_2p"]["per_s"]
     plain, verify = r["consumer_1p_without_integrity"]["per_s"], r["verify"]
+    copy = verify["copy_per_s"]
     base = r["per_message_baseline"]["per_s"]
     api, noop = r[f"api_publish_w{workers}"], r[f"api_noop_w{workers}"]
     e2e = r[f"end_to_end_w{workers}"]
@@ -582,10 +588,11 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"| consumer, 1 process, without authorship checks and sealing | {plain:,.0f} events/s "
         f"| with them: {c1 / plain:.2f} × | ≥ 0.85: {ok(c1 >= 0.85 * plain)} |",
         f"| consumer, 2 processes | {c2:,.0f} events/s | {c2 / c1:.2f} × 1 process | |",
-        f"| audit-verify, {verify['rows']:,} rows in {verify['seals']:,} seals (with event key) "
-        f"| {verify['per_s']:,.0f} rows/s | {verify['per_s'] / verify['copy_per_s']:.2f} × COPY "
-        f"TO STDOUT ({verify['copy_per_s']:,.0f} rows/s) "
-        f"| ≥ 0.25: {ok(verify['per_s'] >= 0.25 * verify['copy_per_s'])} |",
+        f"| audit-verify, {verify['rows']:,} rows in {verify['seals']:,} seals, with the event "
+        f"key, --jobs {verify['jobs']} | {verify['per_s_jobs']:,.0f} rows/s (1 job: "
+        f"{verify['per_s']:,.0f}; 1 job, seals only: {verify['per_s_no_key']:,.0f}) "
+        f"| {verify['per_s_jobs'] / copy:.2f} × COPY TO STDOUT ({copy:,.0f} rows/s) "
+        f"| ≥ 0.25: {ok(verify['per_s_jobs'] >= 0.25 * copy)} |",
         f"| CPU per stored event (2 processes) | consumer {cost['consumer']:.1f} µs, "
         f"PostgreSQL {cost['postgres']:.1f} µs, NATS {cost['nats']:.1f} µs "
         f"| {cores} cores allow ≤ {bound:,.0f} events/s; 2 processes reach {c2 / bound:.0%} | |",

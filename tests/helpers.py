@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from audit_api.auth import issue_token
-from audit_consumer.verify import Report, VerifySettings, verify_once
+from audit_consumer.verify import Report, VerifySettings, verify
 from audit_consumer.writer import BatchWriter, WriteResult
 from audit_devservers import Child, free_port
 from audit_devservers.servers import nats_server_binary
@@ -83,7 +83,7 @@ async def assert_intact(db_url: str, timeout: float = 60) -> Report:
     )
     deadline = time.monotonic() + timeout
     while True:
-        report = await verify_once(settings, None, None, timedelta(seconds=timeout))
+        report = await asyncio.to_thread(verify, settings, grace=timedelta(seconds=timeout))
         assert report.findings == [], report.findings
         if report.pending == 0:
             return report

@@ -18,10 +18,12 @@ Revises: 0002
 Create Date: 2026-11-28
 """
 
+from typing import Any
+
 from alembic import op
 from sqlalchemy import text
 
-from audit_events.model import EVENT_COLUMNS, canonical
+from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip
 from audit_events.seals import UNSIGNED, entry
 
 revision = "0003"
@@ -96,11 +98,21 @@ def _enter_existing_rows(chunk: int = 10_000) -> None:
     """Entries (flagged UNSIGNED) for the rows stored before this migration, in its own
     transaction: the same ``tx_id`` the new column just gave those rows."""
     conn = op.get_bind()
-    select = text(f"SELECT {', '.join(EVENT_COLUMNS)} FROM audit_events")  # noqa: S608
+    columns = ", ".join("host(source_ip)" if c == "source_ip" else c for c in EVENT_COLUMNS)
+    select = text(f"SELECT {columns} FROM audit_events")  # noqa: S608
     rows = conn.execute(select).yield_per(chunk)
     for part in rows.partitions():
-        blob = b"".join(entry(values[0], canonical(values), UNSIGNED) for values in part)
+        blob = b"".join(
+            entry(values[0], canonical(_model_form(values)), UNSIGNED) for values in part
+        )
         conn.execute(text("INSERT INTO audit_batches (entries) VALUES (:e)"), {"e": blob})
+
+
+def _model_form(values: Any) -> tuple[Any, ...]:
+    """The row's values as the model holds them (the address in canonical text)."""
+    ip = EVENT_COLUMNS.index("source_ip")
+    address = values[ip] and canonical_ip(values[ip])
+    return (*values[:ip], address, *values[ip + 1 :])
 
 
 def downgrade() -> None:

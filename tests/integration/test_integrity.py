@@ -2,6 +2,7 @@
 tampered with as the database owner (or the writer login), and ``audit-verify`` must name each
 change — and find nothing when nothing was changed."""
 
+import asyncio
 import os
 import subprocess
 import uuid
@@ -13,10 +14,11 @@ import pytest
 from alembic import command
 from psycopg.conninfo import make_conninfo
 
+from audit_consumer import verify as verify_module
 from audit_consumer.database import alembic_config, ensure_logins, migrate
 from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
-from audit_consumer.verify import Report, VerifySettings, verify_once
+from audit_consumer.verify import Report, VerifySettings, verify
 from audit_consumer.writer import BatchWriter
 from audit_events import AuditEvent, encode, row
 from audit_events.seals import SealKey
@@ -41,10 +43,12 @@ async def sealed(db: Any, migrated: str) -> list[AuditEvent]:
     return events
 
 
-async def check(url: str, head: str | None = None, grace: timedelta = NOW, **env: str) -> Report:
+async def check(
+    url: str, head: str | None = None, grace: timedelta = NOW, jobs: int = 1, **env: str
+) -> Report:
     keys = {"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "AUDIT_EVENT_KEYS": EVENT_KEY, **env}
     settings = VerifySettings.model_validate({"DATABASE_URL": url, **keys})
-    return await verify_once(settings, None, head, grace)
+    return await asyncio.to_thread(verify, settings, head=head, grace=grace, jobs=jobs)
 
 
 async def test_an_untouched_table_is_intact(sealed: list[AuditEvent], migrated: str) -> None:
@@ -239,3 +243,15 @@ def test_the_command_exits_0_intact_1_found_2_could_not_check(
     unreachable = run(DATABASE_URL="postgresql://nobody@127.0.0.1:1/x")
     assert unreachable.returncode == 2
     assert unreachable.stderr.startswith("could not check:")
+
+
+async def test_parallel_jobs_share_one_snapshot_and_find_the_same(
+    sealed: list[AuditEvent], db: Any, migrated: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify_module, "CHUNK_ROWS", 5)  # one group per seal: three workers
+    await db.execute("DELETE FROM audit_events WHERE resource_id IN ('acc-1', 'acc-13')")
+    report = await check(migrated, jobs=3)
+    assert sorted(report.findings) == sorted(
+        f"row {sealed[i].id}: deleted (sealed in seal #{i // 5 + 1})" for i in (1, 13)
+    )
+    assert report.rows == 13

@@ -6,7 +6,8 @@ It recomputes everything from the database with a read-only login and the seals'
 seal the rows of its transaction range against its entries. One line per finding, naming the
 row id or seal number:
 
-- ``altered``: a row's canonical bytes no longer hash to what was sealed;
+- ``altered``: a row's canonical bytes no longer hash to what was sealed (or it moved to
+  another seal's range);
 - ``deleted``: a sealed row is missing;
 - ``inserted``: a row in a sealed range that the seal does not list, a row older than
   ``--grace`` that no seal covers, or (with ``AUDIT_EVENT_KEYS``) a row without a valid
@@ -14,37 +15,43 @@ row id or seal number:
 - ``seal``: a missing seal, a broken link, a bad signature, or the pinned ``--head`` no longer
   on the chain (seals deleted or rewritten after you recorded it).
 
+Rows are checked by ``--jobs`` processes, each over its own connection but all in the one
+snapshot the chain was read in (``pg_export_snapshot``), so the result is one consistent view.
 Exit status: 0 intact, 1 something found, 2 could not check (no database, no key, bad option).
 """
 
 import argparse
-import asyncio
 import bisect
+import contextlib
+import gc
 import hashlib
 import logging
+import os
 import re
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 from uuid import UUID
 
 import orjson
 import psycopg
 from prometheus_client import Gauge, start_http_server
+from psycopg import sql
 from psycopg.types.json import set_json_loads
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events.authorship import EventKeys
-from audit_events.model import EVENT_COLUMNS, canonical
-from audit_events.seals import AUTHORED, GENESIS, UNSIGNED, Seal, SealKeys, entries
+from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip
+from audit_events.seals import AUTHORED, ENTRY_BYTES, GENESIS, UNSIGNED, Seal, SealKeys
 
 log = logging.getLogger("audit.verify")
 
-CHUNK_ROWS = 50_000  # seals are checked in groups of about this many rows (one query each)
+CHUNK_ROWS = 20_000  # rows are checked in groups of consecutive seals of about this many
 
 _SEALS = (
     "SELECT seq, from_tx::text::bigint, upto_tx::text::bigint, row_count, rows_digest,"
@@ -54,7 +61,9 @@ _ENTRIES = (
     "SELECT tx_id::text::bigint, entries FROM audit_batches"
     " WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8 ORDER BY tx_id, entries"
 )
-_COLUMNS = ", ".join("host(source_ip)" if c == "source_ip" else c for c in EVENT_COLUMNS)
+_COLUMNS = ", ".join(
+    {"id": "id::text", "source_ip": "host(source_ip)"}.get(c, c) for c in EVENT_COLUMNS
+)
 _ROWS = (
     f"SELECT tx_id::text::bigint, signature, recorded_at, {_COLUMNS} FROM audit_events"  # noqa: S608
     " WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
@@ -72,6 +81,13 @@ class VerifySettings(BaseSettings):
     seal_public_keys: str = Field("", alias="AUDIT_SEAL_PUBLIC_KEYS")
     event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
 
+    @property
+    def url(self) -> str:
+        url = self.reader_database_url or self.database_url
+        if not url:
+            raise ValueError("set AUDIT_READER_DATABASE_URL (the read-only login)")
+        return url
+
 
 @dataclass
 class Report:
@@ -84,9 +100,11 @@ class Report:
     pending: int = 0  # rows younger than the grace period, not sealed yet
     head: str = ""
 
-    def found(self, line: str) -> None:
-        self.findings.append(line)
-        print(line, flush=True)
+    def add(self, other: "Report") -> None:
+        self.findings += other.findings
+        self.rows += other.rows
+        self.unsigned += other.unsigned
+        self.pending += other.pending
 
     def summary(self) -> str:
         verdict = f"FOUND {len(self.findings)} problem(s)" if self.findings else "intact"
@@ -97,119 +115,185 @@ class Report:
         )
 
 
-class Verifier:
-    """One verification over one connection."""
+def connect(url: str, snapshot: str | None = None) -> psycopg.Connection[Any]:
+    """A read-only REPEATABLE READ transaction in UTC (in ``snapshot`` when given)."""
+    conn = psycopg.connect(url, connect_timeout=10)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    set_json_loads(orjson.loads, conn)
+    if snapshot:  # the first statement of the transaction, as PostgreSQL requires
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    conn.execute("SET TimeZone TO 'UTC'")  # the transaction stays open until the connection closes
+    return conn
 
-    def __init__(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        seal_keys: SealKeys,
-        event_keys: EventKeys | None,
-        grace: timedelta = timedelta(minutes=1),
-    ) -> None:
-        self.conn, self.seal_keys, self.event_keys, self.grace = conn, seal_keys, event_keys, grace
-        self.report = Report()
-        self.bad_seals: set[int] = set()  # their rows are still checked, their counts not
 
-    async def run(self, since: datetime | None = None, head: str | None = None) -> Report:
-        await self.conn.execute("SET TimeZone TO 'UTC'")
-        seals = await self._chain(head)
-        recent = [s for s in seals if since is None or s.sealed_at >= since]
-        for group in _groups(recent):
-            await self._check_rows(group)
-        await self._check_unsealed(seals[-1].upto_tx if seals else 0)
-        return self.report
+def verify(
+    settings: VerifySettings,
+    since: datetime | None = None,
+    head: str | None = None,
+    grace: timedelta = timedelta(minutes=1),
+    jobs: int = 1,
+) -> Report:
+    """The whole check; raises on anything that stops it (no database, bad key text)."""
+    seal_keys = SealKeys.parse(settings.seal_public_keys)
+    event_keys = EventKeys.parse(settings.event_keys) if settings.event_keys else None
+    with connect(settings.url) as conn:
+        snapshot = str(_one(conn, "SELECT pg_export_snapshot()"))
+        report, seals, bad = _chain(conn, seal_keys, head)
+        groups = list(_groups([s for s in seals if since is None or s.sealed_at >= since]))
+        checker = RowChecker(event_keys, bad)
+        if jobs > 1 and len(groups) > 1:
+            with ProcessPoolExecutor(min(jobs, len(groups))) as pool:
+                tasks = [(settings.url, snapshot, g, checker) for g in groups]
+                for part in pool.map(_check_group, tasks):
+                    report.add(part)
+        else:
+            with _no_gc():
+                for group in groups:
+                    report.add(checker.check(conn, group))
+        report.add(checker.unsealed(conn, seals[-1].upto_tx if seals else 0, grace))
+    return report
 
-    async def _chain(self, head: str | None) -> list[Seal]:
-        """Every seal: numbered 1, 2, …, each linking the previous one's hash and range,
-        signed by a known key."""
-        rows = await (await self.conn.execute(_SEALS)).fetchall()
-        seals = [Seal(*row[:9]) for row in rows]
-        prev_hash: bytes | None = GENESIS  # None after a bad seal: its successor's link is moot
-        prev_upto, hashes = 0, {}
-        for number, (seal, row) in enumerate(zip(seals, rows, strict=True), start=1):
-            if seal.seq != number:
-                self.report.found(f"seal #{number}: missing (the chain jumps to #{seal.seq})")
-            if prev_hash is not None and bytes(seal.prev_hash) != prev_hash:
-                self.report.found(f"seal #{seal.seq}: broken chain (previous hash differs)")
-            if seal.from_tx != prev_upto:
-                self.report.found(f"seal #{seal.seq}: its range does not follow the previous")
-            prev_hash, prev_upto = seal.hash, seal.upto_tx
-            if why := self.seal_keys.check(seal):
-                self.report.found(f"seal #{seal.seq}: {why}")
-                self.bad_seals.add(seal.seq)
-                prev_hash = None
-            elif bytes(row[9]) != seal.hash:
-                self.report.found(f"seal #{seal.seq}: its stored hash was changed")
-            hashes[seal.seq] = seal.hash
-        self.report.seals = len(seals)
-        self.report.head = seals[-1].head if seals else ""
-        if head:
-            seq_text, _, hash_hex = head.partition(":")
-            pinned = hashes.get(int(seq_text))
-            if pinned is None:
-                self.report.found(f"seal #{seq_text}: pinned head is gone (seals were deleted)")
-            elif pinned.hex() != hash_hex.lower():
-                self.report.found(f"seal #{seq_text}: pinned head differs (history rewritten)")
-        return seals
 
-    async def _check_rows(self, group: list[Seal]) -> None:
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Tens of thousands of fetched rows would trigger the cyclic garbage collector again and
+    again (it walks every tracked object each time); rows hold no cycles, so pause it."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _one(conn: psycopg.Connection[Any], query: LiteralString) -> Any:
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _chain(
+    conn: psycopg.Connection[Any], seal_keys: SealKeys, head: str | None
+) -> tuple[Report, list[Seal], set[int]]:
+    """Every seal: numbered 1, 2, …, each linking the previous one's hash and range, signed by
+    a known key; the pinned head still on the chain."""
+    report, bad = Report(), set()
+    rows = conn.execute(_SEALS).fetchall()
+    seals = [Seal(*row[:9]) for row in rows]
+    prev_hash: bytes | None = GENESIS  # None after a bad seal: its successor's link is moot
+    prev_upto, hashes = 0, {}
+    for number, (seal, row) in enumerate(zip(seals, rows, strict=True), start=1):
+        if seal.seq != number:
+            report.findings.append(f"seal #{number}: missing (the chain jumps to #{seal.seq})")
+        if prev_hash is not None and bytes(seal.prev_hash) != prev_hash:
+            report.findings.append(f"seal #{seal.seq}: broken chain (previous hash differs)")
+        if seal.from_tx != prev_upto:
+            report.findings.append(f"seal #{seal.seq}: its range does not follow the previous")
+        prev_hash, prev_upto = seal.hash, seal.upto_tx
+        if why := seal_keys.check(seal):
+            report.findings.append(f"seal #{seal.seq}: {why}")
+            bad.add(seal.seq)
+            prev_hash = None
+        elif bytes(row[9]) != seal.hash:
+            report.findings.append(f"seal #{seal.seq}: its stored hash was changed")
+        hashes[seal.seq] = seal.hash
+    report.seals = len(seals)
+    report.head = seals[-1].head if seals else ""
+    if head:
+        seq_text, _, hash_hex = head.partition(":")
+        pinned = hashes.get(int(seq_text))
+        if pinned is None:
+            report.findings.append(f"seal #{seq_text}: pinned head is gone (seals were deleted)")
+        elif pinned.hex() != hash_hex.lower():
+            report.findings.append(f"seal #{seq_text}: pinned head differs (history rewritten)")
+    return report, seals, bad
+
+
+@dataclass(frozen=True)
+class RowChecker:
+    """Checks rows against seal entries (picklable: it runs in worker processes too)."""
+
+    event_keys: EventKeys | None
+    bad_seals: set[int]
+
+    def check(self, conn: psycopg.Connection[Any], group: list[Seal]) -> Report:
         """The rows of consecutive seals against their entries (one query each for all)."""
+        report = Report()
         start, end = group[0].from_tx, group[-1].upto_tx
         ends = [seal.upto_tx for seal in group]
-        expected: dict[bytes, tuple[int, bytes, int]] = {}  # id -> (flag, digest, seal)
+        expected: dict[str, tuple[int, bytes, int]] = {}  # id hex -> (flag, digest, seal)
         digests = [hashlib.sha256() for _ in group]
         counts = [0] * len(group)
-        async for tx_id, blob in await self.conn.execute(_ENTRIES, (start, end)):
+        for tx_id, blob in conn.execute(_ENTRIES, (start, end)).fetchall():
             at = bisect.bisect_right(ends, tx_id)
             digests[at].update(blob)
-            for flag, event_id, row_digest in entries(blob):
-                expected[event_id.bytes] = (flag, row_digest, group[at].seq)
+            seq = group[at].seq
+            for i in range(0, len(blob) - ENTRY_BYTES + 1, ENTRY_BYTES):
+                expected[blob[i + 1 : i + 17].hex()] = (blob[i], blob[i + 17 : i + 49], seq)
                 counts[at] += 1
-        for seal, digest, count in zip(group, digests, counts, strict=True):
-            if seal.seq in self.bad_seals:
+        for link, hashed, count in zip(group, digests, counts, strict=True):
+            if link.seq in self.bad_seals:
                 continue
-            if digest.digest() != bytes(seal.rows_digest) or count != seal.row_count:
-                self.report.found(f"seal #{seal.seq}: its batch entries were changed")
-        async for row in await self.conn.execute(_ROWS, (start, end)):
-            self._check_row(row, expected, group[bisect.bisect_right(ends, row[0])].seq)
-        for raw, (_, _, seq) in expected.items():
-            self.report.found(f"row {UUID(bytes=raw)}: deleted (sealed in seal #{seq})")
+            if hashed.digest() != bytes(link.rows_digest) or count != link.row_count:
+                report.findings.append(f"seal #{link.seq}: its batch entries were changed")
+        found, keys, sha256 = report.findings.append, self.event_keys, hashlib.sha256
+        rows = conn.execute(_ROWS, (start, end)).fetchall()
+        report.rows = len(rows)
+        for row in rows:
+            values = _event_values(row)
+            event_id = values[0]
+            seq = group[bisect.bisect_right(ends, row[0])].seq
+            sealed = expected.pop(event_id.replace("-", ""), None)
+            if sealed is None:
+                found(f"row {event_id}: inserted (in seal #{seq}'s range, not in it)")
+                continue
+            flag, digest, sealed_in = sealed
+            data = canonical(values)
+            if sha256(data).digest() != digest:
+                found(f"row {event_id}: altered (differs from seal #{sealed_in})")
+            elif sealed_in != seq:
+                found(f"row {event_id}: altered (moved from seal #{sealed_in} to #{seq})")
+            elif flag == UNSIGNED:
+                report.unsigned += 1
+            elif flag == AUTHORED and keys and (why := keys.check(data, row[1])):
+                found(f"row {event_id}: inserted: no valid authorship ({why})")
+        for hex_id, (_, _, seq) in expected.items():
+            found(f"row {UUID(hex_id)}: deleted (sealed in seal #{seq})")
+        return report
 
-    def _check_row(
-        self, row: tuple[Any, ...], expected: dict[bytes, tuple[int, bytes, int]], seal: int
-    ) -> None:
-        values = row[3:]
-        event_id = values[0]
-        self.report.rows += 1
-        sealed = expected.pop(event_id.bytes, None)
-        if sealed is None:
-            self.report.found(f"row {event_id}: inserted (in seal #{seal}'s range, not in it)")
-            return
-        flag, digest, sealed_in = sealed
-        data = canonical(values)
-        if hashlib.sha256(data).digest() != digest:
-            self.report.found(f"row {event_id}: altered (differs from seal #{sealed_in})")
-        elif sealed_in != seal:
-            self.report.found(f"row {event_id}: altered (moved from seal #{sealed_in} to #{seal})")
-        elif flag == UNSIGNED:
-            self.report.unsigned += 1
-        elif flag == AUTHORED and self.event_keys and (why := self.event_keys.check(data, row[1])):
-            self.report.found(f"row {event_id}: inserted: no valid authorship ({why})")
-
-    async def _check_unsealed(self, start: int) -> None:
+    def unsealed(self, conn: psycopg.Connection[Any], start: int, grace: timedelta) -> Report:
         """Rows no seal covers yet: fine while young, inserted behind our back when old."""
-        cutoff = datetime.now(UTC) - self.grace
-        async for row in await self.conn.execute(_ROWS, (start, _NO_END)):
+        report = Report()
+        now = datetime.now(UTC)
+        for row in conn.execute(_ROWS, (start, _NO_END)).fetchall():
             event_id, recorded_at = row[3], row[2]
-            self.report.rows += 1
-            if recorded_at < cutoff:
-                age = int((datetime.now(UTC) - recorded_at).total_seconds())
-                self.report.found(f"row {event_id}: inserted (unsealed, stored {age}s ago)")
+            report.rows += 1
+            if recorded_at < now - grace:
+                age = int((now - recorded_at).total_seconds())
+                report.findings.append(f"row {event_id}: inserted (unsealed, stored {age}s ago)")
                 continue
-            self.report.pending += 1
-            if self.event_keys and (why := self.event_keys.check(canonical(row[3:]), row[1])):
-                self.report.found(f"row {event_id}: inserted: no valid authorship ({why})")
+            report.pending += 1
+            keys = self.event_keys
+            if keys and (why := keys.check(canonical(_event_values(row)), row[1])):
+                report.findings.append(f"row {event_id}: inserted: no valid authorship ({why})")
+        return report
+
+
+_IP = 3 + EVENT_COLUMNS.index("source_ip")
+
+
+def _event_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A fetched row's :data:`EVENT_COLUMNS` values as the model holds them."""
+    if row[_IP] is None:
+        return row[3:]
+    return (*row[3:_IP], canonical_ip(row[_IP]), *row[_IP + 1 :])
+
+
+def _check_group(task: tuple[str, str, list[Seal], RowChecker]) -> Report:
+    """In a worker process: one group, in the main check's snapshot."""
+    url, snapshot, group, checker = task
+    with connect(url, snapshot) as conn, _no_gc():
+        return checker.check(conn, group)
 
 
 def _groups(seals: list[Seal]) -> Iterator[list[Seal]]:
@@ -248,25 +332,6 @@ def head_arg(text: str) -> str:
     return text
 
 
-async def verify_once(
-    settings: VerifySettings,
-    since: datetime | None,
-    head: str | None,
-    grace: timedelta,
-) -> Report:
-    """Connect with the read-only login and check; raises on anything that stops the check."""
-    seal_keys = SealKeys.parse(settings.seal_public_keys)
-    event_keys = EventKeys.parse(settings.event_keys) if settings.event_keys else None
-    url = settings.reader_database_url or settings.database_url
-    if not url:
-        raise ValueError("set AUDIT_READER_DATABASE_URL (the read-only login)")
-    async with await psycopg.AsyncConnection.connect(url, connect_timeout=10) as conn:
-        await conn.set_read_only(True)
-        set_json_loads(orjson.loads, conn)
-        async with conn.transaction():  # one snapshot for the whole check
-            return await Verifier(conn, seal_keys, event_keys, grace).run(since, head)
-
-
 VERIFY_OK = Gauge("audit_verify_ok", "1 if the last verification found the log intact")
 VERIFY_FINDINGS = Gauge("audit_verify_findings", "Problems the last verification found")
 VERIFY_UNSIGNED = Gauge("audit_verify_unsigned_rows", "Sealed rows without authorship")
@@ -280,38 +345,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--grace", type=float, default=60.0, help="seconds a row may wait for its seal"
     )
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--every", type=float, help="keep running: check every N seconds")
     parser.add_argument("--metrics-port", type=int, default=9102, help="with --every")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = VerifySettings()
-    grace = timedelta(seconds=args.grace)
+    options = {"since": args.since, "grace": timedelta(seconds=args.grace), "jobs": args.jobs}
     if args.every is None:
-        sys.exit(_check(settings, args.since, args.head, grace))
+        sys.exit(_check(settings, args.head, **options)[0])
     start_http_server(args.metrics_port)
     head = args.head
     while True:  # each run pins the head the previous one saw
-        _check(settings, args.since, head, grace)
-        head = _LAST_HEAD[0] or head
+        head = _check(settings, head, **options)[1] or head
         time.sleep(args.every)
 
 
-_LAST_HEAD = [""]
-
-
-def _check(
-    settings: VerifySettings, since: datetime | None, head: str | None, grace: timedelta
-) -> int:
+def _check(settings: VerifySettings, head: str | None, **options: Any) -> tuple[int, str]:
+    """One run, printed and exported: (exit status, the head it saw)."""
     try:
-        report = asyncio.run(verify_once(settings, since, head, grace))
+        report = verify(settings, head=head, **options)
     except (psycopg.Error, OSError, ValueError) as exc:
         print(f"could not check: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         VERIFY_OK.set(0)
-        return 2
+        return 2, ""
+    for line in report.findings:
+        print(line)
     print(report.summary(), flush=True)
     VERIFY_OK.set(0 if report.findings else 1)
     VERIFY_FINDINGS.set(len(report.findings))
     VERIFY_UNSIGNED.set(report.unsigned)
     VERIFY_LAST.set_to_current_time()
-    _LAST_HEAD[0] = report.head
-    return 1 if report.findings else 0
+    return (1 if report.findings else 0), report.head

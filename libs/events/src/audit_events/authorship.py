@@ -27,16 +27,41 @@ def key_id(secret: str) -> str:
     return hashlib.sha256(b"audit-event-key:" + secret.encode()).hexdigest()[:8]
 
 
+class _Hmac:
+    """HMAC-SHA256 (RFC 2104) with the key's inner and outer pads hashed once: each message
+    then costs two hash copies and updates (~0.7 µs for an event) instead of ``hmac.digest``'s
+    full key setup (~1.5 µs). The result is the standard HMAC, byte for byte."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        if len(key) > 64:  # the SHA-256 block size
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def __reduce__(self) -> tuple[type["_Hmac"], tuple[bytes]]:
+        return _Hmac, (self.key,)  # hash states do not pickle; audit-verify's workers rebuild
+
+    def digest(self, data: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class EventKeys:
     """The HMAC keys a process holds: the first signs, every one checks."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._keys = {key_id(s): s.encode() for s in secrets if s}
-        if any(len(key) < MIN_KEY_BYTES for key in self._keys.values()):
+        keys = {key_id(s): s.encode() for s in secrets if s}
+        if any(len(key) < MIN_KEY_BYTES for key in keys.values()):
             raise ValueError(f"an event key must have {MIN_KEY_BYTES}+ bytes (audit-keygen)")
-        if not self._keys:
+        if not keys:
             raise ValueError("no event key: set AUDIT_EVENT_KEYS (audit-keygen prints one)")
-        self.signing_id = next(iter(self._keys))
+        self._keys = {kid: _Hmac(key) for kid, key in keys.items()}
+        self.signing_id = next(iter(keys))
 
     @classmethod
     def parse(cls, text: str) -> "EventKeys":
@@ -49,7 +74,7 @@ class EventKeys:
 
     def sign(self, data: bytes) -> str:
         """The ``Audit-Signature`` value for ``data``, with the signing key."""
-        tag = hmac.digest(self._keys[self.signing_id], data, "sha256")
+        tag = self._keys[self.signing_id].digest(data)
         return f"{self.signing_id}:{base64.b64encode(tag).decode()}"
 
     def check(self, data: bytes, signature: str | None) -> str | None:
@@ -61,5 +86,5 @@ class EventKeys:
         key = self._keys.get(kid)
         if key is None:
             return f"unknown key {kid[:16]!r}"
-        expected = base64.b64encode(hmac.digest(key, data, "sha256")).decode()
+        expected = base64.b64encode(key.digest(data)).decode()
         return None if hmac.compare_digest(expected, tag) else "signature does not match"

@@ -2,21 +2,34 @@
 shell can ``eval`` or a ``.env`` file can hold. Nothing the project ships has a default secret:
 ``make docker-up`` writes these into ``.env`` once (and keeps them), ``make dev`` into
 ``.dev/secrets.env``, the Helm chart generates its own the same way.
+
+Which process gets which (README, "Integrity"): ``AUDIT_EVENT_KEYS`` the API (it signs) and the
+consumers (they check), optionally ``audit-verify``; ``AUDIT_SEAL_KEY`` the consumers only;
+``AUDIT_SEAL_PUBLIC_KEYS`` (printed with it, not a secret) ``audit-verify``, and a copy kept
+wherever you keep things that must outlive the database.
 """
 
 import argparse
+import re
 import secrets
 import string
+import sys
 
 from audit_events.broker import PASSWORD_VARS, authorization
 from audit_events.naming import StreamNames
+from audit_events.seals import SealKey, generate_seal_key
 
 SECRETS = (
     "AUDIT_JWT_SECRET",  # signs API tokens (HS256): 48 random bytes
     *PASSWORD_VARS.values(),  # one NATS password per identity
     "POSTGRES_PASSWORD",  # the database owner (migrations, setup only)
     "AUDIT_WRITER_PASSWORD",  # the consumers' audit_consumer login
+    "AUDIT_READER_PASSWORD",  # audit-verify's read-only login
+    "AUDIT_EVENT_KEYS",  # producers sign events with it (HMAC), consumers check
+    "AUDIT_SEAL_KEY",  # consumers sign seals with it (Ed25519 private key)
 )
+PUBLIC = {"AUDIT_SEAL_KEY": "AUDIT_SEAL_PUBLIC_KEYS"}
+"""Printed beside the secret they derive from: what ``audit-verify`` checks seals with."""
 
 
 def secret(nbytes: int) -> str:
@@ -27,13 +40,36 @@ def secret(nbytes: int) -> str:
 
 
 def generate(names: tuple[str, ...] = SECRETS) -> dict[str, str]:
-    """A new random value for each name."""
-    return {name: secret(48 if name == "AUDIT_JWT_SECRET" else 24) for name in names}
+    """A new random value for each name (and the public key of a new sealing key)."""
+    out: dict[str, str] = {}
+    for name in names:
+        if name == "AUDIT_SEAL_KEY":
+            out[name] = generate_seal_key()
+            out[PUBLIC[name]] = SealKey(out[name]).public_text()
+        else:
+            out[name] = secret(48 if name == "AUDIT_JWT_SECRET" else 32)
+    return out
+
+
+def missing(existing: str) -> dict[str, str]:
+    """What an existing ``.env`` lacks (a deployment made before a secret existed): new values
+    for absent secrets, and a public key derived from a sealing key it already has."""
+    present = dict(re.findall(r"^([A-Z_]+)=(.*)$", existing, re.MULTILINE))
+    out = generate(tuple(n for n in SECRETS if not present.get(n)))
+    for private, public in PUBLIC.items():
+        if present.get(private) and not present.get(public):
+            out[public] = SealKey(present[private]).public_text()
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="audit-keygen", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=SECRETS, help="just these (default: all)")
+    parser.add_argument(
+        "--missing",
+        action="store_true",
+        help="read an existing env file on stdin, print only what it lacks (upgrades)",
+    )
     parser.add_argument(
         "--nats-authorization",
         action="store_true",
@@ -45,5 +81,6 @@ def main() -> None:
         refs = {identity: f"${var}" for identity, var in PASSWORD_VARS.items()}
         print(authorization(refs, StreamNames()), end="")
         return
-    for name, value in generate(tuple(args.only or SECRETS)).items():
+    values = missing(sys.stdin.read()) if args.missing else generate(tuple(args.only or SECRETS))
+    for name, value in values.items():
         print(f"{name}={value}")

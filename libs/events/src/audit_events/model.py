@@ -12,7 +12,6 @@ PostgreSQL unchanged (microsecond UTC times, canonical addresses, and metadata n
 ``jsonb`` keeps exactly — see :func:`_storable`).
 """
 
-import math
 import operator
 import socket
 from collections.abc import Sequence
@@ -68,26 +67,28 @@ IpAddress = Annotated[str, Field(max_length=64), AfterValidator(canonical_ip)]
 """An IPv4 or IPv6 address in its canonical text form (stored as PostgreSQL inet)."""
 
 
-def _storable(value: JsonValue) -> JsonValue:
-    """``value`` if PostgreSQL's ``jsonb`` gives it back unchanged, else ValueError: jsonb keeps
-    numbers as decimals, so ``1e16`` would come back as the integer ``10000000000000000``
-    and ``-0.0`` as ``0.0``; integers beyond 64 bits have no canonical encoding here."""
+def _storable(value: JsonValue) -> None:
+    """ValueError unless PostgreSQL's ``jsonb`` gives ``value`` back exactly: jsonb keeps
+    numbers as decimals, so ``1e16`` would come back as the integer ``10000000000000000`` and
+    ``-0.0`` as ``0.0``; integers beyond 64 bits have no canonical encoding here."""
     if isinstance(value, dict):
         for item in value.values():
             _storable(item)
     elif isinstance(value, list):
         for item in value:
             _storable(item)
-    elif isinstance(value, float) and (
-        abs(value) >= 1e16 or (value == 0 and math.copysign(1, value) < 0)
-    ):
-        raise ValueError(f"number {value!r} would not be stored exactly (floats must be < 1e16)")
+    elif isinstance(value, float) and (abs(value) >= 1e16 or str(value) == "-0.0"):
+        raise ValueError(f"{value!r} would not be stored exactly (floats must be < 1e16)")
     elif isinstance(value, int) and not -(2**63) <= value < 2**64:
         raise ValueError("integers must fit in 64 bits")
+
+
+def _stored_exactly(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    _storable(value)  # ~0.4 µs for the API's metadata
     return value
 
 
-Metadata = Annotated[dict[str, JsonValue], AfterValidator(_storable)]
+Metadata = Annotated[dict[str, JsonValue], AfterValidator(_stored_exactly)]
 
 
 class InvalidEvent(ValueError):
@@ -183,16 +184,15 @@ def utc_text(moment: datetime) -> str:
 def canonical(values: Sequence[Any]) -> bytes:
     """The canonical bytes of an event given as :data:`EVENT_COLUMNS` values (from a model or
     from a stored row): compact JSON, keys sorted at every level, every key present (``null``
-    when absent), ``occurred_at`` in UTC (``…Z``, microseconds unless zero), the address in
-    canonical form, the current ``schema_version``. Signatures and seals are over exactly
+    when absent), ``occurred_at`` in UTC (``…Z``, microseconds unless zero), the current
+    ``schema_version``. ``source_ip`` must already be :func:`canonical_ip`'s text (the model's
+    is; a row's is after passing it through that). Signatures and seals are over exactly
     these bytes."""
     out = dict(zip(EVENT_COLUMNS, values, strict=False))  # a row's extra columns fall off
     out["schema_version"] = SCHEMA_VERSION
     moment: datetime = out["occurred_at"]
     if moment.utcoffset():
         out["occurred_at"] = moment.astimezone(UTC)
-    if out["source_ip"] is not None:
-        out["source_ip"] = canonical_ip(str(out["source_ip"]))
     return orjson.dumps(out, option=_CANONICAL)
 
 
