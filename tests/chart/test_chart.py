@@ -6,6 +6,7 @@ import json
 import math
 import re
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import kubernetes_validate
 import pytest
 
 from audit_events import StreamNames
+from audit_events.authorship import EventKeys
 from audit_events.broker import PASSWORD_VARS, permissions
+from audit_events.seals import GENESIS, Seal, SealKey, SealKeys
 from tests.chart.conftest import CHART, SHARED, VALUES, Render, find
 from tests.helpers import assert_admits_only_the_identities
 
@@ -25,10 +28,12 @@ OPERATOR = (
     "--api-versions",
     "monitoring.coreos.com/v1/ServiceMonitor",
 )
-WORKLOADS = {"Deployment", "StatefulSet", "Job", "Pod"}
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "Pod", "CronJob"}
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "CronJob":
+        return pod_spec({"kind": "Job", "spec": obj["spec"]["jobTemplate"]["spec"]})
     spec: dict[str, Any] = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
     return spec
 
@@ -226,20 +231,34 @@ def test_each_workload_gets_only_the_credentials_its_job_needs(render: Render, v
         "secrets.writerDatabaseUrl=postgresql://w:p@db/audit",
         "--set",
         "secrets.databaseUrl=postgresql://o:p@db/audit",
+        "--set",
+        "secrets.readerDatabaseUrl=postgresql://r:p@db/audit",
     )
     api = find(objects, "Deployment", "-api")
     consumer = find(objects, "Deployment", "-consumer")
     setup = find(objects, "Job", "-setup")
+    verify = find(objects, "CronJob", "-verify")
     # No database credentials for the API; its writer login only for the consumer; each its own
-    # broker identity.
-    assert secret_keys(api) == {"AUDIT_JWT_SECRET", "AUDIT_NATS_API_PASSWORD"}
-    assert secret_keys(consumer) == {"AUDIT_WRITER_DATABASE_URL", "AUDIT_NATS_CONSUMER_PASSWORD"}
+    # broker identity; the sealing key for the consumers alone, its public half for the verifier.
+    assert secret_keys(api) == {"AUDIT_JWT_SECRET", "AUDIT_EVENT_KEYS", "AUDIT_NATS_API_PASSWORD"}
+    assert secret_keys(consumer) == {
+        "AUDIT_WRITER_DATABASE_URL",
+        "AUDIT_EVENT_KEYS",
+        "AUDIT_SEAL_KEY",
+        "AUDIT_NATS_CONSUMER_PASSWORD",
+    }
     assert secret_keys(setup) == {
         "DATABASE_URL",
         "AUDIT_WRITER_DATABASE_URL",
+        "AUDIT_READER_DATABASE_URL",
         "AUDIT_NATS_SETUP_PASSWORD",
     }
-    for obj in (api, consumer):
+    assert secret_keys(verify) == {
+        "AUDIT_READER_DATABASE_URL",
+        "AUDIT_SEAL_PUBLIC_KEYS",
+        "AUDIT_EVENT_KEYS",
+    }
+    for obj in (api, consumer, verify):
         assert "DATABASE_URL" not in env_of(obj, "")  # nor in any other form
     for secret in (o for o in objects if o["kind"] == "Secret"):
         if "helm.sh/hook" not in secret["metadata"].get("annotations", {}):
@@ -390,8 +409,10 @@ def test_no_default_secret_every_one_generated_and_shared_where_needed(render: R
 
     one, two = secrets(first), secrets(second)
     assert set(one) >= {"AUDIT_JWT_SECRET", "POSTGRES_PASSWORD", "AUDIT_WRITER_PASSWORD",
-                        *PASSWORD_VARS.values()}  # fmt: skip
-    for key in ("AUDIT_JWT_SECRET", "POSTGRES_PASSWORD", *PASSWORD_VARS.values()):
+                        "AUDIT_READER_PASSWORD", "AUDIT_EVENT_KEYS", "AUDIT_SEAL_KEY",
+                        "AUDIT_SEAL_PUBLIC_KEYS", *PASSWORD_VARS.values()}  # fmt: skip
+    for key in ("AUDIT_JWT_SECRET", "POSTGRES_PASSWORD", "AUDIT_EVENT_KEYS",
+                *PASSWORD_VARS.values()):  # fmt: skip
         assert len(one[key]) >= 32, key
         assert one[key][0].isalpha(), key  # nats-server would parse a leading digit as a number
         assert one[key] != two[key], f"{key} is not random"  # (upgrades reuse the stored one)
@@ -437,3 +458,35 @@ def test_production_values_use_tls_to_nats(render: Render) -> None:
         assert env_of(obj, "")["AUDIT_NATS_TLS_CA"] == "/etc/audit/nats-tls/ca.crt"
         volumes = {v["name"]: v for v in pod_spec(obj)["volumes"]}
         assert volumes["nats-tls"]["secret"]["secretName"] == "audit-nats-tls"
+
+
+def test_generated_integrity_keys_work_together_and_sealing_stays_with_the_consumers(
+    render: Render,
+) -> None:
+    """Helm generates an Ed25519 key and a certificate of its public half (the one form a
+    template can derive): what a consumer seals, audit-verify checks."""
+    objects = render("kind")
+    data = {
+        k: base64.b64decode(v).decode()
+        for k, v in find(objects, "Secret", "-secrets")["data"].items()
+    }
+    seal = SealKey(data["AUDIT_SEAL_KEY"])
+    signed = seal.sign(Seal(1, 0, 5, 3, bytes(32), GENESIS, datetime.now(UTC), seal.id))
+    assert SealKeys.parse(data["AUDIT_SEAL_PUBLIC_KEYS"]).check(signed) is None
+    assert EventKeys.parse(data["AUDIT_EVENT_KEYS"]).sign(b"x")  # 32+ bytes, usable
+    assert data["AUDIT_SEAL_KEY"].startswith("-----BEGIN PRIVATE KEY-----")
+    verify = find(objects, "CronJob", "-verify")
+    assert verify["spec"]["concurrencyPolicy"] == "Forbid"
+    assert verify["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+    assert pod_spec(verify)["containers"][0]["command"] == ["audit-verify"]
+
+
+def test_a_given_sealing_key_needs_its_public_key(helm: str) -> None:
+    done = subprocess.run(
+        [helm, "template", "x", str(CHART), "--set", "secrets.sealKey=abc"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "secrets.sealPublicKeys is required with secrets.sealKey" in done.stderr

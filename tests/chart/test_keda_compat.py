@@ -16,10 +16,9 @@ from nats.aio.client import Client as NATS
 
 from audit_consumer.settings import Settings
 from audit_devservers import NatsServer
-from audit_events import encode
 from tests.chart.conftest import Render, find
 from tests.conftest import service_env, wait_for
-from tests.helpers import make_event
+from tests.helpers import make_event, published
 from tests.processes import consumer
 
 
@@ -56,7 +55,7 @@ async def test_lag_as_keda_sees_it_drives_the_replica_count_and_drains(
     js = nc.jetstream()
     events = [make_event(resource_id=f"k-{i}") for i in range(n)]
     await asyncio.gather(
-        *(js.publish(streams.names.event_subject("account.update"), encode(e)) for e in events)
+        *(js.publish(streams.names.event_subject("account.update"), **published(e)) for e in events)
     )
     assert jsz_lag(monitor, meta) == n
 

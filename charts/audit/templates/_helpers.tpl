@@ -75,12 +75,21 @@ the render, so every template that needs it (the app Secret, the setup hook's Se
 server) gets the same value. Call: include "audit.secret" (list $ "KEY" given-value) */}}
 {{- define "audit.secret" -}}
 {{- $root := index . 0 -}}{{- $key := index . 1 -}}{{- $given := index . 2 -}}
+{{- $kind := "" -}}{{- if gt (len .) 3 -}}{{- $kind = index . 3 -}}{{- end -}}
 {{- $memo := $root.Values.secrets._generated | default dict -}}
 {{- if not (hasKey $memo $key) -}}
 {{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "audit.secretName" $root) -}}
 {{- $stored := index (($existing | default dict).data | default dict) $key -}}
-{{- /* a letter first: nats-server would parse a $VAR password starting with a digit as a number */ -}}
-{{- $value := $given | default (and $stored ($stored | b64dec)) | default (printf "%s%s" (randAlpha 1) (randAlphaNum 39)) -}}
+{{- $value := $given | default (and $stored ($stored | b64dec)) -}}
+{{- if $value -}}
+{{- else if eq $kind "ed25519" -}}{{- /* the sealing key (PEM; audit-keygen prints base64) */ -}}
+{{- $value = genPrivateKey "ed25519" -}}
+{{- else if eq $kind "sealCertificate" -}}{{- /* its public key, in the one form Helm can derive */ -}}
+{{- $private := include "audit.secret" (list $root "AUDIT_SEAL_KEY" $root.Values.secrets.sealKey "ed25519") -}}
+{{- $value = (genSelfSignedCertWithKey "audit-seal" nil nil 36500 $private).Cert -}}
+{{- else -}}{{- /* a letter first: nats-server would parse a $VAR password starting with a digit as a number */ -}}
+{{- $value = printf "%s%s" (randAlpha 1) (randAlphaNum 39) -}}
+{{- end -}}
 {{- $_ := set $memo $key $value -}}
 {{- $_ := set $root.Values.secrets "_generated" $memo -}}
 {{- end -}}
@@ -98,6 +107,30 @@ creates the writer login). Bundled PostgreSQL: both passwords generated. */}}
 {{- else -}}
 {{- required "secrets.writerDatabaseUrl is required when postgresql.bundled is off (the consumer never gets the owner's URL)" .Values.secrets.writerDatabaseUrl -}}
 {{- end -}}
+{{- end -}}
+
+{{- define "audit.readerUrl" -}}
+{{- $pg := .Values.postgresql.bundled -}}
+{{- if $pg.enabled -}}
+{{- $password := include "audit.secret" (list . "AUDIT_READER_PASSWORD" .Values.secrets.readerPassword) -}}
+{{- printf "postgresql://audit_verify:%s@%s:5432/%s" $password (include "audit.postgresHost" .) $pg.database -}}
+{{- else -}}
+{{- required "secrets.readerDatabaseUrl is required when postgresql.bundled is off (audit-verify reads with its own login)" .Values.secrets.readerDatabaseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Integrity keys (README, "Integrity"): the API signs events and consumers check them with
+AUDIT_EVENT_KEYS; consumers alone hold AUDIT_SEAL_KEY; audit-verify gets the public key. */}}
+{{- define "audit.integritySecretData" -}}
+{{- if and .Values.secrets.sealKey (not .Values.secrets.sealPublicKeys) -}}
+{{- fail "secrets.sealPublicKeys is required with secrets.sealKey (audit-keygen prints both)" -}}
+{{- end -}}
+AUDIT_EVENT_KEYS: {{ include "audit.secret" (list . "AUDIT_EVENT_KEYS" .Values.secrets.eventKeys) | b64enc | quote }}
+AUDIT_SEAL_KEY: {{ include "audit.secret" (list . "AUDIT_SEAL_KEY" .Values.secrets.sealKey "ed25519") | b64enc | quote }}
+AUDIT_SEAL_PUBLIC_KEYS: {{ include "audit.secret" (list . "AUDIT_SEAL_PUBLIC_KEYS" .Values.secrets.sealPublicKeys "sealCertificate") | b64enc | quote }}
+{{- if .Values.verify.enabled }}
+AUDIT_READER_DATABASE_URL: {{ include "audit.readerUrl" . | b64enc | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "audit.ownerUrl" -}}
@@ -124,8 +157,10 @@ AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
 {{- range $key := include "audit.natsPasswordKeys" . | fromJsonArray }}
 {{ $key }}: {{ include "audit.secret" (list $ $key "") | b64enc | quote }}
 {{- end }}
+{{ include "audit.integritySecretData" . }}
 {{- if .Values.postgresql.bundled.enabled }}
 AUDIT_WRITER_PASSWORD: {{ include "audit.secret" (list . "AUDIT_WRITER_PASSWORD" .Values.secrets.writerPassword) | b64enc | quote }}
+AUDIT_READER_PASSWORD: {{ include "audit.secret" (list . "AUDIT_READER_PASSWORD" .Values.secrets.readerPassword) | b64enc | quote }}
 POSTGRES_PASSWORD: {{ include "audit.secret" (list . "POSTGRES_PASSWORD" .Values.postgresql.bundled.password) | b64enc | quote }}
 {{- end }}
 {{- end -}}
@@ -133,6 +168,9 @@ POSTGRES_PASSWORD: {{ include "audit.secret" (list . "POSTGRES_PASSWORD" .Values
 {{- define "audit.setupSecretData" -}}
 DATABASE_URL: {{ include "audit.ownerUrl" . | b64enc | quote }}
 AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
+{{- if .Values.verify.enabled }}
+AUDIT_READER_DATABASE_URL: {{ include "audit.readerUrl" . | b64enc | quote }}
+{{- end }}
 AUDIT_NATS_SETUP_PASSWORD: {{ include "audit.secret" (list . "AUDIT_NATS_SETUP_PASSWORD" "") | b64enc | quote }}
 {{- end -}}
 
