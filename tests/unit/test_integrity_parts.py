@@ -7,6 +7,7 @@ import hmac
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -113,7 +114,7 @@ def test_a_seal_binds_every_field_and_only_its_public_key_checks_it() -> None:
     signed = seal(key)
     assert keys.check(signed) is None
     assert signed.head == f"7:{signed.hash.hex()}"
-    changes = [
+    changes: list[dict[str, Any]] = [
         {"row_count": 4},
         {"upto_tx": 201},
         {"prev_hash": b"x" * 32},
