@@ -215,10 +215,24 @@ def main() -> None:
         wait("100 rows", lambda: len(stored(compose)) >= 100)
         rows = stored(compose)
         assert sorted(rows) == sorted(ids + more), "lost or doubled events after the crash"
+
+        # audit-verify as the compose `verify` profile runs it (read-only login, public key):
+        # intact once every row is sealed, and it names a row the owner changes.
+        verify = [*compose, "--profile", "verify", "run", "--rm", "--no-deps", "-T", "verify"]
+        check = [*verify, "audit-verify", "--grace", "0"]
+        wait(
+            "audit-verify: intact",
+            lambda: subprocess.run(check, capture_output=True).returncode == 0,
+        )
+        psql(compose, "UPDATE audit_events SET actor_id = 'mallory' WHERE resource_id = 'smoke-7'")
+        found = subprocess.run(check, capture_output=True, text=True)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert ": altered" in found.stdout, found.stdout
         took = time.monotonic() - started
         print(
             f"\nPASSED container smoke in {took:.0f}s: 100 acknowledged = 100 rows,"
-            f" consumer restarted by Docker; images: {sizes}"
+            f" consumer restarted by Docker, audit-verify intact then naming the altered row;"
+            f" images: {sizes}"
         )
     except BaseException:
         sh(*compose, "logs", "--tail", "40", check=False)
