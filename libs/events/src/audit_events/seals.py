@@ -119,8 +119,8 @@ class SealKey:
         return base64.b64encode(_public_raw(self._key.public_key())).decode()
 
     def sign(self, seal: Seal) -> Seal:
-        unsigned = replace(seal, key_id=self.id, signature=b"")
-        return replace(unsigned, signature=self._key.sign(unsigned.payload()))
+        named = replace(seal, key_id=self.id)
+        return replace(named, signature=self._key.sign(named.payload()))
 
 
 def generate_seal_key() -> str:
@@ -169,7 +169,7 @@ class SealKeys:
         if key is None:
             return f"signed by unknown key {seal.key_id[:16]!r}"
         try:
-            key.verify(seal.signature, replace(seal, signature=b"").payload())
+            key.verify(seal.signature, seal.payload())
         except InvalidSignature:
             return "bad signature"
         return None
