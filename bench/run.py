@@ -12,6 +12,7 @@ accounting, and the table compares them with each other.)
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -164,7 +165,7 @@ class Bench:
     async def reset(self) -> None:
         """Empty table, fresh streams and durable."""
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
-            await conn.execute("TRUNCATE audit_events, audit_batches, audit_seals")
+            await conn.execute("TRUNCATE audit_events, audit_seals")
         nc = await nats.connect(self.nats.url_as("admin"))
         for name in (NAMES.stream, NAMES.dlq_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -207,7 +208,10 @@ class Bench:
         return [self.nats.proc.pid]
 
     async def db_ceiling(self) -> None:
-        rows = [row(e, i, KEYS.sign(encode(e))) for i, e in enumerate(map(event, range(self.n)))]
+        rows = [
+            row(e, i, KEYS.sign(encode(e)), hashlib.sha256(encode(e)).digest())
+            for i, e in enumerate(map(event, range(self.n)))
+        ]
         cols = ", ".join(COLUMNS)
         cpu = CpuMeter(postgres=self.pg_pid)
         async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
@@ -334,7 +338,7 @@ class Bench:
     async def sealed(self, timeout: float = 120) -> None:
         """Wait until every committed batch is sealed (the consumers are still running)."""
         unsealed = (
-            "SELECT count(*) FROM audit_batches WHERE tx_id >="
+            "SELECT count(*) FROM audit_events WHERE tx_id >="
             " coalesce((SELECT max(upto_tx) FROM audit_seals), '0')"
         )
         deadline = time.monotonic() + timeout
@@ -398,7 +402,7 @@ class Bench:
             started = time.perf_counter()
             for _ in range(n):
                 (msg,) = await sub.fetch(1, timeout=2)
-                r = list(row(decode(msg.data), msg.metadata.sequence.stream, None))
+                r = list(row(decode(msg.data), msg.metadata.sequence.stream, None, bytes(32)))
                 r[METADATA] = psycopg.types.json.Jsonb(r[METADATA])
                 await conn.execute(insert, r)
                 await conn.commit()

@@ -101,8 +101,7 @@ class FakeWriter:
     def __init__(self, log: Log, outages: int = 0) -> None:
         self.log, self.outages = log, outages
 
-    async def write(self, rows: list[tuple[Any, ...]], entries: list[bytes]) -> WriteResult:
-        assert len(entries) == len(rows)
+    async def write(self, rows: list[tuple[Any, ...]]) -> WriteResult:
         if self.outages:
             self.outages -= 1
             self.log("write_failed")

@@ -28,8 +28,6 @@ from audit_devservers.servers import nats_server_binary
 from audit_events import AuditEvent, Row, encode, keygen, row, uuid7
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import PASSWORD_VARS
-from audit_events.model import canonical
-from audit_events.seals import entry
 from tests.conftest import EVENT_KEY, JWT_SECRET, SEAL_PUBLIC_KEY
 
 SECRET = JWT_SECRET
@@ -65,14 +63,15 @@ def published(event: AuditEvent, msg_id: str | None = None) -> dict[str, Any]:
     return {"payload": data, "headers": headers}
 
 
-def signed_row(event: AuditEvent, stream_seq: int) -> Row:
-    """``event`` as the consumer stores it: with the API's signature."""
-    return row(event, stream_seq, sign(encode(event)))
+def signed_row(event: AuditEvent, stream_seq: int, signature: str | None = None) -> Row:
+    """``event`` as the consumer stores it: with the API's signature (or the one given) and
+    the digest of its canonical bytes."""
+    data = encode(event)
+    return row(event, stream_seq, signature or sign(data), hashlib.sha256(data).digest())
 
 
 async def write(writer: BatchWriter, rows: list[Row]) -> WriteResult:
-    """``writer.write`` with the seal entries the consumer would give it."""
-    return await writer.write(rows, [entry(r[0], canonical(r)) for r in rows])
+    return await writer.write(rows)
 
 
 async def assert_intact(db_url: str, timeout: float = 60) -> Report:

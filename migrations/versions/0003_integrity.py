@@ -1,84 +1,75 @@
-"""Tamper evidence: authorship and transaction ids on every row, batch entries, signed seals,
-and a read-only role for ``audit-verify`` (and the query service).
+"""Tamper evidence: authorship, a digest and a transaction id on every row, signed seals, and a
+read-only role for ``audit-verify`` (and the query service).
 
 - ``audit_events.signature``: the producer's ``Audit-Signature`` (``<key id>:<HMAC>``), NULL for
   rows stored without one (those from before this migration).
+- ``audit_events.digest``: SHA-256 of the row's canonical bytes, computed by the consumer that
+  wrote it; what the sealer seals (the verifier never trusts it: it recomputes).
 - ``audit_events.tx_id``: the writing transaction (``pg_current_xact_id()``), the order rows are
   sealed (and fed) in; see ``audit_events/horizon.py``.
 - ``recorded_at`` and ``tx_id`` are the database's: the writer may insert every other column
   and these two not at all (column privileges), so a backdated ``recorded_at`` is impossible.
-- ``audit_batches``: per committed batch, one entry per inserted row (flag, id, SHA-256 of the
-  row's canonical bytes), written in the row's own transaction.
-- ``audit_seals``: the signed hash chain over those entries (``audit_events/seals.py``).
-- Rows already stored get one batch of entries flagged UNSIGNED here, so the first seal covers
-  them too and ``audit-verify`` can tell them from rows inserted behind the pipeline's back.
+- ``audit_seals``: the signed hash chain, each seal listing the rows it covers
+  (``audit_events/seals.py``).
+- Rows already stored get their digest here, so the first seal covers them too (unsigned).
 
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-28
 """
 
+import hashlib
 from typing import Any
 
 from alembic import op
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip
-from audit_events.seals import UNSIGNED, entry
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-WRITER_COLUMNS = ", ".join((*EVENT_COLUMNS, "stream_seq", "signature"))
+WRITER_COLUMNS = ", ".join((*EVENT_COLUMNS, "stream_seq", "signature", "digest"))
 
 
 def upgrade() -> None:
-    op.execute("ALTER TABLE audit_events ADD COLUMN signature text")
+    op.execute("ALTER TABLE audit_events ADD COLUMN signature text, ADD COLUMN digest bytea")
     op.execute(
         "ALTER TABLE audit_events ADD COLUMN tx_id xid8 NOT NULL DEFAULT pg_current_xact_id()"
     )
+    _digest_existing_rows()
+    op.execute("ALTER TABLE audit_events ALTER COLUMN digest SET NOT NULL")
     op.execute("CREATE INDEX audit_events_tx_idx ON audit_events (tx_id)")
-    op.execute(
-        """
-        CREATE TABLE audit_batches (
-            tx_id      xid8        NOT NULL DEFAULT pg_current_xact_id(),
-            created_at timestamptz NOT NULL DEFAULT now(),
-            entries    bytea       NOT NULL  -- 49 bytes per row: flag, id, sha256(canonical)
-        )
-        """
-    )
-    op.execute("CREATE INDEX audit_batches_tx_idx ON audit_batches (tx_id)")
     op.execute(
         """
         CREATE TABLE audit_seals (
             seq         bigint      PRIMARY KEY,
-            from_tx     xid8        NOT NULL,  -- covers batches with from_tx <= tx_id < upto_tx
+            from_tx     xid8        NOT NULL,  -- covers rows with from_tx <= tx_id < upto_tx
             upto_tx     xid8        NOT NULL,
             row_count   bigint      NOT NULL,
-            rows_digest bytea       NOT NULL,  -- sha256 of the entries, in (tx_id, entries) order
+            rows_digest bytea       NOT NULL,  -- sha256 of entries
             prev_hash   bytea       NOT NULL,  -- the previous seal's hash (zeros for the first)
             sealed_at   timestamptz NOT NULL,
             key_id      text        NOT NULL,  -- which Ed25519 sealing key signed it
             signature   bytea       NOT NULL,
-            hash        bytea       NOT NULL   -- sha256 of the signed payload (what to pin)
+            hash        bytea       NOT NULL,  -- sha256 of the signed payload (what to pin)
+            entries     bytea       NOT NULL   -- per row, in (tx_id, id) order: flag, id, digest
         )
         """
     )
-    for table in ("audit_batches", "audit_seals"):
-        op.execute(f"REVOKE ALL ON {table} FROM PUBLIC")
-        op.execute(
-            f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}"
-            " FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()"
-        )
-        op.execute(
-            f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
-            " FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()"
-        )
+    op.execute("REVOKE ALL ON audit_seals FROM PUBLIC")
+    op.execute(
+        "CREATE TRIGGER audit_seals_no_change BEFORE UPDATE OR DELETE ON audit_seals"
+        " FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()"
+    )
+    op.execute(
+        "CREATE TRIGGER audit_seals_no_truncate BEFORE TRUNCATE ON audit_seals"
+        " FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()"
+    )
     op.execute("REVOKE INSERT ON audit_events FROM audit_writer")
     op.execute(f"GRANT INSERT ({WRITER_COLUMNS}) ON audit_events TO audit_writer")
-    op.execute("GRANT SELECT, INSERT (entries) ON audit_batches TO audit_writer")
     op.execute("GRANT SELECT, INSERT ON audit_seals TO audit_writer")
     op.execute(
         """
@@ -90,22 +81,24 @@ def upgrade() -> None:
         """
     )
     op.execute("GRANT USAGE ON SCHEMA public TO audit_reader")
-    op.execute("GRANT SELECT ON audit_events, audit_batches, audit_seals TO audit_reader")
-    _enter_existing_rows()
+    op.execute("GRANT SELECT ON audit_events, audit_seals TO audit_reader")
 
 
-def _enter_existing_rows(chunk: int = 10_000) -> None:
-    """Entries (flagged UNSIGNED) for the rows stored before this migration, in its own
-    transaction: the same ``tx_id`` the new column just gave those rows."""
+def _digest_existing_rows(chunk: int = 10_000) -> None:
+    """The digest of every row stored before this migration (as the owner: the append-only
+    trigger lets the owner through)."""
     conn = op.get_bind()
     columns = ", ".join("host(source_ip)" if c == "source_ip" else c for c in EVENT_COLUMNS)
     select = text(f"SELECT {columns} FROM audit_events")  # noqa: S608
+    update = text("UPDATE audit_events SET digest = :d WHERE id = :id").bindparams(
+        bindparam("d"), bindparam("id")
+    )
     rows = conn.execute(select).yield_per(chunk)
     for part in rows.partitions():
-        blob = b"".join(
-            entry(values[0], canonical(_model_form(values)), UNSIGNED) for values in part
-        )
-        conn.execute(text("INSERT INTO audit_batches (entries) VALUES (:e)"), {"e": blob})
+        values = [
+            {"id": v[0], "d": hashlib.sha256(canonical(_model_form(v))).digest()} for v in part
+        ]
+        conn.execute(update, values)
 
 
 def _model_form(values: Any) -> tuple[Any, ...]:
@@ -116,10 +109,11 @@ def _model_form(values: Any) -> tuple[Any, ...]:
 
 
 def downgrade() -> None:
-    op.execute("REVOKE ALL ON audit_events, audit_batches, audit_seals FROM audit_reader")
+    op.execute("REVOKE ALL ON audit_events, audit_seals FROM audit_reader")
     op.execute("REVOKE USAGE ON SCHEMA public FROM audit_reader")
     op.execute("REVOKE INSERT ON audit_events FROM audit_writer")
     op.execute("GRANT INSERT ON audit_events TO audit_writer")
     op.execute("DROP TABLE audit_seals")
-    op.execute("DROP TABLE audit_batches")
-    op.execute("ALTER TABLE audit_events DROP COLUMN tx_id, DROP COLUMN signature")
+    op.execute(
+        "ALTER TABLE audit_events DROP COLUMN tx_id, DROP COLUMN signature, DROP COLUMN digest"
+    )

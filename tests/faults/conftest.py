@@ -90,7 +90,7 @@ async def rig(
     await nc.close()
     await provision(settings)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE audit_events, audit_batches, audit_seals")
+        conn.execute("TRUNCATE audit_events, audit_seals")
     r = Rig(fault_pg, fault_nats, settings, tmp_path)
     try:
         yield r

@@ -204,7 +204,7 @@ async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db_url:
 
     stored = decode_batch(msgs, Checks(EventKeys([EVENT_KEY])))
     writer = await BatchWriter.connect(rig.pg.url)
-    first = await writer.write(stored.rows, stored.entries)
+    first = await writer.write(stored.rows)
     await writer.close()
     await nc.close()  # gone without an ack: JetStream redelivers after ack_wait
     assert first.inserted == 51  # twice + 50; the second copy of `twice` was a duplicate

@@ -20,7 +20,7 @@ from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
 from audit_consumer.verify import Report, VerifySettings, verify
 from audit_consumer.writer import BatchWriter
-from audit_events import AuditEvent, encode, row
+from audit_events import AuditEvent, encode
 from audit_events.seals import SealKey
 from tests.conftest import BIN, EVENT_KEY, SEAL_KEY, SEAL_PUBLIC_KEY
 from tests.helpers import make_event, sign, signed_row, write
@@ -89,7 +89,7 @@ async def test_a_row_inserted_behind_the_pipeline_is_named(
     sealed: list[AuditEvent], db: Any, migrated: str
 ) -> None:
     fake = make_event(actor_id="mallory")
-    await write(BatchWriter(db), [row(fake, 99, "00000000:forged")])  # with an entry, even
+    await write(BatchWriter(db), [signed_row(fake, 99, "00000000:forged")])  # with a digest
     report = await check(migrated)
     assert report.findings == [f"row {fake.id}: inserted (unsealed, stored 0s ago)"]
     # Inside a sealed range instead (the owner sets tx_id): not in that seal.
@@ -101,11 +101,11 @@ async def test_a_row_inserted_behind_the_pipeline_is_named(
 async def test_a_forged_row_sealed_like_a_real_one_fails_authorship(
     sealed: list[AuditEvent], migrated: str
 ) -> None:
-    """Someone with the writer's password but not the producers' key can insert a row and a
-    matching entry, and a consumer will seal both; the event key check still finds it."""
+    """Someone with the writer's password but not the producers' key can insert a row with a
+    right digest, and a consumer will seal it; the event key check still finds it."""
     fake = make_event(actor_id="mallory")
     forged = sign(encode(make_event()))  # a real signature, of another event
-    await write(await BatchWriter.connect(migrated), [row(fake, 99, forged)])
+    await write(await BatchWriter.connect(migrated), [signed_row(fake, 99, forged)])
     await Sealer(migrated, SealKey(SEAL_KEY), 1.0).seal()
     report = await check(migrated)
     assert report.findings == [
@@ -119,6 +119,12 @@ async def test_a_changed_seal_or_entry_is_named(
 ) -> None:
     await db.execute("UPDATE audit_seals SET row_count = 4 WHERE seq = 2")
     assert (await check(migrated)).findings == ["seal #2: bad signature"]
+    await db.execute("UPDATE audit_seals SET row_count = 5 WHERE seq = 2")
+    await db.execute("UPDATE audit_seals SET entries = substring(entries from 50) WHERE seq = 3")
+    first, dropped = (await check(migrated)).findings
+    assert first == "seal #3: its list of rows was changed"
+    assert dropped.endswith(": inserted (in seal #3's range, not in it)")
+    assert dropped.split()[1].rstrip(":") in {str(e.id) for e in sealed[10:15]}
 
 
 async def test_deleting_the_newest_seal_is_found_against_a_pinned_head(
@@ -143,7 +149,6 @@ async def test_a_rewritten_chain_is_found_against_a_pinned_head(
     head = (await check(migrated)).head
     await db.execute("DELETE FROM audit_events WHERE resource_id = 'acc-7'")
     await db.execute("DELETE FROM audit_seals")
-    await db.execute("DELETE FROM audit_batches")
     rows = await (await db.execute("SELECT id FROM audit_events")).fetchall()
     assert len(rows) == 14
     await db.execute("TRUNCATE audit_events")
@@ -183,7 +188,7 @@ async def test_the_reader_login_verifies_and_can_change_nothing(
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         for statement in (
             "INSERT INTO audit_seals SELECT * FROM audit_seals",
-            "INSERT INTO audit_batches (entries) VALUES ('')",
+            "UPDATE audit_events SET digest = ''",
             "DELETE FROM audit_events",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -19,6 +19,7 @@ async def writer(db: psycopg.AsyncConnection[Any], migrated: str):
 
 
 async def test_batch_insert_stores_every_column(writer: BatchWriter, db: Any) -> None:
+    """(The digest goes through COPY's text format as bytea: escaped, unchanged.)"""
     events = [make_event(resource_id=f"acc-{i}", trace_id="ab" * 16) for i in range(50)]
     result = await write(writer, [signed_row(e, 100 + i) for i, e in enumerate(events)])
     assert (result.inserted, result.duplicates, result.rejected) == (50, 0, [])
@@ -101,8 +102,9 @@ async def test_the_row_definition_is_the_tables(db: Any) -> None:
     assert set(COLUMNS) == table - {"recorded_at", "tx_id"}
     assert len(COLUMNS) == len(set(COLUMNS))
     event = make_event(trace_id="ab" * 16, request_id="r-1")
-    values = dict(zip(COLUMNS, row(event, 42, "k:sig"), strict=True))
+    values = dict(zip(COLUMNS, row(event, 42, "k:sig", b"d" * 32), strict=True))
     assert values.pop("stream_seq") == 42
     assert values.pop("signature") == "k:sig"
+    assert values.pop("digest") == b"d" * 32
     assert values == {name: getattr(event, name) for name in values}
     assert set(values) <= set(AuditEvent.model_fields)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audit_consumer.batch import Checks, decode_batch
 from audit_events import encode, keygen
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
-from audit_events.seals import AUTHORED, GENESIS, UNSIGNED, Seal, SealKey, SealKeys, entries
+from audit_events.seals import GENESIS, Seal, SealKey, SealKeys
 from tests.conftest import EVENT_KEY
 from tests.fakes import Log, message
 from tests.helpers import make_event
@@ -75,10 +75,9 @@ def test_only_authentic_canonical_events_become_rows() -> None:
         ("signature", "bad signature: signature does not match"),
         ("invalid", "not the event's canonical form (model.encode)"),
     ]
-    ((flag, event_id, digest),) = entries(batch.entries[0])
-    assert (flag, digest) == (AUTHORED, hashlib.sha256(good).digest())
-    assert str(event_id) == json.loads(good)["id"]
-    assert batch.rows[0][-1] == keys.sign(good)  # the row keeps its signature
+    *_, signature, digest = batch.rows[0]
+    assert digest == hashlib.sha256(good).digest()  # what the sealer will seal
+    assert signature == keys.sign(good)  # the row keeps its signature
 
 
 def v1(event_bytes: bytes) -> bytes:
@@ -93,9 +92,9 @@ def test_unsigned_schema_1_events_are_accepted_only_until_the_deadline() -> None
     later = datetime.now(UTC) + timedelta(hours=1)
     accepted = batch_of((v1(encode(event)), None), until=later)
     assert accepted.dead == []
-    ((flag, _, digest),) = entries(accepted.entries[0])
-    assert (flag, digest) == (UNSIGNED, hashlib.sha256(encode(event)).digest())  # canonical
-    assert accepted.rows[0][-1] is None
+    *_, signature, digest = accepted.rows[0]
+    assert digest == hashlib.sha256(encode(event)).digest()  # of its canonical (v2) form
+    assert signature is None  # sealed with the UNSIGNED flag
     expired = batch_of((v1(encode(event)), None), until=datetime.now(UTC) - timedelta(seconds=1))
     assert [reason for _, _, reason in expired.dead] == ["bad signature: unsigned"]
     current = batch_of((encode(event), None), until=later)  # a v2 event must be signed

@@ -1,11 +1,13 @@
-"""One fetched batch, checked and decoded: the rows to store with their seal entries, and a
-reason for every message that must not become a row (those go to the dead-letter stream).
+"""One fetched batch, checked and decoded: the rows to store (each with the digest the sealer
+will seal), and a reason for every message that must not become a row (those go to the
+dead-letter stream).
 
 A message becomes a row only if its producer signed exactly these bytes with a key we hold
 (``authorship.py``) and they are the event's canonical form (so ``audit-verify`` can rebuild
 them from the row). A forged, altered or unsigned message is dead-lettered as ``signature``.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -15,17 +17,14 @@ from audit_consumer.puller import delivery
 from audit_events import InvalidEvent, Row, decode, row
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.model import canonical, event_values
-from audit_events.seals import AUTHORED, UNSIGNED, entry
 
 
 @dataclass
 class Batch:
-    """One fetch, decoded: rows to store (``valid[i]`` carries ``rows[i]`` and ``entries[i]``)
-    and dead letters."""
+    """One fetch, decoded: rows to store (``valid[i]`` carries ``rows[i]``) and dead letters."""
 
     msgs: list[Msg]
     rows: list[Row] = field(default_factory=list)
-    entries: list[bytes] = field(default_factory=list)
     valid: list[Msg] = field(default_factory=list)
     dead: list[tuple[Msg, str, str]] = field(default_factory=list)  # (msg, kind, reason)
     redelivered: int = 0  # valid ones JetStream delivered before (metric only)
@@ -50,9 +49,8 @@ def decode_batch(msgs: list[Msg], checks: Checks) -> Batch:
     unsigned_ok = checks.accepting_unsigned()
     for msg in msgs:
         signature = (msg.headers or {}).get(SIGNATURE_HEADER)
-        flag = AUTHORED
         if signature is None and unsigned_ok:
-            flag = UNSIGNED
+            pass  # schema_version 1 from a producer still being rolled (checked below)
         elif why := checks.keys.check(msg.data, signature):
             batch.dead.append((msg, "signature", f"bad signature: {why}"))
             continue
@@ -62,15 +60,14 @@ def decode_batch(msgs: list[Msg], checks: Checks) -> Batch:
             batch.dead.append((msg, "invalid", exc.reason))
             continue
         data = canonical(event_values(event))
-        if flag == UNSIGNED and event.schema_version != 1:
+        if signature is None and event.schema_version != 1:
             batch.dead.append((msg, "signature", "bad signature: unsigned"))
             continue
-        if flag == AUTHORED and data != msg.data:  # signed, but not by our encoder
+        if signature is not None and data != msg.data:  # signed, but not by our encoder
             batch.dead.append((msg, "invalid", "not the event's canonical form (model.encode)"))
             continue
         stream_seq, delivered = delivery(msg)
-        batch.rows.append(row(event, stream_seq, signature))
-        batch.entries.append(entry(event.id, data, flag))
+        batch.rows.append(row(event, stream_seq, signature, hashlib.sha256(data).digest()))
         batch.valid.append(msg)
         batch.redelivered += delivered > 1
     return batch

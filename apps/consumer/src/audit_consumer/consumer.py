@@ -4,9 +4,9 @@ Order of operations per batch, and why no acknowledged event is lost or doubled:
 
 1. check every message's signature and decode it; one that is forged, unsigned or not a valid
    event is dead-lettered (below);
-2. write the valid ones and their seal entries in one transaction and COMMIT (``writer.py``:
-   rows already stored are skipped by the primary key); a row PostgreSQL rejects is isolated
-   and dead-lettered, its neighbours are stored;
+2. write the valid ones in one transaction and COMMIT (``writer.py``: rows already stored are
+   skipped by the primary key); a row PostgreSQL rejects is isolated and dead-lettered, its
+   neighbours are stored;
 3. publish each dead letter to ``AUDIT_DLQ`` and wait for JetStream's ack (``Nats-Msg-Id`` =
    ``<stream>-<seq>``, so a redelivered poison message is dead-lettered once);
 4. only then ack the batch. A crash anywhere before 4 means redelivery after ``ack_wait``,
@@ -306,7 +306,7 @@ class Consumer:
             try:
                 writer = await self.writers.get(slot)
                 with metrics.WRITE_SECONDS.time():
-                    result = await writer.write(batch.rows, batch.entries)
+                    result = await writer.write(batch.rows)
                 metrics.LAST_WRITE.set_to_current_time()
                 if not self.db_ok:
                     log.info("PostgreSQL writes ok")

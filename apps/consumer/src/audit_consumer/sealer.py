@@ -4,10 +4,10 @@ batches committed since the last seal (``audit_events/seals.py`` says what a sea
 Why every row is sealed exactly once, with any number of consumers, crashes, out-of-order
 commits and redeliveries:
 
-- a seal covers the batches whose ``tx_id`` lies in ``[previous seal's upto_tx, horizon)``; the
+- a seal covers the rows whose ``tx_id`` lies in ``[previous seal's upto_tx, horizon)``; the
   horizon (``audit_events/horizon.py``) is read in the same REPEATABLE READ snapshot as those
-  batches, so no batch can join that range later, and the next seal starts where this one ends;
-- a redelivered message inserts no row and therefore no entry (``writer.py``);
+  rows, so no row can join that range later, and the next seal starts where this one ends;
+- a redelivered message inserts no row (``writer.py``), so there is nothing twice to seal;
 - one sealer at a time: a transaction-scoped advisory lock (a consumer that cannot take it skips
   this round), and ``seq`` is the primary key, so even a sealer that read a stale chain cannot
   add a second seal with the same number: its insert fails, nothing is written;
@@ -15,6 +15,7 @@ commits and redeliveries:
 """
 
 import asyncio
+import hashlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -30,19 +31,19 @@ log = logging.getLogger("audit.sealer")
 
 LOCK = 0x61756469745F7365  # "audit_se": one sealer at a time, per database
 _LAST = "SELECT seq, upto_tx::text::bigint, hash FROM audit_seals ORDER BY seq DESC LIMIT 1"
-_DIGEST = (  # computed by PostgreSQL: the entries never travel to the consumer
-    "SELECT coalesce(sum(length(entries)), 0), sha256(coalesce(string_agg(entries, ''"
-    " ORDER BY tx_id, entries), '')) FROM audit_batches"
+_ENTRIES = (  # flag, id, digest of each row, in (tx_id, id) order, built by PostgreSQL
+    "SELECT string_agg(CASE WHEN signature IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea END"
+    " || uuid_send(id) || digest, ''::bytea ORDER BY tx_id, id) FROM audit_events"
     " WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
 )
 _LAG = (
-    "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8"
-    " FROM audit_batches WHERE tx_id >= %s::text::xid8"
+    "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(recorded_at)), 0)::float8"
+    " FROM audit_events WHERE tx_id >= %s::text::xid8"
 )
 _INSERT = (
     "INSERT INTO audit_seals (seq, from_tx, upto_tx, row_count, rows_digest, prev_hash,"
-    " sealed_at, key_id, signature, hash)"
-    " VALUES (%s, %s::text::xid8, %s::text::xid8, %s, %s, %s, %s, %s, %s, %s)"
+    " sealed_at, key_id, signature, hash, entries)"
+    " VALUES (%s, %s::text::xid8, %s::text::xid8, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 
@@ -107,18 +108,17 @@ class Sealer:
         if not (locked and locked[0]):
             return None, start
         upto = await horizon(conn)
-        found = await (await conn.execute(_DIGEST, (start, upto))).fetchone()
-        assert found is not None
-        count, digest = int(found[0]) // ENTRY_BYTES, bytes(found[1])
-        if not count:
+        found = await (await conn.execute(_ENTRIES, (start, upto))).fetchone()
+        entries = bytes(found[0] or b"") if found else b""
+        if not entries:
             return None, start
         seal = self.key.sign(
             Seal(
                 seq=seq + 1,
                 from_tx=start,
                 upto_tx=upto,
-                row_count=count,
-                rows_digest=digest,
+                row_count=len(entries) // ENTRY_BYTES,
+                rows_digest=hashlib.sha256(entries).digest(),
                 prev_hash=prev,
                 sealed_at=datetime.now(UTC),
                 key_id=self.key.id,
@@ -137,6 +137,7 @@ class Sealer:
                 seal.key_id,
                 seal.signature,
                 seal.hash,
+                entries,
             ),
         )
         return seal, upto

@@ -2,15 +2,15 @@
 rejects.
 
 Fast path: the batch is formatted once as COPY text and copied straight into ``audit_events``
-in one statement; the same transaction records the batch's seal entries (one per inserted row)
-in ``audit_batches``, so rows and entries commit together or not at all (``seals.py``).
+in one statement (autocommit: the COPY is its own transaction, one round trip per batch). Each
+row carries the SHA-256 of its canonical bytes (``digest``), which the sealer later seals
+(``sealer.py``); nothing else has to commit with it.
 
 Why nothing is doubled: ``id`` is the primary key. If any row of the batch is already stored
 (a redelivery after a crash between commit and ack, or the same event published twice), the
 COPY fails as a whole with a unique violation, nothing of it is kept, and the batch is written
 again the slow way: COPY into a temp table, then ``INSERT … SELECT … ON CONFLICT (id) DO
-NOTHING RETURNING id``, which skips exactly the rows already there — and only the returned
-rows get entries, so a row is entered (and sealed) once however often it is delivered.
+NOTHING``, which skips exactly the rows already there.
 Why nothing is lost: the caller acks a message only after :meth:`BatchWriter.write` returned,
 i.e. after COMMIT; any error before that leaves every message unacked in the stream.
 """
@@ -45,9 +45,7 @@ _STAGE = sql.SQL(
 _COPY_STAGE = sql.SQL("COPY audit_stage ({}) FROM STDIN").format(_COLS)
 _INSERT = sql.SQL(
     "INSERT INTO audit_events ({cols}) SELECT {cols} FROM audit_stage ON CONFLICT (id) DO NOTHING"
-    " RETURNING id"
 ).format(cols=_COLS)
-_ENTER = "INSERT INTO audit_batches (entries) VALUES (%s)"
 
 TRACER = trace.get_tracer("audit_consumer")
 Line = tuple[int, bytes]  # (index in the batch, one row as COPY text)
@@ -77,10 +75,9 @@ class BatchWriter:
     async def close(self) -> None:
         await self.conn.close()
 
-    async def write(self, rows: Sequence[Row], entries: Sequence[bytes]) -> WriteResult:
-        """Store ``rows`` and their seal ``entries`` (``entries[i]`` is ``rows[i]``'s); a row
-        PostgreSQL rejects is isolated by splitting the batch in halves, so its neighbours are
-        still stored. Other errors propagate untouched."""
+    async def write(self, rows: Sequence[Row]) -> WriteResult:
+        """Store ``rows``; a row PostgreSQL rejects is isolated by splitting the batch in
+        halves, so its neighbours are still stored. Other errors propagate untouched."""
         result = WriteResult()
         lines: list[Line] = []
         for i, values in enumerate(rows):
@@ -88,56 +85,47 @@ class BatchWriter:
                 lines.append((i, copy_line(values)))
             except ValueError as exc:  # refused before sending: no round trip, no bisection
                 result.rejected.append((i, str(exc)))
-        await self._write(lines, entries, result, dedupe=False)
+        await self._write(lines, result, dedupe=False)
         result.rejected.sort()
         return result
 
-    async def _write(
-        self, lines: list[Line], entries: Sequence[bytes], result: WriteResult, dedupe: bool
-    ) -> None:
+    async def _write(self, lines: list[Line], result: WriteResult, dedupe: bool) -> None:
         if not lines:
             return
         data = b"".join(line for _, line in lines)
-        mine = [entries[i] for i, _ in lines]
         try:
-            inserted = await (self._insert_new if dedupe else self._copy)(data, mine)
+            inserted = await (self._insert_new if dedupe else self._copy)(data, len(lines))
         except ROW_ERRORS as exc:
             if isinstance(exc, psycopg.errors.UniqueViolation) and not dedupe:
-                await self._write(lines, entries, result, dedupe=True)  # some already stored
+                await self._write(lines, result, dedupe=True)  # some rows are already stored
             elif len(lines) == 1:
                 result.rejected.append((lines[0][0], _describe(exc)))
             else:
                 middle = len(lines) // 2
-                await self._write(lines[:middle], entries, result, dedupe)
-                await self._write(lines[middle:], entries, result, dedupe)
+                await self._write(lines[:middle], result, dedupe)
+                await self._write(lines[middle:], result, dedupe)
             return
         result.inserted += inserted
         result.duplicates += len(lines) - inserted
 
-    async def _copy(self, data: bytes, entries: list[bytes]) -> int:
-        """All rows are new (the usual case): one COPY and their entries, one transaction."""
-        async with self.conn.transaction(), self.conn.cursor() as cur:
-            with _db_span("COPY", len(entries)):  # the psycopg instrumentation misses COPY
-                async with cur.copy(_COPY) as copy:
-                    await copy.write(data)
-            await cur.execute(_ENTER, (b"".join(entries),))
-        return len(entries)
+    async def _copy(self, data: bytes, count: int) -> int:
+        """All rows are new (the usual case): one COPY, committed when it ends."""
+        with _db_span("COPY", count):  # the psycopg instrumentation does not see COPY
+            async with self.conn.cursor() as cur, cur.copy(_COPY) as copy:
+                await copy.write(data)
+        return count
 
-    async def _insert_new(self, data: bytes, entries: list[bytes]) -> int:
-        """Some rows may be stored already: stage them, insert only the new ones, and enter
-        only those."""
+    async def _insert_new(self, data: bytes, count: int) -> int:
+        """Some rows may be stored already: stage them, insert only the new ones."""
         if not self._staged:
             await self.conn.execute(_STAGE)
             self._staged = True
         async with self.conn.transaction(), self.conn.cursor() as cur:
-            with _db_span("COPY", len(entries), "audit_stage"):
+            with _db_span("COPY", count, "audit_stage"):
                 async with cur.copy(_COPY_STAGE) as copy:
                     await copy.write(data)
             await cur.execute(_INSERT)
-            new = {row[0].bytes for row in await cur.fetchall()}
-            if new:
-                await cur.execute(_ENTER, (b"".join(e for e in entries if e[1:17] in new),))
-            return len(new)
+            return cur.rowcount
 
 
 class WriterPool:
@@ -199,6 +187,7 @@ _FORMATS: dict[type, Callable[[Any], str]] = {
     UUID: str,
     datetime: datetime.isoformat,
     dict: _json,
+    bytes: lambda value: "\\\\x" + value.hex(),  # bytea hex input, its backslash escaped
 }
 
 

@@ -1,12 +1,13 @@
 """Seals: signed, hash-chained statements of which rows the table held, so that any later
 change, deletion or insertion is found by ``audit-verify``.
 
-Every committed batch leaves one *entry* per row it inserted (``audit_batches``, written in the
-same transaction as the rows): a flag, the row's id and the SHA-256 of its canonical bytes. A
-seal covers every batch whose transaction id lies in ``[from_tx, upto_tx)`` — a range that no
-running transaction can still add to (``horizon.py``) — and holds the SHA-256 of their entries
-in order, the hash of the previous seal, and an Ed25519 signature by the sealing key. Because
-the ranges tile the transaction ids without gaps or overlaps, every row is sealed exactly once.
+Every row carries the SHA-256 of its canonical bytes (``digest``, computed by the consumer that
+wrote it). A seal covers every row whose transaction id lies in ``[from_tx, upto_tx)`` — a range
+that no running transaction can still add to (``horizon.py``) — and holds one *entry* per row
+(a flag, the id, the digest), the SHA-256 of those entries, the hash of the previous seal, and
+an Ed25519 signature by the sealing key. Because the ranges tile the transaction ids without
+gaps or overlaps, every row is sealed exactly once; because the seal lists its rows, a change,
+deletion or insertion is found row by row.
 
 Keys are Ed25519: ``AUDIT_SEAL_KEY`` (consumers only) is the private key, base64 of its 32 raw
 bytes or PKCS#8 PEM; ``AUDIT_SEAL_PUBLIC_KEYS`` (``audit-verify``) a comma-separated list of
@@ -29,16 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from audit_events.model import utc_text
 
 AUTHORED, UNSIGNED = 0, 1
-"""Entry flags: the consumer checked the producer's signature, or stored the row without one
-(rows from before this feature, or schema_version 1 while ``AUDIT_ACCEPT_UNSIGNED_UNTIL``)."""
+"""Entry flags: the row has a producer signature (checked by the consumer), or none (rows from
+before this feature, or schema_version 1 while ``AUDIT_ACCEPT_UNSIGNED_UNTIL``)."""
 ENTRY_BYTES = 1 + 16 + 32
 GENESIS = bytes(32)
 """``prev_hash`` of the first seal."""
-
-
-def entry(event_id: UUID, canonical: bytes, flag: int = AUTHORED) -> bytes:
-    """One row's entry: flag, id, SHA-256 of its canonical bytes."""
-    return bytes((flag,)) + event_id.bytes + hashlib.sha256(canonical).digest()
 
 
 def entries(blob: bytes) -> Iterator[tuple[int, UUID, bytes]]:
