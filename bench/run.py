@@ -33,7 +33,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from audit_api.auth import issue_token
 from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.puller import Puller
@@ -41,6 +40,7 @@ from audit_consumer.settings import Settings
 from audit_consumer.verify import VerifySettings, verify
 from audit_devservers import Child, NatsServer, PostgresServer, free_port
 from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
+from audit_events.auth import issue_token
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import IDENTITIES
 from audit_events.seals import SealKey, generate_seal_key

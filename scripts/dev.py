@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from audit_api.auth import issue_token
 from audit_consumer.settings import Settings
 from audit_consumer.setup import run as setup
 from audit_devservers import Child
 from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer
 from audit_events import keygen
+from audit_events.auth import issue_token
 from audit_events.broker import API, CONSUMER, PASSWORD_VARS, SETUP
 
 WRITER_LOGIN = "audit_consumer"  # created by audit-setup as a member of audit_writer

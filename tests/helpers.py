@@ -20,12 +20,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from audit_api.auth import issue_token
 from audit_consumer.verify import Report, VerifySettings, verify
 from audit_consumer.writer import BatchWriter, WriteResult
 from audit_devservers import Child, free_port
 from audit_devservers.servers import nats_server_binary
 from audit_events import AuditEvent, Row, encode, keygen, row, uuid7
+from audit_events.auth import issue_token
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import PASSWORD_VARS
 from tests.conftest import EVENT_KEY, JWT_SECRET, SEAL_PUBLIC_KEY

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from audit_api.auth import issue_token
 from audit_events import keygen
+from audit_events.auth import issue_token
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT.parent / "shared" / "tools" / "docker-standins"

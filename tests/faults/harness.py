@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from audit_api.auth import issue_token
+from audit_events.auth import issue_token
 from tests.conftest import JWT_SECRET
 from tests.helpers import assert_intact, stored_ids
 from tests.processes import Service

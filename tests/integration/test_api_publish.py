@@ -11,12 +11,12 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from audit_api.auth import issue_token
 from audit_api.main import create_app
 from audit_api.publisher import NatsPublisher
 from audit_api.settings import Settings as ApiSettings
 from audit_consumer.settings import Settings
 from audit_events import decode
+from audit_events.auth import issue_token
 from audit_events.authorship import EventKeys
 from tests.conftest import EVENT_KEY, JWT_SECRET, metric, wait_for
 

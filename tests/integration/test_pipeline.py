@@ -13,10 +13,10 @@ import httpx
 import nats
 import pytest
 
-from audit_api.auth import issue_token
 from audit_consumer.settings import Settings
 from audit_devservers import NatsServer
 from audit_events import StreamNames, encode
+from audit_events.auth import issue_token
 from audit_events.authorship import SIGNATURE_HEADER
 from audit_events.broker import API, inbox_prefix
 from tests.conftest import JWT_SECRET, metric, service_env, wait_for

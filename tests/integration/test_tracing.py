@@ -15,13 +15,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
 
-from audit_api.auth import issue_token
 from audit_api.main import create_app
 from audit_api.publisher import NatsPublisher
 from audit_api.settings import Settings as ApiSettings
 from audit_consumer.consumer import Consumer
 from audit_consumer.settings import Settings
 from audit_events import tracing
+from audit_events.auth import issue_token
 from audit_events.authorship import EventKeys
 from tests.conftest import EVENT_KEY, JWT_SECRET, wait_for
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from audit_api.auth import issue_token
+from audit_events.auth import issue_token
 
 NAMESPACE = os.environ.get("AUDIT_KIND_NAMESPACE", "audit")
 RELEASE = os.environ.get("AUDIT_KIND_RELEASE", "audit")  # fullname == release name here

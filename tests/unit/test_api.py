@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from audit_api.auth import issue_token
 from audit_api.main import create_app
 from audit_api.settings import PUBLISHED_SECRETS, Settings
+from audit_events.auth import issue_token
 from tests.conftest import JWT_SECRET, metric
 from tests.fakes import FakePublisher
 from tests.helpers import BAD_CREDENTIALS, raw_token

@@ -2,7 +2,7 @@
 
 import pytest
 
-from audit_api.auth import AuthError, authenticate, issue_token
+from audit_events.auth import AuthError, ScopeError, authenticate, issue_token
 from tests.helpers import BAD_CREDENTIALS, REASONS, SECRET, bearer
 
 
@@ -21,3 +21,14 @@ def test_bad_credentials_are_refused(header, why: str) -> None:
         authenticate(value, SECRET)
     assert refused.value.code == why
     assert why in REASONS
+
+
+def test_a_scope_is_checked_only_when_asked_and_missing_it_is_not_a_401() -> None:
+    reader = issue_token(SECRET, "auditor", scope="profile audit:read")
+    assert authenticate(bearer(reader), SECRET, "audit:read") == "auditor"
+    plain = issue_token(SECRET, "dave")
+    assert authenticate(bearer(plain), SECRET) == "dave"  # the API asks for no scope
+    for token in (plain, issue_token(SECRET, "dave", scope="audit:readx audit")):
+        with pytest.raises(ScopeError) as refused:
+            authenticate(bearer(token), SECRET, "audit:read")
+        assert refused.value.subject == "dave"  # known, just not allowed: 403

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 from pydantic import ValidationError
 
-from audit_api.auth import AuthError, authenticate
 from audit_api.denials import Denials
 from audit_api.publisher import Publisher, PublishUnavailable
 from audit_events import (
@@ -27,6 +26,7 @@ from audit_events import (
     tracing,
     uuid7,
 )
+from audit_events.auth import AuthError, authenticate
 
 MAX_PATH_CHARS = 512  # of the path recorded in metadata (the model does not bound metadata)
 ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}

@@ -39,8 +39,10 @@ JWT_REASONS: list[tuple[type[jwt.PyJWTError], str]] = [
 ]
 
 
-def authenticate(authorization: str | None, secret: str) -> str:
-    """The actor (``sub``) of a valid ``Authorization: Bearer <jwt>``, else :class:`AuthError`."""
+def authenticate(authorization: str | None, secret: str, scope: str | None = None) -> str:
+    """The actor (``sub``) of a valid ``Authorization: Bearer <jwt>``, else :class:`AuthError`;
+    with ``scope``, the token's ``scope`` claim (space-separated, RFC 8693 style) must hold it,
+    else ``AuthError("missing_scope")`` (a 403, not a 401: the caller is known)."""
     if not authorization:
         raise AuthError("missing_token")
     scheme, _, token = authorization.partition(" ")
@@ -60,22 +62,40 @@ def authenticate(authorization: str | None, secret: str) -> str:
         raise AuthError("bad_subject")
     if not subject.isprintable() and any(unicodedata.category(c) in ("Cc", "Cs") for c in subject):
         raise AuthError("bad_subject")  # control characters, lone surrogates
+    granted = claims.get("scope")
+    if scope is not None and not (isinstance(granted, str) and scope in granted.split()):
+        raise ScopeError(subject)
     return subject
 
 
-def issue_token(secret: str, subject: str, ttl_seconds: int = 12 * 3600) -> str:
+class ScopeError(AuthError):
+    """Authenticated as ``subject``, but the token lacks the scope asked for."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__("missing_scope")
+        self.subject = subject
+
+
+def issue_token(
+    secret: str, subject: str, ttl_seconds: int = 12 * 3600, scope: str | None = None
+) -> str:
     """A signed HS256 token, for development and tests (``audit-token``)."""
     now = int(time.time())
-    return jwt.encode({"sub": subject, "iat": now, "exp": now + ttl_seconds}, secret, "HS256")
+    claims: dict[str, object] = {"sub": subject, "iat": now, "exp": now + ttl_seconds}
+    if scope:
+        claims["scope"] = scope
+    return jwt.encode(claims, secret, "HS256")
 
 
 def token_main() -> None:
-    """``audit-token [--sub NAME] [--ttl SECONDS]``: print a token signed with AUDIT_JWT_SECRET."""
+    """``audit-token [--sub NAME] [--ttl SECONDS] [--scope S]``: print a token signed with
+    AUDIT_JWT_SECRET (``--scope audit:read`` for the query service)."""
     parser = argparse.ArgumentParser(prog="audit-token", description=token_main.__doc__)
     parser.add_argument("--sub", default="dev-user")
     parser.add_argument("--ttl", type=int, default=12 * 3600)
+    parser.add_argument("--scope", help="space-separated scopes, e.g. audit:read")
     args = parser.parse_args()
     secret = os.environ.get("AUDIT_JWT_SECRET")
     if not secret:
         raise SystemExit("AUDIT_JWT_SECRET is not set")
-    print(issue_token(secret, args.sub, args.ttl))
+    print(issue_token(secret, args.sub, args.ttl, args.scope))

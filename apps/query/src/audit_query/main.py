@@ -1,0 +1,177 @@
+"""``audit-query``: read the audit log over HTTP, with the API's token issuer and scope
+``audit:read``, through its own SELECT-only database login.
+
+Endpoints: ``GET /audit-events`` (filters, keyset pages, newest first), ``GET
+/audit-events/feed`` (every row exactly once, in commit-horizon order, for SIEMs),
+``GET /audit-events/{id}``; ``/healthz`` and ``/readyz``. Bounded: a statement timeout, a
+fixed connection pool, ``limit`` ≤ 1000.
+
+Not yet (issue 15 continues): recording each query as an audit event, export, the viewer page,
+``audit-dlq``, deployments.
+"""
+
+import ipaddress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+import psycopg
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from psycopg.types.json import set_json_loads
+from psycopg_pool import AsyncConnectionPool
+from pydantic import AfterValidator, AwareDatetime
+
+from audit_events import tracing
+from audit_events.auth import AuthError, ScopeError, authenticate
+from audit_query import store
+from audit_query.settings import Settings
+
+SCOPE = "audit:read"
+MAX_LIMIT = 1000
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError("an IP address or CIDR, e.g. 10.0.0.7 or 10.0.0.0/8") from None
+
+
+Network = Annotated[str, AfterValidator(_network)]
+
+
+def pool_for(settings: Settings) -> AsyncConnectionPool:
+    """Read-only, REPEATABLE READ (the feed reads the horizon and the rows in one snapshot),
+    each statement bounded by the timeout."""
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        await conn.set_read_only(True)
+        set_json_loads(orjson.loads, conn)
+
+    options = f"-c statement_timeout={settings.statement_timeout_ms}"
+    return AsyncConnectionPool(
+        settings.reader_database_url,
+        min_size=1,
+        max_size=settings.db_connections,
+        kwargs={"options": options, "connect_timeout": 5},
+        configure=configure,
+        open=False,
+    )
+
+
+def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if pool is None:
+            app.state.pool = pool_for(settings)
+            await app.state.pool.open(wait=False)
+        try:
+            yield
+        finally:
+            if pool is None:
+                await app.state.pool.close()
+
+    app = FastAPI(
+        title="audit-query",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.state.pool = pool
+
+    def reader(request: Request) -> str:
+        """The caller, who must hold a token with scope ``audit:read``."""
+        try:
+            return authenticate(request.headers.get("authorization"), settings.jwt_secret, SCOPE)
+        except ScopeError:
+            raise HTTPException(403, f"the token lacks scope {SCOPE}") from None
+        except AuthError:
+            raise HTTPException(
+                401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+
+    Reader = Annotated[str, Depends(reader)]
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> dict[str, str]:
+        try:
+            async with app.state.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+        except Exception:
+            raise HTTPException(503, "database unreachable") from None
+        return {"status": "ready"}
+
+    @app.get("/audit-events")
+    async def list_events(
+        _: Reader,
+        actor_type: str | None = None,
+        actor_id: str | None = None,
+        action: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        outcome: Annotated[str | None, Query(pattern="^(success|failure|denied)$")] = None,
+        source_ip: Network | None = None,
+        request_id: str | None = None,
+        trace_id: str | None = None,
+        since: AwareDatetime | None = None,
+        until: AwareDatetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Matching events, newest first; follow ``next_cursor`` to page to the end."""
+        filters = store.Filters(
+            actor_type, actor_id, action, resource_type, resource_id, outcome, source_ip,
+            request_id, trace_id, since, until,
+        )  # fmt: skip
+        async with app.state.pool.connection() as conn:
+            items, next_cursor = await _bad_cursor_is_422(store.page(conn, filters, limit, cursor))
+        return {"items": items, "next_cursor": next_cursor}
+
+    @app.get("/audit-events/feed")
+    async def follow(
+        _: Reader,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    ) -> dict[str, Any]:
+        """Every stored event exactly once, in commit-horizon order; poll with ``next_cursor``."""
+        async with app.state.pool.connection() as conn:
+            items, next_cursor = await _bad_cursor_is_422(store.feed(conn, after, limit), "after")
+        return {"items": items, "next_cursor": next_cursor}
+
+    @app.get("/audit-events/{event_id}")
+    async def get_event(_: Reader, event_id: UUID) -> dict[str, Any]:
+        async with app.state.pool.connection() as conn:
+            item = await store.one(conn, event_id)
+        if item is None:
+            raise HTTPException(404, "no such audit event")
+        return item
+
+    return app
+
+
+async def _bad_cursor_is_422(call: Any, name: str = "cursor") -> Any:
+    try:
+        return await call
+    except store.BadCursor as exc:
+        detail = [{"loc": ["query", name], "msg": str(exc), "type": "value_error"}]
+        raise HTTPException(422, detail) from None
+
+
+def main() -> None:
+    tracing.configure_logging("audit-query")
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        http="httptools",
+        loop="uvloop",
+    )

@@ -1,0 +1,27 @@
+"""``audit-query`` configuration, all from the environment (README, "Reading the log")."""
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of ``audit-query``; names are the env vars."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    reader_database_url: str = Field("", alias="AUDIT_READER_DATABASE_URL", repr=False)
+    jwt_secret: str = Field("", alias="AUDIT_JWT_SECRET", repr=False)
+    host: str = Field("0.0.0.0", alias="AUDIT_QUERY_HOST")
+    port: int = Field(8080, alias="AUDIT_QUERY_PORT")
+    statement_timeout_ms: int = Field(5000, ge=100, alias="AUDIT_QUERY_STATEMENT_TIMEOUT_MS")
+    db_connections: int = Field(8, ge=1, le=64, alias="AUDIT_QUERY_DB_CONNECTIONS")
+
+    @model_validator(mode="after")
+    def _required(self) -> "Settings":
+        """It reads with its own SELECT-only login, never the owner's, and needs the issuer's
+        secret to check tokens."""
+        if not self.reader_database_url:
+            raise ValueError("AUDIT_READER_DATABASE_URL is not set (the audit_reader login)")
+        if len(self.jwt_secret.encode()) < 32:
+            raise ValueError("AUDIT_JWT_SECRET is empty or shorter than 32 bytes (audit-keygen)")
+        return self

@@ -1,0 +1,174 @@
+"""The queries: filtered pages in a stable order, one event, and the gap-free feed.
+
+Pages are keyset-paginated on ``(occurred_at, id)``, newest first: the cursor is the last row
+handed out, so a row is never shown twice or skipped because others arrived meanwhile (OFFSET
+would shift). The feed is ordered by ``(tx_id, id)`` and only hands out rows below the commit
+horizon (``audit_events/horizon.py``): a row whose transaction is still running, or one that
+may still commit with a smaller ``tx_id``, is held back until nothing older can commit, so a
+client following the feed from the start receives every row exactly once, in a fixed order,
+however the consumers' commits interleave. The price is a delay: a row appears once every
+transaction older than its own has ended (normally milliseconds; as long as the oldest
+running transaction lasts).
+"""
+
+import base64
+import binascii
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from audit_events.horizon import HORIZON
+
+ITEM_COLUMNS = (
+    "id", "occurred_at", "recorded_at", "actor_type", "actor_id", "action", "resource_type",
+    "resource_id", "outcome", "source_ip", "user_agent", "request_id", "trace_id", "metadata",
+    "stream_seq", "signature",
+)  # fmt: skip
+_SELECT = sql.SQL(", ").join(
+    [
+        *(sql.Identifier(c) for c in ITEM_COLUMNS if c != "source_ip"),
+        sql.SQL("host(source_ip) AS source_ip"),
+        sql.SQL("tx_id::text::bigint AS tx_id"),
+    ]
+)
+_SEALED_UPTO = "SELECT coalesce(max(upto_tx), '0')::text::bigint FROM audit_seals"
+
+
+class BadCursor(ValueError):
+    """The cursor was not one this service handed out."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What ``GET /audit-events`` may filter on (every one an index's leading column)."""
+
+    actor_type: str | None = None
+    actor_id: str | None = None
+    action: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    outcome: str | None = None
+    source_ip: str | None = None  # an address or a CIDR
+    request_id: str | None = None
+    trace_id: str | None = None
+    since: datetime | None = None  # occurred_at >= since
+    until: datetime | None = None  # occurred_at < until
+
+    def where(self) -> tuple[list[sql.Composable], list[Any]]:
+        clauses: list[sql.Composable] = []
+        params: list[Any] = []
+        for name in ("actor_type", "actor_id", "action", "resource_type", "resource_id",
+                     "outcome", "request_id", "trace_id"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(sql.SQL("{} = %s").format(sql.Identifier(name)))
+                params.append(value)
+        if self.source_ip is not None:
+            clauses.append(sql.SQL("source_ip <<= %s::inet"))
+            params.append(str(ipaddress.ip_network(self.source_ip, strict=False)))
+        if self.since is not None:
+            clauses.append(sql.SQL("occurred_at >= %s"))
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append(sql.SQL("occurred_at < %s"))
+            params.append(self.until)
+        return clauses, params
+
+
+def encode_cursor(*values: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def decode_cursor(text: str, *types: type) -> list[Any]:
+    """The values :func:`encode_cursor` packed, checked against ``types``; else BadCursor."""
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not isinstance(values, list) or len(values) != len(types):
+            raise BadCursor("not a cursor of this listing")
+        out: list[Any] = []
+        for value, kind in zip(values, types, strict=True):
+            if kind is datetime:
+                out.append(datetime.fromisoformat(value))
+            elif kind is UUID:
+                out.append(UUID(value))
+            elif kind is int and isinstance(value, int):
+                out.append(value)
+            else:
+                raise BadCursor("not a cursor of this listing")
+        return out
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise BadCursor("not a cursor this service handed out") from None
+
+
+def _item(row: dict[str, Any], sealed_upto: int) -> dict[str, Any]:
+    """A row as the API returns it, with whether a seal covers it yet."""
+    item = {c: row[c] for c in ITEM_COLUMNS}
+    item["sealed"] = row["tx_id"] < sealed_upto
+    return item
+
+
+async def page(
+    conn: psycopg.AsyncConnection[Any], filters: Filters, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` matching rows, newest first, after ``cursor``; and the next cursor."""
+    clauses, params = filters.where()
+    if cursor:
+        occurred_at, event_id = decode_cursor(cursor, datetime, UUID)
+        clauses.append(sql.SQL("(occurred_at, id) < (%s, %s)"))
+        params += [occurred_at, event_id]
+    query = sql.SQL("SELECT {} FROM audit_events {} ORDER BY occurred_at DESC, id DESC LIMIT %s")
+    where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query.format(_SELECT, where), [*params, limit + 1])
+        rows = await cur.fetchall()
+        upto = await _sealed_upto(conn)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    token = (
+        encode_cursor(last["occurred_at"].isoformat(), str(last["id"])) if more and last else None
+    )
+    return [_item(r, upto) for r in rows], token
+
+
+async def one(conn: psycopg.AsyncConnection[Any], event_id: UUID) -> dict[str, Any] | None:
+    query = sql.SQL("SELECT {} FROM audit_events WHERE id = %s").format(_SELECT)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, [event_id])
+        row = await cur.fetchone()
+        return _item(row, await _sealed_upto(conn)) if row else None
+
+
+async def feed(
+    conn: psycopg.AsyncConnection[Any], after: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str]:
+    """Rows in commit-horizon order after ``after`` (from the start without it), only those no
+    older transaction can still join; and the cursor to poll with next (always given)."""
+    tx_id, event_id = decode_cursor(after, int, UUID) if after else (-1, UUID(int=0))
+    query = sql.SQL(
+        "SELECT {} FROM audit_events WHERE tx_id >= %s::text::xid8"
+        " AND (tx_id > %s::text::xid8 OR id > %s) AND tx_id < %s::text::xid8"
+        " ORDER BY tx_id, id LIMIT %s"
+    ).format(_SELECT)
+    async with conn.transaction():  # REPEATABLE READ (set by the pool): horizon and rows agree
+        horizon = (await (await conn.execute(HORIZON)).fetchone() or [0])[0]
+        async with conn.cursor(row_factory=dict_row) as cur:
+            start = max(tx_id, 0)
+            await cur.execute(query, [start, start, event_id, horizon, limit])
+            rows = await cur.fetchall()
+        upto = await _sealed_upto(conn)
+    if rows:
+        tx_id, event_id = rows[-1]["tx_id"], rows[-1]["id"]
+    return [_item(r, upto) for r in rows], encode_cursor(tx_id, str(event_id))
+
+
+async def _sealed_upto(conn: psycopg.AsyncConnection[Any]) -> int:
+    row = await (await conn.execute(_SEALED_UPTO)).fetchone()
+    return int(row[0]) if row else 0
