@@ -1,6 +1,9 @@
 """The query service against real PostgreSQL, through its own read-only login: scope checks,
 filters, stable keyset pages, one event, and the feed that never skips a row that commits late."""
 
+import csv
+import io
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -207,3 +210,29 @@ async def test_the_feed_holds_back_rows_an_older_transaction_could_still_precede
     everything = seen + more
     assert len(everything) == len(set(everything)) == 21
     assert (await feed_all(client, cursor))[0] == []  # nothing twice
+
+
+async def test_export_streams_every_matching_row_as_ndjson_or_csv(
+    client: httpx.AsyncClient, db: Any
+) -> None:
+    events = [event(i, user_agent='quote " and, comma') for i in range(3000)]
+    await store(db, events)
+    wanted = [str(e.id) for e in sorted(events, key=lambda e: (e.occurred_at, e.id), reverse=True)
+              if e.outcome == "denied"]  # fmt: skip
+    params = {"outcome": "denied"}
+    ndjson = await client.get("/audit-events/export", params=params, headers=READ)
+    assert ndjson.status_code == 200
+    assert ndjson.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in ndjson.text.splitlines()]
+    assert [line["id"] for line in lines] == wanted  # newest first, each once
+    assert lines[0]["user_agent"] == 'quote " and, comma'
+    as_csv = await client.get(
+        "/audit-events/export", params={**params, "format": "csv"}, headers=READ
+    )
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert [row["id"] for row in rows] == wanted
+    assert rows[0]["user_agent"] == 'quote " and, comma'
+    assert json.loads(rows[0]["metadata"]) == lines[0]["metadata"]
+    assert (await client.get("/audit-events/export", headers={})).status_code == 401
+    bad = await client.get("/audit-events/export", params={"format": "xml"}, headers=READ)
+    assert bad.status_code == 422

@@ -6,7 +6,9 @@ Endpoints: ``GET /audit-events`` (filters, keyset pages, newest first), ``GET
 ``GET /audit-events/{id}``; ``/healthz`` and ``/readyz``. Bounded: a statement timeout, a
 fixed connection pool, ``limit`` ≤ 1000.
 
-Not yet (issue 15 continues): recording each query as an audit event, export, the viewer page,
+``GET /audit-events/export`` streams the same filters as NDJSON or CSV.
+
+Not yet (issue 15 continues): recording each query as an audit event, the viewer page,
 ``audit-dlq``, deployments.
 """
 
@@ -20,6 +22,7 @@ import orjson
 import psycopg
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from pydantic import AfterValidator, AwareDatetime
@@ -61,6 +64,29 @@ def pool_for(settings: Settings) -> AsyncConnectionPool:
         configure=configure,
         open=False,
     )
+
+
+def filters(
+    actor_type: str | None = None,
+    actor_id: str | None = None,
+    action: str | None = None,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    outcome: Annotated[str | None, Query(pattern="^(success|failure|denied)$")] = None,
+    source_ip: Network | None = None,
+    request_id: str | None = None,
+    trace_id: str | None = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+) -> store.Filters:
+    """The filters of the listing and the export (``since``/``until`` on ``occurred_at``)."""
+    return store.Filters(
+        actor_type, actor_id, action, resource_type, resource_id, outcome, source_ip,
+        request_id, trace_id, since, until,
+    )  # fmt: skip
+
+
+Filtered = Annotated[store.Filters, Depends(filters)]
 
 
 def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> FastAPI:
@@ -111,25 +137,11 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
     @app.get("/audit-events")
     async def list_events(
         _: Reader,
-        actor_type: str | None = None,
-        actor_id: str | None = None,
-        action: str | None = None,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        outcome: Annotated[str | None, Query(pattern="^(success|failure|denied)$")] = None,
-        source_ip: Network | None = None,
-        request_id: str | None = None,
-        trace_id: str | None = None,
-        since: AwareDatetime | None = None,
-        until: AwareDatetime | None = None,
+        filters: Filtered,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Matching events, newest first; follow ``next_cursor`` to page to the end."""
-        filters = store.Filters(
-            actor_type, actor_id, action, resource_type, resource_id, outcome, source_ip,
-            request_id, trace_id, since, until,
-        )  # fmt: skip
         async with app.state.pool.connection() as conn:
             items, next_cursor = await _bad_cursor_is_422(store.page(conn, filters, limit, cursor))
         return {"items": items, "next_cursor": next_cursor}
@@ -144,6 +156,22 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         async with app.state.pool.connection() as conn:
             items, next_cursor = await _bad_cursor_is_422(store.feed(conn, after, limit), "after")
         return {"items": items, "next_cursor": next_cursor}
+
+    @app.get("/audit-events/export")
+    async def export(
+        _: Reader,
+        filters: Filtered,
+        format: Annotated[str, Query(pattern="^(ndjson|csv)$")] = "ndjson",
+    ) -> StreamingResponse:
+        """Every matching event, newest first, streamed from a server-side cursor: memory
+        stays flat whatever the size; a client that disconnects stops the query, and one that
+        reads too slowly is cut off after ``AUDIT_QUERY_EXPORT_SECONDS``."""
+        lines = store.export(app.state.pool, filters, format, settings.export_seconds)
+        media = "application/x-ndjson" if format == "ndjson" else "text/csv"
+        disposition = f'attachment; filename="audit-events.{format}"'
+        return StreamingResponse(
+            lines, media_type=media, headers={"Content-Disposition": disposition}
+        )
 
     @app.get("/audit-events/{event_id}")
     async def get_event(_: Reader, event_id: UUID) -> dict[str, Any]:

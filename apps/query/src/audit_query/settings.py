@@ -15,6 +15,7 @@ class Settings(BaseSettings):
     port: int = Field(8080, alias="AUDIT_QUERY_PORT")
     statement_timeout_ms: int = Field(5000, ge=100, alias="AUDIT_QUERY_STATEMENT_TIMEOUT_MS")
     db_connections: int = Field(8, ge=1, le=64, alias="AUDIT_QUERY_DB_CONNECTIONS")
+    export_seconds: float = Field(300, gt=0, alias="AUDIT_QUERY_EXPORT_SECONDS")
 
     @model_validator(mode="after")
     def _required(self) -> "Settings":
