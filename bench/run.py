@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import runpy
 import secrets
 import signal
 import subprocess
@@ -32,6 +33,7 @@ import psycopg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
+from psycopg import sql
 
 from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
@@ -52,6 +54,9 @@ NAMES = StreamNames()
 PASSWORD = secrets.token_urlsafe(18)
 METADATA = COLUMNS.index("metadata")  # the jsonb column
 SUBJECT = NAMES.event_subject("account.update")
+QUERY_INDEXES: dict[str, str] = runpy.run_path(
+    str(ROOT / "migrations" / "versions" / "0004_query_indexes.py")
+)["INDEXES"]
 EVENT_KEY = secrets.token_urlsafe(32)
 KEYS = EventKeys([EVENT_KEY])
 SEAL_KEY = generate_seal_key()
@@ -207,7 +212,9 @@ class Bench:
         assert self.nats.proc is not None
         return [self.nats.proc.pid]
 
-    async def db_ceiling(self) -> None:
+    async def db_ceiling(self, query_indexes: bool = True) -> None:
+        """COPY straight into the table; ``query_indexes=False``: with migration 0004's indexes
+        dropped for the run (and recreated after), to show what they cost."""
         rows = [
             row(e, i, KEYS.sign(encode(e)), hashlib.sha256(encode(e)).digest())
             for i, e in enumerate(map(event, range(self.n)))
@@ -216,6 +223,9 @@ class Bench:
         cpu = CpuMeter(postgres=self.pg_pid)
         async with await psycopg.AsyncConnection.connect(self.pg.url) as conn:
             await conn.execute("TRUNCATE audit_events")
+            if not query_indexes:
+                for name in QUERY_INDEXES:
+                    await conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
             await conn.commit()
             cpu.start()
             started = time.perf_counter()
@@ -230,8 +240,16 @@ class Bench:
             await conn.commit()
             elapsed = time.perf_counter() - started
             used = cpu.stop(self.n)
+            if not query_indexes:
+                for name, definition in QUERY_INDEXES.items():
+                    create = f"CREATE INDEX {name} ON audit_events {definition}"
+                    await conn.execute(create)
+                await conn.commit()
         self.record(
-            "db_ceiling", rows=self.n, per_s=self.n / elapsed, postgres_cpu_us=used["postgres"]
+            "db_ceiling" + ("" if query_indexes else "_without_query_indexes"),
+            rows=self.n,
+            per_s=self.n / elapsed,
+            postgres_cpu_us=used["postgres"],
         )
 
     async def broker_ceiling(self) -> None:
@@ -558,6 +576,7 @@ class Bench:
 
 def table(r: dict[str, dict[str, Any]], workers: int) -> str:
     db, ceiling = r["db_ceiling"], r["broker_ceiling"]
+    lean = r["db_ceiling_without_query_indexes"]
     broker, nats_py = ceiling["per_s"], ceiling["nats_py_fetch_per_s"]
     c1, c2 = r["consumer_1p"]["per_s"], r["consumer_2p"]["per_s"]
     plain, verify = r["consumer_1p_without_integrity"]["per_s"], r["verify"]
@@ -583,6 +602,9 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         "|---|---:|---:|---|",
         f"| DB ceiling: COPY into audit_events (indexes on) | {db['per_s']:,.0f} rows/s "
         f"| PostgreSQL {db['postgres_cpu_us']:.1f} µs CPU/row | |",
+        f"| the same without the query service's {len(QUERY_INDEXES)} indexes (migration 0004) "
+        f"| {lean['per_s']:,.0f} rows/s | with them: {db['per_s'] / lean['per_s']:.2f} × "
+        f"(PostgreSQL {lean['postgres_cpu_us']:.1f} → {db['postgres_cpu_us']:.1f} µs/row) | |",
         f"| broker ceiling: fetch + ack, no DB (the consumer's puller) | {broker:,.0f} msgs/s "
         f"| nats-py fetch(): {nats_py:,.0f} msgs/s; CPU/msg: client "
         f"{ceiling['fetch_ack_cpu_us']:.1f} µs, NATS {ceiling['nats_cpu_us']:.1f} µs | |",
@@ -632,6 +654,7 @@ async def main_async(args: argparse.Namespace) -> None:
         try:
             await migrate(bench.settings)
             print(f"benchmark: {bench.n:,} events, {os.cpu_count()} CPUs", flush=True)
+            await bench.db_ceiling(query_indexes=False)
             await bench.db_ceiling()
             await bench.broker_ceiling()
             await bench.drain(1, integrity=False)

@@ -119,10 +119,10 @@ def _item(row: dict[str, Any], sealed_upto: int) -> dict[str, Any]:
     return item
 
 
-async def page(
-    conn: psycopg.AsyncConnection[Any], filters: Filters, limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Up to ``limit`` matching rows, newest first, after ``cursor``; and the next cursor."""
+def page_query(
+    filters: Filters, limit: int, cursor: str | None = None
+) -> tuple[sql.Composed, list[Any]]:
+    """The statement :func:`page` runs (the index tests explain exactly this)."""
     clauses, params = filters.where()
     if cursor:
         occurred_at, event_id = decode_cursor(cursor, datetime, UUID)
@@ -130,8 +130,16 @@ async def page(
         params += [occurred_at, event_id]
     query = sql.SQL("SELECT {} FROM audit_events {} ORDER BY occurred_at DESC, id DESC LIMIT %s")
     where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
+    return query.format(_SELECT, where), [*params, limit]
+
+
+async def page(
+    conn: psycopg.AsyncConnection[Any], filters: Filters, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` matching rows, newest first, after ``cursor``; and the next cursor."""
+    query, params = page_query(filters, limit + 1, cursor)
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query.format(_SELECT, where), [*params, limit + 1])
+        await cur.execute(query, params)
         rows = await cur.fetchall()
         upto = await _sealed_upto(conn)
     more = len(rows) > limit
