@@ -58,11 +58,11 @@ bench-durability: sync ## Publish latency/throughput with NATS default fsync vs 
 
 .PHONY: bench
 bench: sync ## Benchmark against this machine's ceilings (DB, broker, consumer, API, end to end)
-	$(UV) run --frozen python bench/run.py $(BENCH_ARGS)
+	$(UV) run --frozen python -m bench.run $(BENCH_ARGS)
 
 .PHONY: bench-smoke
 bench-smoke: sync ## CI: the benchmark on tiny inputs (must finish and print; never asserts speed)
-	$(UV) run --frozen python bench/run.py --quick
+	$(UV) run --frozen python -m bench.run --quick
 
 .PHONY: dev
 dev: sync ## Run PostgreSQL, NATS, setup, the API and two consumers locally; Ctrl-C stops all

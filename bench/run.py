@@ -46,6 +46,7 @@ from audit_events.auth import issue_token
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import IDENTITIES
 from audit_events.seals import SealKey, generate_seal_key
+from bench import queries
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -643,6 +644,23 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms | | p99 ≤ 250 ms: "
         f"{ok(e2e['p99_ms'] <= 250)} |",
     ]
+    reads = [r[f"query {name}"] for name in queries.QUESTIONS]
+    for name, q in zip(queries.QUESTIONS, reads, strict=True):
+        bound = 2 * q["sql_p50_ms"] + 2
+        lines.append(
+            f"| query: {name} (GET /audit-events, 100 rows) | p50 {q['p50_ms']:.1f} ms, "
+            f"p99 {q['p99_ms']:.1f} ms | the same SQL directly: p50 {q['sql_p50_ms']:.1f} ms, "
+            f"p99 {q['sql_p99_ms']:.1f} ms | ≤ 2 × + 2 ms: {ok(q['p50_ms'] <= bound)} |"
+        )
+    export, feed = r["export"], r["feed"]
+    lines += [
+        f"| export, NDJSON, {export['rows']:,} rows | {export['per_s']:,.0f} rows/s, peak RSS "
+        f"{export['peak_rss_mb']:.0f} MB | {export['per_s'] / export['copy_per_s']:.2f} × COPY "
+        f"the same COPY run directly ({export['copy_per_s']:,.0f} rows/s; `SELECT *` "
+        f"unformatted: {export['raw_copy_per_s']:,.0f}) "
+        f"| ≥ 0.5: {ok(export['per_s'] >= 0.5 * export['copy_per_s'])} |",
+        f"| feed, from the start, 1,000 per poll | {feed['per_s']:,.0f} rows/s | | |",
+    ]
     return "\n".join(lines)
 
 
@@ -664,6 +682,8 @@ async def main_async(args: argparse.Namespace) -> None:
             await bench.per_message()
             await bench.api(args.workers)
             await bench.end_to_end(args.workers)
+            n, repeat = (20_000, 20) if bench.quick else (1_000_000, 200)
+            await queries.run(bench, SECRET, n, repeat, BIN / "audit-query")
         finally:
             bench.nats.stop()
             bench.pg.stop()

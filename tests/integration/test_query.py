@@ -215,7 +215,8 @@ async def test_the_feed_holds_back_rows_an_older_transaction_could_still_precede
 async def test_export_streams_every_matching_row_as_ndjson_or_csv(
     client: httpx.AsyncClient, db: Any
 ) -> None:
-    events = [event(i, user_agent='quote " and, comma') for i in range(3000)]
+    agent = 'quote " and, comma; back\\slash, tab\t, newline\n, é, \u2028'
+    events = [event(i, user_agent=agent) for i in range(3000)]
     await store(db, events)
     wanted = [str(e.id) for e in sorted(events, key=lambda e: (e.occurred_at, e.id), reverse=True)
               if e.outcome == "denied"]  # fmt: skip
@@ -223,15 +224,16 @@ async def test_export_streams_every_matching_row_as_ndjson_or_csv(
     ndjson = await client.get("/audit-events/export", params=params, headers=READ)
     assert ndjson.status_code == 200
     assert ndjson.headers["content-type"] == "application/x-ndjson"
-    lines = [json.loads(line) for line in ndjson.text.splitlines()]
+    lines = [json.loads(line) for line in ndjson.text.split("\n") if line]  # (not on U+2028)
     assert [line["id"] for line in lines] == wanted  # newest first, each once
-    assert lines[0]["user_agent"] == 'quote " and, comma'
+    assert lines[0]["user_agent"] == agent  # PostgreSQL's JSON, passed through untouched
+    assert lines[0]["sealed"] is False
     as_csv = await client.get(
         "/audit-events/export", params={**params, "format": "csv"}, headers=READ
     )
     rows = list(csv.DictReader(io.StringIO(as_csv.text)))
     assert [row["id"] for row in rows] == wanted
-    assert rows[0]["user_agent"] == 'quote " and, comma'
+    assert rows[0]["user_agent"] == agent
     assert json.loads(rows[0]["metadata"]) == lines[0]["metadata"]
     assert (await client.get("/audit-events/export", headers={})).status_code == 401
     bad = await client.get("/audit-events/export", params={"format": "xml"}, headers=READ)

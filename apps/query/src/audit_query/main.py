@@ -54,6 +54,8 @@ def pool_for(settings: Settings) -> AsyncConnectionPool:
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         await conn.set_read_only(True)
         set_json_loads(orjson.loads, conn)
+        await conn.execute("SET TimeZone TO 'UTC'")  # exports format times in it
+        await conn.commit()
 
     options = f"-c statement_timeout={settings.statement_timeout_ms}"
     return AsyncConnectionPool(
