@@ -141,7 +141,7 @@ async def run(bench: "Bench", secret: str, n: int, repeat: int, query_bin: Path)
             started = time.perf_counter()
             plain = "COPY (SELECT * FROM audit_events ORDER BY occurred_at DESC, id DESC) TO STDOUT"
             async with conn.cursor() as cur, cur.copy(plain) as stream:
-                async for data in stream:
+                async for _ in stream:
                     pass
             raw_s = time.perf_counter() - started
             await conn.rollback()

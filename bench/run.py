@@ -655,7 +655,7 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
     export, feed = r["export"], r["feed"]
     lines += [
         f"| export, NDJSON, {export['rows']:,} rows | {export['per_s']:,.0f} rows/s, peak RSS "
-        f"{export['peak_rss_mb']:.0f} MB | {export['per_s'] / export['copy_per_s']:.2f} × COPY "
+        f"{export['peak_rss_mb']:.0f} MB | {export['per_s'] / export['copy_per_s']:.2f} × "
         f"the same COPY run directly ({export['copy_per_s']:,.0f} rows/s; `SELECT *` "
         f"unformatted: {export['raw_copy_per_s']:,.0f}) "
         f"| ≥ 0.5: {ok(export['per_s'] >= 0.5 * export['copy_per_s'])} |",
