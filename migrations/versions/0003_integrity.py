@@ -41,7 +41,8 @@ def upgrade() -> None:
     )
     _digest_existing_rows()
     op.execute("ALTER TABLE audit_events ALTER COLUMN digest SET NOT NULL")
-    op.execute("CREATE INDEX audit_events_tx_idx ON audit_events (tx_id)")
+    # (tx_id, id): seals and audit-verify read ranges of tx_id; the feed pages on the pair.
+    op.execute("CREATE INDEX audit_events_tx_idx ON audit_events (tx_id, id)")
     op.execute(
         """
         CREATE TABLE audit_seals (

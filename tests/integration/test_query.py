@@ -4,6 +4,7 @@ filters, stable keyset pages, one event, and the feed that never skips a row tha
 import csv
 import io
 import json
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,9 +19,10 @@ from psycopg.conninfo import make_conninfo
 from audit_consumer.database import ensure_logins
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_consumer.writer import BatchWriter
+from audit_devservers import Child, free_port
 from audit_events import AuditEvent
 from audit_events.auth import issue_token
-from tests.conftest import JWT_SECRET
+from tests.conftest import BIN, JWT_SECRET, wait_for
 from tests.helpers import make_event, signed_row, write
 
 READ = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'auditor', scope='audit:read')}"}
@@ -238,3 +240,64 @@ async def test_export_streams_every_matching_row_as_ndjson_or_csv(
     assert (await client.get("/audit-events/export", headers={})).status_code == 401
     bad = await client.get("/audit-events/export", params={"format": "xml"}, headers=READ)
     assert bad.status_code == 422
+
+
+async def test_a_client_that_disconnects_ends_its_export(
+    db: Any, settings: ConsumerSettings, tmp_path: Any
+) -> None:
+    """Against the real process: while a client holds an export open the COPY runs; once it
+    hangs up, the COPY ends and the connection is back in the pool."""
+    await db.execute(
+        "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, action, resource_type,"
+        " resource_id, outcome, stream_seq, digest)"
+        " SELECT gen_random_uuid(), now() - g * interval '1 second', 'user', 'u' || g % 100,"
+        " 'account.read', 'account', 'acc-' || g, 'success', g, '\\x00'"
+        " FROM generate_series(1, 300000) AS g"
+    )
+    reader = make_conninfo(settings.database_url, user="audit_query", password="pw-3")
+    await ensure_logins(
+        ConsumerSettings(DATABASE_URL=settings.database_url, AUDIT_READER_DATABASE_URL=reader)
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    env.update(
+        AUDIT_READER_DATABASE_URL=reader,
+        AUDIT_JWT_SECRET=JWT_SECRET,
+        AUDIT_QUERY_PORT=str(port),
+        AUDIT_QUERY_HOST="127.0.0.1",
+    )
+    server = Child("query", [str(BIN / "audit-query")], env, tmp_path / "query.log").start()
+
+    async def exports_running() -> int:
+        cur = await db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'audit_query'"
+            " AND state = 'active' AND query LIKE 'COPY (SELECT json_build_object%%'"
+        )
+        return int((await cur.fetchone())[0])
+
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, headers=READ, timeout=30) as http:
+            await wait_for(lambda: _answers(http), timeout=60)
+            async with http.stream("GET", "/audit-events/export") as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_raw():
+                    break  # one chunk, then stop reading: the server blocks on the socket
+                await wait_for(lambda: _is(exports_running(), 1), timeout=30)
+            # hung up (the stream's context closed the connection)
+            await wait_for(lambda: _is(exports_running(), 0), timeout=60)
+            again = await http.get("/audit-events", params={"limit": 1})
+            assert again.status_code == 200  # the pool has its connection back
+    finally:
+        server.stop()
+
+
+async def _answers(http: httpx.AsyncClient) -> bool:
+    try:
+        return (await http.get("/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _is(count: Any, expected: int) -> bool:
+    return bool(await count == expected)

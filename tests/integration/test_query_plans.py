@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from audit_query.store import Filters, page_query
+from audit_query.store import FEED, Filters, page_query
 
 from audit_consumer.writer import BatchWriter
 from audit_events import AuditEvent
@@ -102,3 +102,22 @@ async def test_each_question_reads_little_more_than_it_returns(loaded: str, ques
     # may walk "denied, newest first" and skip other networks, or all of a network's denied
     # rows and keep the newest 100 — both fine; a scan of 200,000 rows is not).
     assert read <= 10 * returned + 100, (question, returned, read, [n["Node Type"] for n in nodes])
+
+
+async def test_a_feed_page_is_an_index_range_even_inside_a_big_transaction(loaded: str) -> None:
+    """The rows were written 10,000 per transaction: a cursor in the middle of one must not
+    make PostgreSQL read the rest of that transaction to find the next 100."""
+    async with await psycopg.AsyncConnection.connect(loaded) as conn:
+        tx_id, event_id = await (
+            await conn.execute(
+                "SELECT tx_id::text::bigint, id FROM audit_events ORDER BY tx_id, id"
+                " OFFSET 15000 LIMIT 1"
+            )
+        ).fetchone()  # type: ignore[misc]
+        explain = psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + FEED
+        ((plan,),) = await (await conn.execute(explain, [tx_id, event_id, 2**62, 100])).fetchall()
+    top = plan[0]["Plan"]
+    nodes = scans(top)
+    assert top["Actual Rows"] == 100
+    assert [n["Node Type"] for n in nodes] == ["Index Scan"], top
+    assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in nodes) <= 101

@@ -165,9 +165,9 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         filters: Filtered,
         format: Annotated[str, Query(pattern="^(ndjson|csv)$")] = "ndjson",
     ) -> StreamingResponse:
-        """Every matching event, newest first, streamed from a server-side cursor: memory
-        stays flat whatever the size; a client that disconnects stops the query, and one that
-        reads too slowly is cut off after ``AUDIT_QUERY_EXPORT_SECONDS``."""
+        """Every matching event, newest first, formatted by PostgreSQL and streamed by ``COPY``
+        as it is produced: memory stays flat whatever the size; a client that disconnects ends
+        the COPY, and one that reads too slowly is cut off after ``AUDIT_QUERY_EXPORT_SECONDS``."""
         lines = store.export(app.state.pool, filters, format, settings.export_seconds)
         media = "application/x-ndjson" if format == "ndjson" else "text/csv"
         disposition = f'attachment; filename="audit-events.{format}"'

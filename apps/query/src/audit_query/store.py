@@ -162,22 +162,25 @@ async def one(conn: psycopg.AsyncConnection[Any], event_id: UUID) -> dict[str, A
         return _item(row, await _sealed_upto(conn)) if row else None
 
 
+FEED = sql.SQL(
+    "SELECT {} FROM audit_events WHERE (tx_id, id) > (%s::text::xid8, %s)"
+    " AND tx_id < %s::text::xid8 ORDER BY audit_events.tx_id, audit_events.id LIMIT %s"
+).format(_SELECT)
+"""The feed's page: a range of the (tx_id, id) index, however big one transaction was (ordered
+by the table's columns: ``tx_id`` in the select list is a bigint rendering of it)."""
+
+
 async def feed(
     conn: psycopg.AsyncConnection[Any], after: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], str]:
     """Rows in commit-horizon order after ``after`` (from the start without it), only those no
     older transaction can still join; and the cursor to poll with next (always given)."""
     tx_id, event_id = decode_cursor(after, int, UUID) if after else (-1, UUID(int=0))
-    query = sql.SQL(
-        "SELECT {} FROM audit_events WHERE tx_id >= %s::text::xid8"
-        " AND (tx_id > %s::text::xid8 OR id > %s) AND tx_id < %s::text::xid8"
-        " ORDER BY tx_id, id LIMIT %s"
-    ).format(_SELECT)
+
     async with conn.transaction():  # REPEATABLE READ (set by the pool): horizon and rows agree
         horizon = (await (await conn.execute(HORIZON)).fetchone() or [0])[0]
         async with conn.cursor(row_factory=dict_row) as cur:
-            start = max(tx_id, 0)
-            await cur.execute(query, [start, start, event_id, horizon, limit])
+            await cur.execute(FEED, [max(tx_id, 0), event_id, horizon, limit])
             rows = await cur.fetchall()
         upto = await _sealed_upto(conn)
     if rows:
