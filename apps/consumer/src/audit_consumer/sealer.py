@@ -99,7 +99,7 @@ class Sealer:
 
     async def _seal(self, conn: psycopg.AsyncConnection[Any]) -> tuple[Seal | None, int]:
         """Inside the REPEATABLE READ transaction: the seal written (if any), and the tx id from
-        which batches are still unsealed."""
+        which rows are still unsealed."""
         locked = await (
             await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK,))
         ).fetchone()
