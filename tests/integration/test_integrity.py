@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -260,3 +260,23 @@ async def test_parallel_jobs_share_one_snapshot_and_find_the_same(
         f"row {sealed[i].id}: deleted (sealed in seal #{i // 5 + 1})" for i in (1, 13)
     )
     assert report.rows == 13
+
+
+async def test_since_checks_recent_seals_rows_and_the_whole_chain(
+    sealed: list[AuditEvent], db: Any, migrated: str
+) -> None:
+    """``--since`` skips the rows of older seals (that is what makes it quick), never the
+    chain; a pinned head that the chain still extends passes."""
+    head = (await check(migrated)).head
+    await db.execute("UPDATE audit_events SET actor_id = 'mallory' WHERE resource_id = 'acc-1'")
+    settings = VerifySettings.model_validate(
+        {"DATABASE_URL": migrated, "AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY}
+    )
+    later = datetime.now(UTC) + timedelta(seconds=1)  # every seal is older than this
+    recent = await asyncio.to_thread(verify, settings, since=later, head=head, grace=NOW)
+    assert (recent.findings, recent.seals, recent.rows) == ([], 3, 0)
+    await db.execute("UPDATE audit_seals SET row_count = 9 WHERE seq = 1")
+    chain = await asyncio.to_thread(verify, settings, since=later, head=head, grace=NOW)
+    assert chain.findings[0] == "seal #1: bad signature"  # the chain: always checked whole
+    whole = await check(migrated)
+    assert f"row {sealed[1].id}: altered (differs from seal #1)" in whole.findings
