@@ -18,7 +18,15 @@ from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
 from audit_devservers import NatsServer
 from audit_events import StreamNames, encode
-from audit_events.broker import API, CONSUMER, PASSWORD_VARS, SETUP, authorization, inbox_prefix
+from audit_events.broker import (
+    API,
+    CONSUMER,
+    PASSWORD_VARS,
+    QUERY,
+    SETUP,
+    authorization,
+    inbox_prefix,
+)
 from tests.conftest import BROKER_PASSWORDS, ROOT, without_credentials
 from tests.helpers import assert_admits_only_the_identities, make_event
 
@@ -104,6 +112,25 @@ async def test_the_api_may_publish_events_and_nothing_else(
         )
         other = f"{inbox_prefix(CONSUMER)}.>"  # another identity's replies
         await refused(errors, other, lambda: api.subscribe(other), "subscription")
+    assert (await nc.jetstream().stream_info(names.stream)).state.messages == 1
+
+
+async def test_the_query_service_may_record_reads_and_forge_no_account_event(
+    server: NatsServer, streams: Settings, nc: NATS
+) -> None:
+    names = streams.names
+    async with connect_as(server, QUERY) as (query, errors):
+        ack = await query.jetstream().publish(
+            names.event_subject("audit.query"), encode(make_event()), stream=names.stream
+        )
+        assert ack.seq >= 1  # its job: the record of a read
+        account = names.event_subject("account.update")
+        await refused(errors, account, lambda: query.publish(account, encode(make_event())))
+        pull = f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.durable}"
+        await request_refused(query, errors, pull, b'{"batch": 1}')
+        await refused(
+            errors, "audit.events.>", lambda: query.subscribe("audit.events.>"), "subscription"
+        )
     assert (await nc.jetstream().stream_info(names.stream)).state.messages == 1
 
 

@@ -10,9 +10,11 @@ access, and each identity is allowed only the subjects its job needs:
   letters (``audit.dlq.>``): it cannot create, delete or purge anything;
 - ``audit-setup`` creates, updates and reads the two streams and the durable (no delete, no
   purge);
+- ``audit-query`` publishes only the events that record reads of the log
+  (``audit.events.audit.>``): it cannot forge an account event;
 - every identity receives replies only on its own inbox prefix, so none can read another's.
 
-More producers (the query service) get an identity of their own with :func:`producer`.
+More producers get an identity of their own with :func:`producer`.
 The one thing a role's subjects cannot narrow: a consumer could ``+TERM`` a message through its
 ack subject. The consumer is the trusted writer; its credentials are the ones to guard most.
 """
@@ -26,8 +28,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events.naming import StreamNames
 
-API, CONSUMER, SETUP = "audit-api", "audit-consumer", "audit-setup"
-IDENTITIES = (API, CONSUMER, SETUP)
+API, CONSUMER, SETUP, QUERY = "audit-api", "audit-consumer", "audit-setup", "audit-query"
+IDENTITIES = (API, CONSUMER, SETUP, QUERY)
 PASSWORD_VARS = {name: f"AUDIT_NATS_{name.split('-')[1].upper()}_PASSWORD" for name in IDENTITIES}
 """The environment variable that holds each identity's password where several are configured
 at once (the NATS server's config, compose's .env, ``audit-keygen``'s output)."""
@@ -61,6 +63,7 @@ def permissions(names: StreamNames) -> dict[str, dict[str, Any]]:
     ]
     return {
         API: producer(API, [names.events_subjects], names),
+        QUERY: producer(QUERY, [names.event_subject("audit.>")], names),
         CONSUMER: {
             "publish": {
                 "allow": [
