@@ -16,7 +16,6 @@ from uuid import UUID
 import httpx
 import psutil
 import psycopg
-from audit_query.store import Filters, export_statement, page_query
 from psycopg.conninfo import make_conninfo
 
 from audit_consumer.database import ensure_logins
@@ -25,6 +24,7 @@ from audit_consumer.writer import BatchWriter
 from audit_devservers import free_port
 from audit_events import AuditEvent, Outcome, encode, row
 from audit_events.auth import issue_token
+from audit_query.store import Filters, export_statement, page_query
 
 if TYPE_CHECKING:
     from bench.run import Bench

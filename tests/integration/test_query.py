@@ -6,14 +6,13 @@ import io
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from audit_query.main import create_app, pool_for
-from audit_query.settings import Settings
 from psycopg.conninfo import make_conninfo
 
 from audit_consumer.database import ensure_logins
@@ -22,28 +21,70 @@ from audit_consumer.writer import BatchWriter
 from audit_devservers import Child, free_port
 from audit_events import AuditEvent
 from audit_events.auth import issue_token
-from tests.conftest import BIN, JWT_SECRET, wait_for
+from audit_events.authorship import SIGNATURE_HEADER, EventKeys
+from audit_events.broker import QUERY
+from audit_query.main import create_app, pool_for
+from audit_query.settings import Settings
+from tests.conftest import (
+    BIN,
+    EVENT_KEY,
+    JWT_SECRET,
+    identity_env,
+    wait_for,
+    without_credentials,
+)
 from tests.helpers import make_event, signed_row, write
 
 READ = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'auditor', scope='audit:read')}"}
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-async def client(db: Any, settings: ConsumerSettings) -> AsyncIterator[httpx.AsyncClient]:
+async def reader_url(settings: ConsumerSettings) -> str:
+    """The query service's read-only login (created as audit-setup creates it)."""
     reader = make_conninfo(settings.database_url, user="audit_query", password="pw-3")
     await ensure_logins(
         ConsumerSettings(DATABASE_URL=settings.database_url, AUDIT_READER_DATABASE_URL=reader)
     )
-    config = Settings(AUDIT_READER_DATABASE_URL=reader, AUDIT_JWT_SECRET=JWT_SECRET)
+    return reader
+
+
+def query_settings(reader: str, streams: ConsumerSettings, **extra: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "AUDIT_READER_DATABASE_URL": reader,
+            "AUDIT_JWT_SECRET": JWT_SECRET,
+            "AUDIT_EVENT_KEYS": EVENT_KEY,
+            "NATS_URL": without_credentials(streams.nats_url),
+            **identity_env(QUERY),
+            **extra,
+        }
+    )
+
+
+@asynccontextmanager
+async def serving(config: Settings, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its real lifespan (recorder connected, folds drained on the way out)."""
     pool = pool_for(config)
     await pool.open(wait=True)
     app = create_app(config, pool)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://query"
-    ) as http:
+    try:
+        async with app.router.lifespan_context(app):
+            if ready:
+                await wait_for(lambda: app.state.recorder.ready, timeout=30)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://query"
+            ) as http:
+                yield http
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def client(
+    db: Any, settings: ConsumerSettings, streams: ConsumerSettings
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(query_settings(await reader_url(settings), streams)) as http:
         yield http
-    await pool.close()
 
 
 def event(i: int, **fields: Any) -> AuditEvent:
@@ -243,7 +284,7 @@ async def test_export_streams_every_matching_row_as_ndjson_or_csv(
 
 
 async def test_a_client_that_disconnects_ends_its_export(
-    db: Any, settings: ConsumerSettings, tmp_path: Any
+    db: Any, settings: ConsumerSettings, streams: ConsumerSettings, tmp_path: Any
 ) -> None:
     """Against the real process: while a client holds an export open the COPY runs; once it
     hangs up, the COPY ends and the connection is back in the pool."""
@@ -263,8 +304,11 @@ async def test_a_client_that_disconnects_ends_its_export(
     env.update(
         AUDIT_READER_DATABASE_URL=reader,
         AUDIT_JWT_SECRET=JWT_SECRET,
+        AUDIT_EVENT_KEYS=EVENT_KEY,
+        NATS_URL=without_credentials(streams.nats_url),
         AUDIT_QUERY_PORT=str(port),
         AUDIT_QUERY_HOST="127.0.0.1",
+        **identity_env(QUERY),
     )
     server = Child("query", [str(BIN / "audit-query")], env, tmp_path / "query.log").start()
 
@@ -301,3 +345,73 @@ async def _answers(http: httpx.AsyncClient) -> bool:
 
 async def _is(count: Any, expected: int) -> bool:
     return bool(await count == expected)
+
+
+async def records(nc: Any, names: Any) -> list[tuple[dict[str, Any], bytes, str | None]]:
+    """Every event in the stream (no consumer runs here): decoded, as sent, its signature."""
+    js = nc.jetstream()
+    count = (await js.stream_info(names.stream)).state.messages
+    out = []
+    for seq in range(1, count + 1):
+        msg = await js.get_msg(names.stream, seq)
+        out.append((json.loads(msg.data), msg.data, (msg.headers or {}).get(SIGNATURE_HEADER)))
+    return out
+
+
+async def test_every_read_is_on_the_record_signed_by_the_query_service(
+    db: Any, settings: ConsumerSettings, streams: ConsumerSettings, nc: Any
+) -> None:
+    """Who watches the watchers: each read is an audit event before it is answered; feed polls
+    and denied reads are folded, and the folds add up."""
+    stored = event(1)
+    await store(db, [stored])
+    config = query_settings(await reader_url(settings), streams)
+    async with serving(config) as http:
+        params = {"actor_id": "user-1", "limit": "5"}
+        assert (await http.get("/audit-events", params=params, headers=READ)).status_code == 200
+        assert (await http.get(f"/audit-events/{stored.id}", headers=READ)).status_code == 200
+        export = await http.get("/audit-events/export", params={"format": "csv"}, headers=READ)
+        assert export.status_code == 200
+        for _ in range(5):
+            assert (await http.get("/audit-events/feed", headers=READ)).status_code == 200
+        for _ in range(3):
+            assert (await http.get("/audit-events")).status_code == 401
+    # (leaving `serving` ran the shutdown: the folds' remainders are recorded)
+    found = await records(nc, streams.names)
+    keys = EventKeys([EVENT_KEY])
+    assert all(keys.check(data, signature) is None for _, data, signature in found)
+    actions = [(b["action"], b["outcome"], b["actor_id"]) for b, _, _ in found]
+    assert actions == [
+        ("audit.query", "success", "auditor"),
+        ("audit.read", "success", "auditor"),
+        ("audit.export", "success", "auditor"),
+        ("audit.feed", "success", "auditor"),  # the first poll of the window
+        ("audit.query", "denied", "anonymous"),  # the first denied read of the window
+        ("audit.feed", "success", "auditor"),  # on shutdown: the 4 polls folded since
+        ("audit.query", "denied", "anonymous"),  # and the 2 denied reads
+    ]
+    query, read, exported, feed1, denied1, feed2, denied2 = (b for b, _, _ in found)
+    assert query["metadata"] == {
+        "filters": {"actor_id": "user-1"},
+        "limit": 5,
+        "cursor": False,
+        "returned": 1,
+    }
+    assert (read["resource_type"], read["resource_id"]) == ("audit_log", str(stored.id))
+    assert exported["metadata"]["format"] == "csv"
+    assert feed1["metadata"]["polls"] + feed2["metadata"]["polls"] == 5
+    assert denied1["metadata"]["denied_requests"] + denied2["metadata"]["denied_requests"] == 3
+    assert denied1["metadata"]["reason"] == "missing_token"
+
+
+async def test_without_the_broker_a_read_is_refused_not_answered_off_the_record(
+    db: Any, settings: ConsumerSettings, streams: ConsumerSettings
+) -> None:
+    await store(db, [event(1)])
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    config = query_settings(await reader_url(settings), streams, NATS_URL=nowhere)
+    async with serving(config, ready=False) as http:
+        response = await http.get("/audit-events", headers=READ)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "items" not in response.json()

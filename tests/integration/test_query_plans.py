@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from audit_query.store import FEED, Filters, page_query
 
 from audit_consumer.writer import BatchWriter
 from audit_events import AuditEvent
+from audit_query.store import FEED, Filters, page_query
 from tests.helpers import signed_row
 
 ROWS = 200_000

@@ -8,11 +8,12 @@ fixed connection pool, ``limit`` ≤ 1000.
 
 ``GET /audit-events/export`` streams the same filters as NDJSON or CSV.
 
-Not yet (issue 15 continues): recording each query as an audit event, the viewer page,
-``audit-dlq``, deployments.
+Every read is itself recorded as an audit event before it is answered (``recorder.py``).
+Not yet (issue 15 continues): the viewer page, ``audit-dlq``, deployments.
 """
 
 import ipaddress
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -27,10 +28,13 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from pydantic import AfterValidator, AwareDatetime
 
-from audit_events import tracing
+from audit_events import AuditEvent, tracing
 from audit_events.auth import AuthError, ScopeError, authenticate
 from audit_query import store
+from audit_query.recorder import Folds, Recorder, RecordUnavailable, read_event
 from audit_query.settings import Settings
+
+log = logging.getLogger("audit.query")
 
 SCOPE = "audit:read"
 MAX_LIMIT = 1000
@@ -92,14 +96,29 @@ Filtered = Annotated[store.Filters, Depends(filters)]
 
 
 def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> FastAPI:
+    """The service; tests hand in an open pool and run :func:`lifespan` around requests."""
+    recorder = Recorder(settings, settings.names, settings.keys, settings.publish_timeout_seconds)
+    feeds, denials = Folds(settings.fold_seconds), Folds(settings.fold_seconds)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if pool is None:
             app.state.pool = pool_for(settings)
             await app.state.pool.open(wait=False)
+        await recorder.start()
         try:
             yield
         finally:
+            for (actor, ip), counts in feeds.drain().items():  # what the last windows held
+                fed = read_event(actor, "audit.feed", ip, None, metadata=dict(counts))
+                await _best_effort(recorder, fed)
+            for (ip, reason), counts in denials.drain().items():
+                refused = {"reason": reason, **counts}
+                denied = read_event(
+                    None, "audit.query", ip, None, outcome="denied", metadata=refused
+                )
+                await _best_effort(recorder, denied)
+            await recorder.close()
             if pool is None:
                 await app.state.pool.close()
 
@@ -109,14 +128,41 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         redirect_slashes=False,
     )
     app.state.pool = pool
+    app.state.recorder = recorder
 
-    def reader(request: Request) -> str:
-        """The caller, who must hold a token with scope ``audit:read``."""
+    async def record(
+        request: Request,
+        actor: str,
+        action: str,
+        metadata: dict[str, Any],
+        outcome: str = "success",
+        resource_id: str = "audit_events",
+    ) -> None:
+        """Put this read on the record before answering it (503 if that cannot be done)."""
+        where = request.client.host if request.client else None
+        agent = request.headers.get("user-agent")
+        event = read_event(
+            actor, action, where, agent, outcome=outcome, resource_id=resource_id, metadata=metadata
+        )
+        try:
+            await recorder.record(event)
+        except RecordUnavailable as exc:
+            log.warning("read not answered, its record failed: %s", exc)
+            raise HTTPException(503, "cannot record this read now", {"Retry-After": "1"}) from None
+
+    async def reader(request: Request) -> str:
+        """The caller, who must hold a token with scope ``audit:read``; a denied read is on the
+        record too (folded per source address and window)."""
         try:
             return authenticate(request.headers.get("authorization"), settings.jwt_secret, SCOPE)
-        except ScopeError:
-            raise HTTPException(403, f"the token lacks scope {SCOPE}") from None
-        except AuthError:
+        except AuthError as exc:
+            where = request.client.host if request.client else None
+            if totals := denials.add((where, exc.code), denied_requests=1):
+                actor = exc.subject if isinstance(exc, ScopeError) else ""
+                refused = {"reason": exc.code, "path": request.url.path, **totals}
+                await record(request, actor, "audit.query", refused, outcome="denied")
+            if isinstance(exc, ScopeError):
+                raise HTTPException(403, f"the token lacks scope {SCOPE}") from None
             raise HTTPException(
                 401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             ) from None
@@ -138,7 +184,8 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
 
     @app.get("/audit-events")
     async def list_events(
-        _: Reader,
+        request: Request,
+        actor: Reader,
         filters: Filtered,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
         cursor: str | None = None,
@@ -146,28 +193,36 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         """Matching events, newest first; follow ``next_cursor`` to page to the end."""
         async with app.state.pool.connection() as conn:
             items, next_cursor = await _bad_cursor_is_422(store.page(conn, filters, limit, cursor))
+        asked = {"filters": filters.given(), "limit": limit, "cursor": cursor is not None}
+        await record(request, actor, "audit.query", {**asked, "returned": len(items)})
         return {"items": items, "next_cursor": next_cursor}
 
     @app.get("/audit-events/feed")
     async def follow(
-        _: Reader,
+        request: Request,
+        actor: Reader,
         after: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     ) -> dict[str, Any]:
         """Every stored event exactly once, in commit-horizon order; poll with ``next_cursor``."""
         async with app.state.pool.connection() as conn:
             items, next_cursor = await _bad_cursor_is_422(store.feed(conn, after, limit), "after")
+        where = request.client.host if request.client else None
+        if totals := feeds.add((actor, where), polls=1, rows=len(items)):
+            await record(request, actor, "audit.feed", dict(totals))
         return {"items": items, "next_cursor": next_cursor}
 
     @app.get("/audit-events/export")
     async def export(
-        _: Reader,
+        request: Request,
+        actor: Reader,
         filters: Filtered,
         format: Annotated[str, Query(pattern="^(ndjson|csv)$")] = "ndjson",
     ) -> StreamingResponse:
         """Every matching event, newest first, formatted by PostgreSQL and streamed by ``COPY``
         as it is produced: memory stays flat whatever the size; a client that disconnects ends
         the COPY, and one that reads too slowly is cut off after ``AUDIT_QUERY_EXPORT_SECONDS``."""
+        await record(request, actor, "audit.export", {"filters": filters.given(), "format": format})
         lines = store.export(app.state.pool, filters, format, settings.export_seconds)
         media = "application/x-ndjson" if format == "ndjson" else "text/csv"
         disposition = f'attachment; filename="audit-events.{format}"'
@@ -176,14 +231,23 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         )
 
     @app.get("/audit-events/{event_id}")
-    async def get_event(_: Reader, event_id: UUID) -> dict[str, Any]:
+    async def get_event(request: Request, actor: Reader, event_id: UUID) -> dict[str, Any]:
         async with app.state.pool.connection() as conn:
             item = await store.one(conn, event_id)
+        found = {"found": item is not None}
+        await record(request, actor, "audit.read", found, resource_id=str(event_id))
         if item is None:
             raise HTTPException(404, "no such audit event")
         return item
 
     return app
+
+
+async def _best_effort(recorder: Recorder, event: AuditEvent) -> None:
+    try:
+        await recorder.record(event)
+    except RecordUnavailable as exc:
+        log.warning("folded counts not recorded at shutdown: %s", exc)
 
 
 async def _bad_cursor_is_422(call: Any, name: str = "cursor") -> Any:

@@ -1,10 +1,14 @@
 """``audit-query`` configuration, all from the environment (README, "Reading the log")."""
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from audit_events import StreamNames
+from audit_events.authorship import EventKeys
+from audit_events.broker import BrokerSettings
 
 
-class Settings(BaseSettings):
+class Settings(BrokerSettings):
     """Every knob of ``audit-query``; names are the env vars."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -16,6 +20,10 @@ class Settings(BaseSettings):
     statement_timeout_ms: int = Field(5000, ge=100, alias="AUDIT_QUERY_STATEMENT_TIMEOUT_MS")
     db_connections: int = Field(8, ge=1, le=64, alias="AUDIT_QUERY_DB_CONNECTIONS")
     export_seconds: float = Field(300, gt=0, alias="AUDIT_QUERY_EXPORT_SECONDS")
+    fold_seconds: float = Field(60, gt=0, alias="AUDIT_QUERY_FOLD_SECONDS")
+    publish_timeout_seconds: float = Field(2.0, gt=0, le=30, alias="AUDIT_PUBLISH_TIMEOUT_SECONDS")
+    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
+    names: StreamNames = Field(default_factory=StreamNames)
 
     @model_validator(mode="after")
     def _required(self) -> "Settings":
@@ -25,4 +33,11 @@ class Settings(BaseSettings):
             raise ValueError("AUDIT_READER_DATABASE_URL is not set (the audit_reader login)")
         if len(self.jwt_secret.encode()) < 32:
             raise ValueError("AUDIT_JWT_SECRET is empty or shorter than 32 bytes (audit-keygen)")
+        if not self.event_keys:
+            raise ValueError("AUDIT_EVENT_KEYS is not set: every read is recorded, signed")
+        self.keys  # noqa: B018 - a bad key fails here, not at the first read
         return self
+
+    @property
+    def keys(self) -> EventKeys:
+        return EventKeys.parse(self.event_keys)

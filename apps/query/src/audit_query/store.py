@@ -64,6 +64,10 @@ class Filters:
     since: datetime | None = None  # occurred_at >= since
     until: datetime | None = None  # occurred_at < until
 
+    def given(self) -> dict[str, str]:
+        """The filters used, for the record of the read."""
+        return {k: str(v) for k, v in vars(self).items() if v is not None}
+
     def where(self, inline: bool = False) -> tuple[list[sql.Composable], list[Any]]:
         """The conditions and their parameters; ``inline``: values quoted into the SQL instead
         (``COPY`` takes no parameters)."""
