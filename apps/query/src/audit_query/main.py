@@ -2,14 +2,12 @@
 ``audit:read``, through its own SELECT-only database login.
 
 Endpoints: ``GET /audit-events`` (filters, keyset pages, newest first), ``GET
-/audit-events/feed`` (every row exactly once, in commit-horizon order, for SIEMs),
-``GET /audit-events/{id}``; ``/healthz`` and ``/readyz``. Bounded: a statement timeout, a
-fixed connection pool, ``limit`` ≤ 1000.
-
-``GET /audit-events/export`` streams the same filters as NDJSON or CSV.
-
-Every read is itself recorded as an audit event before it is answered (``recorder.py``).
-Not yet (issue 15 continues): the viewer page, ``audit-dlq``, deployments.
+/audit-events/{id}``, ``GET /audit-events/feed`` (every row exactly once, in commit-horizon
+order, for SIEMs), ``GET /audit-events/export`` (the same filters as NDJSON or CSV, streamed);
+``/healthz`` and ``/readyz``. Bounded: a statement timeout, a fixed connection pool,
+``limit`` ≤ 1000, exports cut off after ``AUDIT_QUERY_EXPORT_SECONDS``. Every read is itself
+recorded as an audit event before it is answered (``recorder.py``); the SQL is in
+``store.py``.
 """
 
 import ipaddress
