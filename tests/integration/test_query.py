@@ -325,8 +325,8 @@ async def test_a_client_that_disconnects_ends_its_export(
             await wait_for(lambda: _answers(http), timeout=60)
             async with http.stream("GET", "/audit-events/export") as response:
                 assert response.status_code == 200
-                async for _ in response.aiter_raw():
-                    break  # one chunk, then stop reading: the server blocks on the socket
+                chunks = response.aiter_raw()  # referenced: a collected one would close the stream
+                assert await anext(chunks)  # one chunk, then stop reading: the server blocks
                 await wait_for(lambda: _is(exports_running(), 1), timeout=30)
             # hung up (the stream's context closed the connection)
             await wait_for(lambda: _is(exports_running(), 0), timeout=60)
