@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from audit_api.main import create_app
-from audit_api.settings import PUBLISHED_SECRETS, Settings
-from audit_events.auth import issue_token
+from audit_api.settings import Settings
+from audit_events.auth import PUBLISHED_SECRETS, issue_token
 from tests.conftest import JWT_SECRET, metric
 from tests.fakes import FakePublisher
 from tests.helpers import BAD_CREDENTIALS, raw_token

@@ -1,8 +1,10 @@
 """JWT authentication: only valid, unexpired HS256 tokens with a usable ``sub`` pass."""
 
 import pytest
+from pydantic import ValidationError
 
-from audit_events.auth import AuthError, ScopeError, authenticate, issue_token
+from audit_events.auth import PUBLISHED_SECRETS, AuthError, ScopeError, authenticate, issue_token
+from audit_query.settings import Settings as QuerySettings
 from tests.helpers import BAD_CREDENTIALS, REASONS, SECRET, bearer
 
 
@@ -32,3 +34,13 @@ def test_a_scope_is_checked_only_when_asked_and_missing_it_is_not_a_401() -> Non
         with pytest.raises(ScopeError) as refused:
             authenticate(bearer(token), SECRET, "audit:read")
         assert refused.value.subject == "dave"  # known, just not allowed: 403
+
+
+@pytest.mark.parametrize("secret", ["", "short", *PUBLISHED_SECRETS])
+def test_the_query_service_refuses_guessable_secrets_like_the_api(secret: str) -> None:
+    with pytest.raises(ValidationError, match="AUDIT_JWT_SECRET"):
+        QuerySettings(
+            AUDIT_READER_DATABASE_URL="postgresql://reader@db/audit",
+            AUDIT_JWT_SECRET=secret,
+            AUDIT_EVENT_KEYS="k" * 32,
+        )

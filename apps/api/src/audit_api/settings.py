@@ -4,11 +4,9 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from audit_events import StreamNames
+from audit_events.auth import check_secret
 from audit_events.authorship import EventKeys
 from audit_events.broker import BrokerSettings
-
-PUBLISHED_SECRETS = {"dev-only-secret-change-me-0123456789abcdef"}
-"""Secrets earlier versions shipped in examples: public knowledge, refused."""
 
 
 class Settings(BrokerSettings):
@@ -33,16 +31,8 @@ class Settings(BrokerSettings):
 
     @model_validator(mode="after")
     def _secret_is_real(self) -> "Settings":
-        """An audit trail is only as good as its actor ids: refuse guessable JWT secrets."""
-        if not self.jwt_secret:
-            raise ValueError(
-                "AUDIT_JWT_SECRET is empty: set a random secret of 32+ bytes (audit-keygen)"
-            )
-        if len(self.jwt_secret.encode()) < 32 or self.jwt_secret in PUBLISHED_SECRETS:
-            raise ValueError(
-                "AUDIT_JWT_SECRET is shorter than 32 bytes or a published example;"
-                " generate one with audit-keygen"
-            )
+        """Refuse guessable JWT secrets and a missing event key before serving anything."""
+        check_secret(self.jwt_secret)
         if not self.event_keys:
             raise ValueError(
                 "AUDIT_EVENT_KEYS is empty: the API signs every event it publishes and consumers"

@@ -4,6 +4,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from audit_events import StreamNames
+from audit_events.auth import check_secret
 from audit_events.authorship import EventKeys
 from audit_events.broker import BrokerSettings
 
@@ -31,8 +32,7 @@ class Settings(BrokerSettings):
         secret to check tokens."""
         if not self.reader_database_url:
             raise ValueError("AUDIT_READER_DATABASE_URL is not set (the audit_reader login)")
-        if len(self.jwt_secret.encode()) < 32:
-            raise ValueError("AUDIT_JWT_SECRET is empty or shorter than 32 bytes (audit-keygen)")
+        check_secret(self.jwt_secret)
         if not self.event_keys:
             raise ValueError("AUDIT_EVENT_KEYS is not set: every read is recorded, signed")
         self.keys  # noqa: B018 - a bad key fails here, not at the first read

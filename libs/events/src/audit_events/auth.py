@@ -16,6 +16,8 @@ import jwt
 
 from audit_events import MAX_ID_CHARS
 
+PUBLISHED_SECRETS = {"dev-only-secret-change-me-0123456789abcdef"}
+"""Secrets earlier versions shipped in examples: public knowledge, refused."""
 MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_CHARS = MAX_ID_CHARS  # the subject is the event's actor_id
 
@@ -37,6 +39,20 @@ JWT_REASONS: list[tuple[type[jwt.PyJWTError], str]] = [
     (jwt.MissingRequiredClaimError, "missing_claim"),
     (jwt.DecodeError, "malformed_token"),
 ]
+
+
+def check_secret(secret: str) -> None:
+    """ValueError unless ``secret`` can sign tokens: an audit trail is only as good as its actor
+    ids, so empty, short and published secrets are refused (every process that checks tokens)."""
+    if not secret:
+        raise ValueError(
+            "AUDIT_JWT_SECRET is empty: set a random secret of 32+ bytes (audit-keygen)"
+        )
+    if len(secret.encode()) < 32 or secret in PUBLISHED_SECRETS:
+        raise ValueError(
+            "AUDIT_JWT_SECRET is shorter than 32 bytes or a published example;"
+            " generate one with audit-keygen"
+        )
 
 
 def authenticate(authorization: str | None, secret: str, scope: str | None = None) -> str:
