@@ -26,7 +26,7 @@ from audit_devservers import Child, free_port
 from audit_devservers.servers import nats_server_binary
 from audit_events import AuditEvent, Row, encode, keygen, row, uuid7
 from audit_events.auth import issue_token
-from audit_events.authorship import SIGNATURE_HEADER, EventKeys
+from audit_events.authorship import EventKeys, signed
 from audit_events.broker import PASSWORD_VARS
 from tests.conftest import EVENT_KEY, JWT_SECRET, SEAL_PUBLIC_KEY
 
@@ -58,8 +58,9 @@ def sign(data: bytes) -> str:
 
 def published(event: AuditEvent, msg_id: str | None = None) -> dict[str, Any]:
     """``payload`` and ``headers`` of ``event`` as the API publishes it (signed)."""
-    data = encode(event)
-    headers = {"Nats-Msg-Id": msg_id or str(event.id), SIGNATURE_HEADER: sign(data)}
+    data, headers = signed(event, EventKeys([EVENT_KEY]))
+    if msg_id:
+        headers["Nats-Msg-Id"] = msg_id
     return {"payload": data, "headers": headers}
 
 

@@ -16,7 +16,6 @@ import time
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
@@ -25,9 +24,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from audit_api.metrics import NATS_CONNECTED, PUBLISH_FAILURES, PUBLISH_SECONDS
-from audit_events import AuditEvent, StreamNames, encode, tracing
-from audit_events.authorship import SIGNATURE_HEADER, EventKeys
-from audit_events.broker import API, BrokerSettings
+from audit_events import AuditEvent, StreamNames, tracing
+from audit_events.authorship import EventKeys, signed
+from audit_events.broker import API, BrokerSettings, connect_forever
 
 log = logging.getLogger("audit.api.publisher")
 TRACER = trace.get_tracer("audit_api.publisher")
@@ -95,26 +94,16 @@ class NatsPublisher:
         self._watching = asyncio.create_task(self._watch_stream())
 
     async def _connect_forever(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                self.nc = await nats.connect(
-                    **self.broker.connect_options(API),
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    connect_timeout=5,
-                    error_cb=_log_error,
-                    disconnected_cb=_disconnected,
-                    reconnected_cb=_reconnected,
-                )
-                self.js = self.nc.jetstream()
-                NATS_CONNECTED.set(1)
-                log.info("connected to NATS")
-                return
-            except Exception as exc:
-                log.warning("NATS not reachable (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        self.nc = await connect_forever(
+            self.broker,
+            API,
+            error_cb=_log_error,
+            disconnected_cb=_disconnected,
+            reconnected_cb=_reconnected,
+        )
+        self.js = self.nc.jetstream()
+        NATS_CONNECTED.set(1)
+        log.info("connected to NATS")
 
     async def close(self) -> None:
         for task in (self._connecting, self._watching):
@@ -130,8 +119,7 @@ class NatsPublisher:
             PUBLISH_FAILURES.labels("not_connected").inc()
             raise PublishUnavailable("not connected to NATS")
         subject = self.names.event_subject(event.action)
-        data = encode(event)
-        headers = {"Nats-Msg-Id": str(event.id), SIGNATURE_HEADER: self.keys.sign(data)}
+        data, headers = signed(event, self.keys)
         started = time.perf_counter()
         try:
             with self._span(subject, event):

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
-from audit_events import AuditEvent, StreamNames, canonical_ip, encode, uuid7
-from audit_events.authorship import SIGNATURE_HEADER, EventKeys
-from audit_events.broker import QUERY, BrokerSettings
+from audit_events import AuditEvent, StreamNames, canonical_ip, uuid7
+from audit_events.authorship import EventKeys, signed
+from audit_events.broker import QUERY, BrokerSettings, connect_forever
 
 log = logging.getLogger("audit.query.recorder")
 
@@ -53,20 +52,9 @@ class Recorder:
         self._connecting = asyncio.create_task(self._connect())
 
     async def _connect(self) -> None:
-        while True:
-            try:
-                self.nc = await nats.connect(
-                    **self.broker.connect_options(QUERY),
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    connect_timeout=5,
-                )
-                self.js = self.nc.jetstream()
-                log.info("connected to NATS")
-                return
-            except Exception as exc:
-                log.warning("NATS not reachable (%s); retrying", exc)
-                await asyncio.sleep(1)
+        self.nc = await connect_forever(self.broker, QUERY)
+        self.js = self.nc.jetstream()
+        log.info("connected to NATS")
 
     async def close(self) -> None:
         if self._connecting is not None:
@@ -78,8 +66,7 @@ class Recorder:
         """Publish and wait for JetStream's ack, or raise :class:`RecordUnavailable`."""
         if self.js is None or not self.ready:
             raise RecordUnavailable("not connected to NATS")
-        data = encode(event)
-        headers = {"Nats-Msg-Id": str(event.id), SIGNATURE_HEADER: self.keys.sign(data)}
+        data, headers = signed(event, self.keys)
         try:
             await self.js.publish(
                 self.names.event_subject(event.action),

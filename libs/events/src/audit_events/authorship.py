@@ -17,6 +17,8 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
+from audit_events.model import AuditEvent, encode
+
 SIGNATURE_HEADER = "Audit-Signature"
 """NATS header holding ``<key id>:<base64 HMAC-SHA256 of the payload>``."""
 MIN_KEY_BYTES = 32
@@ -88,3 +90,10 @@ class EventKeys:
             return f"unknown key {kid[:16]!r}"
         expected = base64.b64encode(key.digest(data)).decode()
         return None if hmac.compare_digest(expected, tag) else "signature does not match"
+
+
+def signed(event: AuditEvent, keys: EventKeys) -> tuple[bytes, dict[str, str]]:
+    """An event as every producer publishes it: its canonical bytes, and headers with the
+    ``Nats-Msg-Id`` JetStream dedupes on and the producer's signature."""
+    data = encode(event)
+    return data, {"Nats-Msg-Id": str(event.id), SIGNATURE_HEADER: keys.sign(data)}

@@ -19,14 +19,20 @@ The one thing a role's subjects cannot narrow: a consumer could ``+TERM`` a mess
 ack subject. The consumer is the trusted writer; its credentials are the ones to guard most.
 """
 
+import asyncio
 import json
+import logging
 import ssl
 from typing import Any
 
+import nats
+from nats.aio.client import Client as NATS
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events.naming import StreamNames
+
+log = logging.getLogger("audit.broker")
 
 API, CONSUMER, SETUP, QUERY = "audit-api", "audit-consumer", "audit-setup", "audit-query"
 IDENTITIES = (API, CONSUMER, SETUP, QUERY)
@@ -126,3 +132,22 @@ class BrokerSettings(BaseSettings):
                 context.load_cert_chain(self.nats_tls_cert, self.nats_tls_key)
             options["tls"] = context
         return options
+
+
+async def connect_forever(settings: BrokerSettings, identity: str, **callbacks: Any) -> NATS:
+    """Connect as ``identity``, retrying with backoff (up to 5 s) until NATS answers; from then
+    on nats-py reconnects by itself, forever. ``callbacks``: nats-py's ``error_cb`` and co."""
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                **settings.connect_options(identity),
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                connect_timeout=5,
+                **callbacks,
+            )
+        except Exception as exc:
+            log.warning("NATS not reachable (%s); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
