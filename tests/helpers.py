@@ -75,12 +75,17 @@ async def write(writer: BatchWriter, rows: list[Row]) -> WriteResult:
     return await writer.write(rows)
 
 
+def verify_settings(db_url: str, **env: str) -> VerifySettings:
+    """``audit-verify``'s settings with this session's keys (``env`` overrides, e.g.
+    ``AUDIT_EVENT_KEYS=""`` to check seals only)."""
+    keys = {"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "AUDIT_EVENT_KEYS": EVENT_KEY, **env}
+    return VerifySettings.model_validate({"DATABASE_URL": db_url, **keys})
+
+
 async def assert_intact(db_url: str, timeout: float = 60) -> Report:
     """``audit-verify`` finds nothing, once every row is sealed (the consumers seal within a
     few seconds; waiting for that is a bound, not a speed assertion)."""
-    settings = VerifySettings(
-        DATABASE_URL=db_url, AUDIT_SEAL_PUBLIC_KEYS=SEAL_PUBLIC_KEY, AUDIT_EVENT_KEYS=EVENT_KEY
-    )
+    settings = verify_settings(db_url)
     deadline = time.monotonic() + timeout
     while True:
         report = await asyncio.to_thread(verify, settings, grace=timedelta(seconds=timeout))

@@ -18,12 +18,12 @@ from audit_consumer import verify as verify_module
 from audit_consumer.database import alembic_config, ensure_logins, migrate
 from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
-from audit_consumer.verify import Report, VerifySettings, verify
+from audit_consumer.verify import Report, verify
 from audit_consumer.writer import BatchWriter
 from audit_events import AuditEvent, encode
 from audit_events.seals import SealKey
-from tests.conftest import BIN, EVENT_KEY, SEAL_KEY, SEAL_PUBLIC_KEY
-from tests.helpers import make_event, sign, signed_row, write
+from tests.conftest import BIN, SEAL_KEY, SEAL_PUBLIC_KEY
+from tests.helpers import make_event, sign, signed_row, verify_settings, write
 
 NOW = timedelta(0)  # grace: every unsealed row is overdue
 
@@ -46,8 +46,7 @@ async def sealed(db: Any, migrated: str) -> list[AuditEvent]:
 async def check(
     url: str, head: str | None = None, grace: timedelta = NOW, jobs: int = 1, **env: str
 ) -> Report:
-    keys = {"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "AUDIT_EVENT_KEYS": EVENT_KEY, **env}
-    settings = VerifySettings.model_validate({"DATABASE_URL": url, **keys})
+    settings = verify_settings(url, **env)
     return await asyncio.to_thread(verify, settings, head=head, grace=grace, jobs=jobs)
 
 
@@ -269,9 +268,7 @@ async def test_since_checks_recent_seals_rows_and_the_whole_chain(
     chain; a pinned head that the chain still extends passes."""
     head = (await check(migrated)).head
     await db.execute("UPDATE audit_events SET actor_id = 'mallory' WHERE resource_id = 'acc-1'")
-    settings = VerifySettings.model_validate(
-        {"DATABASE_URL": migrated, "AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY}
-    )
+    settings = verify_settings(migrated, AUDIT_EVENT_KEYS="")
     later = datetime.now(UTC) + timedelta(seconds=1)  # every seal is older than this
     recent = await asyncio.to_thread(verify, settings, since=later, head=head, grace=NOW)
     assert (recent.findings, recent.seals, recent.rows) == ([], 3, 0)

@@ -137,7 +137,7 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         resource_id: str = "audit_events",
     ) -> None:
         """Put this read on the record before answering it (503 if that cannot be done)."""
-        where = request.client.host if request.client else None
+        where = _client(request)
         agent = request.headers.get("user-agent")
         event = read_event(
             actor, action, where, agent, outcome=outcome, resource_id=resource_id, metadata=metadata
@@ -154,7 +154,7 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         try:
             return authenticate(request.headers.get("authorization"), settings.jwt_secret, SCOPE)
         except AuthError as exc:
-            where = request.client.host if request.client else None
+            where = _client(request)
             if totals := denials.add((where, exc.code), denied_requests=1):
                 actor = exc.subject if isinstance(exc, ScopeError) else ""
                 refused = {"reason": exc.code, "path": request.url.path, **totals}
@@ -205,7 +205,7 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         """Every stored event exactly once, in commit-horizon order; poll with ``next_cursor``."""
         async with app.state.pool.connection() as conn:
             items, next_cursor = await _bad_cursor_is_422(store.feed(conn, after, limit), "after")
-        where = request.client.host if request.client else None
+        where = _client(request)
         if totals := feeds.add((actor, where), polls=1, rows=len(items)):
             await record(request, actor, "audit.feed", dict(totals))
         return {"items": items, "next_cursor": next_cursor}
@@ -239,6 +239,10 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         return item
 
     return app
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 async def _best_effort(recorder: Recorder, event: AuditEvent) -> None:
