@@ -186,14 +186,15 @@ def _chain(
             report.findings.append(f"seal #{seal.seq}: broken chain (previous hash differs)")
         if seal.from_tx != prev_upto:
             report.findings.append(f"seal #{seal.seq}: its range does not follow the previous")
-        prev_hash, prev_upto = seal.hash, seal.upto_tx
+        digest = seal.hash  # (computed from the seal's fields, once)
+        prev_hash, prev_upto = digest, seal.upto_tx
         if why := seal_keys.check(seal):
             report.findings.append(f"seal #{seal.seq}: {why}")
             bad.add(seal.seq)
             prev_hash = None
-        elif bytes(row[9]) != seal.hash:
+        elif bytes(row[9]) != digest:
             report.findings.append(f"seal #{seal.seq}: its stored hash was changed")
-        hashes[seal.seq] = seal.hash
+        hashes[seal.seq] = digest
     report.seals = len(seals)
     report.head = seals[-1].head if seals else ""
     if head:
