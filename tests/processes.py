@@ -1,11 +1,12 @@
-"""Real ``audit-api`` and ``audit-consumer`` child processes for end-to-end and fault tests."""
+"""Real ``audit-api``, ``audit-consumer`` and ``audit-query`` child processes for end-to-end,
+fault and browser tests."""
 
 import time
 import urllib.request
 from pathlib import Path
 
 from audit_devservers import Child, free_port
-from audit_events.broker import API, CONSUMER
+from audit_events.broker import API, CONSUMER, QUERY
 from tests.conftest import BIN, SEAL_KEY, identity_env
 
 
@@ -60,3 +61,16 @@ def consumer(env: dict[str, str], logs: Path, index: int) -> Service:
         "AUDIT_HEALTH_HOST": "127.0.0.1",
     }
     return Service(f"consumer-{index}", [str(BIN / "audit-consumer")], env, port, logs)
+
+
+def query(env: dict[str, str], logs: Path, reader_url: str) -> Service:
+    """``audit-query`` reading through ``reader_url`` (an audit_reader login)."""
+    port = free_port()
+    env = {
+        **identity_env(QUERY),
+        **env,
+        "AUDIT_READER_DATABASE_URL": reader_url,
+        "AUDIT_QUERY_PORT": str(port),
+        "AUDIT_QUERY_HOST": "127.0.0.1",
+    }
+    return Service("query", [str(BIN / "audit-query")], env, port, logs)

@@ -23,6 +23,7 @@ from audit_events import AuditEvent
 from audit_events.auth import issue_token
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import QUERY
+from audit_query import store as store_module
 from audit_query.main import create_app, pool_for
 from audit_query.settings import Settings
 from tests.conftest import (
@@ -196,6 +197,21 @@ async def test_bad_parameters_are_422_naming_the_parameter(
     response = await client.get("/audit-events", params=params, headers=READ)
     assert response.status_code == 422
     assert [d["loc"][-1] for d in response.json()["detail"]] == [name]
+
+
+async def test_an_empty_filter_is_no_filter_and_a_forged_feed_cursor_is_422(
+    client: httpx.AsyncClient, db: Any
+) -> None:
+    """A form sends every field: ``actor_id=`` and ``since=`` mean "any"."""
+    await store(db, [event(i) for i in range(3)])
+    blank = {"actor_id": "", "since": "", "source_ip": "", "outcome": ""}
+    response = await client.get("/audit-events", params=blank, headers=READ)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["items"]) == 3
+    forged = store_module.encode_cursor(0, str(make_event().id), "x" * 33)
+    response = await client.get("/audit-events/feed", params={"after": forged}, headers=READ)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "after"]
 
 
 async def test_one_event_with_every_column_and_its_seal_status(
@@ -372,8 +388,11 @@ async def test_every_read_is_on_the_record_signed_by_the_query_service(
         assert (await http.get(f"/audit-events/{stored.id}", headers=READ)).status_code == 200
         export = await http.get("/audit-events/export", params={"format": "csv"}, headers=READ)
         assert export.status_code == 200
-        for _ in range(5):
-            assert (await http.get("/audit-events/feed", headers=READ)).status_code == 200
+        after: dict[str, str] = {}
+        for _ in range(5):  # one follower: one cursor session
+            polled = await http.get("/audit-events/feed", params=after, headers=READ)
+            after = {"after": polled.json()["next_cursor"]}
+        assert (await http.get("/audit-events/feed", headers=READ)).status_code == 200  # another
         for _ in range(3):
             assert (await http.get("/audit-events")).status_code == 401
     # (leaving `serving` ran the shutdown: the folds' remainders are recorded)
@@ -385,12 +404,16 @@ async def test_every_read_is_on_the_record_signed_by_the_query_service(
         ("audit.query", "success", "auditor"),
         ("audit.read", "success", "auditor"),
         ("audit.export", "success", "auditor"),
-        ("audit.feed", "success", "auditor"),  # the first poll of the window
+        ("audit.feed", "success", "auditor"),  # the first poll of the session's window
+        ("audit.feed", "success", "auditor"),  # a second session starts
         ("audit.query", "denied", "anonymous"),  # the first denied read of the window
         ("audit.feed", "success", "auditor"),  # on shutdown: the 4 polls folded since
         ("audit.query", "denied", "anonymous"),  # and the 2 denied reads
     ]
-    query, read, exported, feed1, denied1, feed2, denied2 = (b for b, _, _ in found)
+    query, read, exported, feed1, other, denied1, feed2, denied2 = (b for b, _, _ in found)
+    assert feed1["metadata"]["session"] == feed2["metadata"]["session"]
+    assert other["metadata"] == {"session": other["metadata"]["session"], "polls": 1, "rows": 1}
+    assert other["metadata"]["session"] != feed1["metadata"]["session"]
     assert query["metadata"] == {
         "filters": {"actor_id": "user-1"},
         "limit": 5,

@@ -23,6 +23,7 @@ class Settings(BrokerSettings):
     export_seconds: float = Field(300, gt=0, alias="AUDIT_QUERY_EXPORT_SECONDS")
     fold_seconds: float = Field(60, gt=0, alias="AUDIT_QUERY_FOLD_SECONDS")
     publish_timeout_seconds: float = Field(2.0, gt=0, le=30, alias="AUDIT_PUBLISH_TIMEOUT_SECONDS")
+    jaeger_url: str | None = Field(None, alias="AUDIT_JAEGER_URL")  # the viewer links traces
     event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
     names: StreamNames = Field(default_factory=StreamNames)
 

@@ -14,6 +14,7 @@ running transaction lasts).
 import base64
 import binascii
 import ipaddress
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def decode_cursor(text: str, *types: type) -> list[Any]:
                 out.append(datetime.fromisoformat(value))
             elif kind is UUID:
                 out.append(UUID(value))
-            elif kind is int and isinstance(value, int):
+            elif kind in (int, str) and isinstance(value, kind):
                 out.append(value)
             else:
                 raise BadCursor("not a cursor of this listing")
@@ -174,12 +175,24 @@ FEED = sql.SQL(
 by the table's columns: ``tx_id`` in the select list is a bigint rendering of it)."""
 
 
-async def feed(
-    conn: psycopg.AsyncConnection[Any], after: str | None, limit: int
-) -> tuple[list[dict[str, Any]], str]:
+@dataclass(frozen=True)
+class FeedPage:
+    items: list[dict[str, Any]]
+    next_cursor: str  # always given: the place to poll from next
+    session: str  # names one client's run through the feed (kept in its cursors)
+
+
+async def feed(conn: psycopg.AsyncConnection[Any], after: str | None, limit: int) -> FeedPage:
     """Rows in commit-horizon order after ``after`` (from the start without it), only those no
-    older transaction can still join; and the cursor to poll with next (always given)."""
-    tx_id, event_id = decode_cursor(after, int, UUID) if after else (-1, UUID(int=0))
+    older transaction can still join; and the cursor to poll with next. A feed started without
+    ``after`` gets a new session name, carried in every cursor that follows from it, so the
+    polls of one follower can be recorded as one run."""
+    if after:
+        tx_id, event_id, session = decode_cursor(after, int, UUID, str)
+        if not 0 < len(session) <= 32:
+            raise BadCursor("not a cursor this service handed out")
+    else:
+        tx_id, event_id, session = -1, UUID(int=0), secrets.token_hex(8)
 
     async with conn.transaction():  # REPEATABLE READ (set by the pool): horizon and rows agree
         horizon = (await (await conn.execute(HORIZON)).fetchone() or [0])[0]
@@ -189,7 +202,9 @@ async def feed(
         upto = await _sealed_upto(conn)
     if rows:
         tx_id, event_id = rows[-1]["tx_id"], rows[-1]["id"]
-    return [_item(r, upto) for r in rows], encode_cursor(tx_id, str(event_id))
+    return FeedPage(
+        [_item(r, upto) for r in rows], encode_cursor(tx_id, str(event_id), session), session
+    )
 
 
 async def _sealed_upto(conn: psycopg.AsyncConnection[Any]) -> int:
