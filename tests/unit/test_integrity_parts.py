@@ -80,6 +80,17 @@ def test_only_authentic_canonical_events_become_rows() -> None:
     assert signature == keys.sign(good)  # the row keeps its signature
 
 
+def test_an_event_must_arrive_on_its_actions_subject() -> None:
+    """The broker lets audit-query publish only audit.events.audit.>: with this check, its key
+    cannot put an account event on the record either."""
+    keys = EventKeys([EVENT_KEY])
+    forged = encode(make_event(action="account.delete"))
+    batch = batch_of((forged, keys.sign(forged)))
+    assert [(kind, reason) for _, kind, reason in batch.dead] == [
+        ("invalid", "action account.delete must arrive on audit.events.account.delete")
+    ]
+
+
 def v1(event_bytes: bytes) -> bytes:
     body = json.loads(event_bytes)
     body["schema_version"] = 1

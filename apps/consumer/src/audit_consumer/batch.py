@@ -5,6 +5,9 @@ dead-letter stream).
 A message becomes a row only if its producer signed exactly these bytes with a key we hold
 (``authorship.py``) and they are the event's canonical form (so ``audit-verify`` can rebuild
 them from the row). A forged, altered or unsigned message is dead-lettered as ``signature``.
+It must also arrive on its action's subject: the broker lets each producer publish only its
+own subjects (``audit-query`` only ``audit.events.audit.>``), so this check binds what an
+identity may publish to the actions it may record.
 """
 
 import hashlib
@@ -14,7 +17,7 @@ from datetime import UTC, datetime
 from nats.aio.msg import Msg
 
 from audit_consumer.puller import delivery
-from audit_events import InvalidEvent, Row, decode, row
+from audit_events import InvalidEvent, Row, StreamNames, decode, row
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.model import canonical, event_values
 
@@ -37,6 +40,7 @@ class Checks:
 
     keys: EventKeys
     accept_unsigned_until: datetime | None = None
+    names: StreamNames = field(default_factory=StreamNames)
 
     def accepting_unsigned(self) -> bool:
         until = self.accept_unsigned_until
@@ -65,6 +69,9 @@ def decode_batch(msgs: list[Msg], checks: Checks) -> Batch:
             continue
         if signature is not None and data != msg.data:  # signed, but not by our encoder
             batch.dead.append((msg, "invalid", "not the event's canonical form (model.encode)"))
+            continue
+        if msg.subject != (expected := checks.names.event_subject(event.action)):
+            batch.dead.append((msg, "invalid", f"action {event.action} must arrive on {expected}"))
             continue
         stream_seq, delivered = delivery(msg)
         batch.rows.append(row(event, stream_seq, signature, hashlib.sha256(data).digest()))

@@ -76,7 +76,9 @@ class Consumer:
         self.writers = writers or WriterPool(
             settings.db_connections, lambda: BatchWriter.connect(url)
         )
-        self.checks = Checks(EventKeys.parse(settings.event_keys), settings.accept_unsigned_until)
+        self.checks = Checks(
+            EventKeys.parse(settings.event_keys), settings.accept_unsigned_until, settings.names
+        )
         self.sealer = Sealer(url, SealKey(settings.seal_key), settings.seal_interval_seconds)
         self.db_ok = False
         self.durable_ok = True  # until the first check says otherwise
