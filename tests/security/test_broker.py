@@ -21,6 +21,7 @@ from audit_events import StreamNames, encode
 from audit_events.broker import (
     API,
     CONSUMER,
+    DLQ,
     PASSWORD_VARS,
     QUERY,
     SETUP,
@@ -171,6 +172,23 @@ async def test_setup_may_manage_but_not_delete_or_purge(
         await request_refused(setup, errors, pull, b'{"batch": 1}')
         await refused(errors, "audit.events.x", lambda: setup.publish("audit.events.x"))
     assert (await nc.jetstream().stream_info(names.stream)).config.name == names.stream
+
+
+async def test_audit_dlq_may_read_letters_and_publish_but_delete_nothing(
+    server: NatsServer, streams: Settings, nc: NATS
+) -> None:
+    names = streams.names
+    await nc.jetstream().publish(names.dlq_subject("invalid"), b"poison", stream=names.dlq_stream)
+    async with connect_as(server, DLQ) as (dlq, errors):
+        js = dlq.jetstream()
+        assert (await js.get_msg(names.dlq_stream, 1)).data == b"poison"  # its job: read letters
+        for verb in ("STREAM.DELETE", "STREAM.PURGE", "STREAM.MSG.DELETE"):
+            await request_refused(dlq, errors, f"$JS.API.{verb}.{names.dlq_stream}")
+        await request_refused(dlq, errors, f"$JS.API.STREAM.MSG.GET.{names.stream}", b'{"seq":1}')
+        pull = f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.durable}"
+        await request_refused(dlq, errors, pull, b'{"batch": 1}')
+        await refused(errors, names.dlq_subject("x"), lambda: dlq.publish(names.dlq_subject("x")))
+    assert (await nc.jetstream().stream_info(names.dlq_stream)).state.messages == 1
 
 
 def test_app_processes_get_no_credentials_in_their_url(streams: Settings) -> None:

@@ -145,7 +145,7 @@ AUDIT_READER_DATABASE_URL: {{ include "audit.readerUrl" . | b64enc | quote }}
 
 {{/* The Secret keys of the NATS identities' passwords (audit_events/broker.py PASSWORD_VARS) */}}
 {{- define "audit.natsPasswordKeys" -}}
-{{- list "AUDIT_NATS_API_PASSWORD" "AUDIT_NATS_CONSUMER_PASSWORD" "AUDIT_NATS_SETUP_PASSWORD" "AUDIT_NATS_QUERY_PASSWORD" | toJson -}}
+{{- list "AUDIT_NATS_API_PASSWORD" "AUDIT_NATS_CONSUMER_PASSWORD" "AUDIT_NATS_SETUP_PASSWORD" "AUDIT_NATS_QUERY_PASSWORD" "AUDIT_NATS_DLQ_PASSWORD" | toJson -}}
 {{- end -}}
 
 {{/* The apps' Secret: the JWT secret, the writer's URL, every NATS identity's password (the
@@ -189,12 +189,14 @@ names (tests/chart checks the two agree), passwords from the server's environmen
 {{- $consumer := dict "publish" (dict "allow" (list (printf "$JS.API.CONSUMER.MSG.NEXT.%s.%s" $j.stream $j.durable) (printf "$JS.ACK.%s.%s.>" $j.stream $j.durable) (printf "$JS.API.CONSUMER.INFO.%s.%s" $j.stream $j.durable) (printf "%s.dlq.>" $j.subjectPrefix))) "subscribe" (dict "allow" (list "_INBOX_audit-consumer.>")) -}}
 {{- $setupPerms := dict "publish" (dict "allow" $setup) "subscribe" (dict "allow" (list "_INBOX_audit-setup.>")) -}}
 {{- $query := dict "publish" (dict "allow" (list (printf "%s.events.audit.>" $j.subjectPrefix) (printf "$JS.API.STREAM.INFO.%s" $j.stream))) "subscribe" (dict "allow" (list "_INBOX_audit-query.>")) -}}
+{{- $dlq := dict "publish" (dict "allow" (list (printf "$JS.API.STREAM.INFO.%s" $j.dlqStream) (printf "$JS.API.STREAM.MSG.GET.%s" $j.dlqStream) (printf "%s.events.>" $j.subjectPrefix))) "subscribe" (dict "allow" (list "_INBOX_audit-dlq.>")) -}}
 authorization {
   users = [
     {user: "audit-api", password: $AUDIT_NATS_API_PASSWORD, permissions: {{ $api | toJson | replace "\\u003e" ">" }}},
     {user: "audit-consumer", password: $AUDIT_NATS_CONSUMER_PASSWORD, permissions: {{ $consumer | toJson | replace "\\u003e" ">" }}},
     {user: "audit-setup", password: $AUDIT_NATS_SETUP_PASSWORD, permissions: {{ $setupPerms | toJson | replace "\\u003e" ">" }}},
-    {user: "audit-query", password: $AUDIT_NATS_QUERY_PASSWORD, permissions: {{ $query | toJson | replace "\\u003e" ">" }}}
+    {user: "audit-query", password: $AUDIT_NATS_QUERY_PASSWORD, permissions: {{ $query | toJson | replace "\\u003e" ">" }}},
+    {user: "audit-dlq", password: $AUDIT_NATS_DLQ_PASSWORD, permissions: {{ $dlq | toJson | replace "\\u003e" ">" }}}
   ]
 }
 {{- end -}}

@@ -12,6 +12,8 @@ access, and each identity is allowed only the subjects its job needs:
   purge);
 - ``audit-query`` publishes only the events that record reads of the log
   (``audit.events.audit.>``): it cannot forge an account event;
+- ``audit-dlq`` (an operator's tool) reads the dead-letter stream and publishes events (the
+  letters it replays, and the record of each replay): it cannot delete a letter;
 - every identity receives replies only on its own inbox prefix, so none can read another's.
 
 More producers get an identity of their own with :func:`producer`.
@@ -35,7 +37,8 @@ from audit_events.naming import StreamNames
 log = logging.getLogger("audit.broker")
 
 API, CONSUMER, SETUP, QUERY = "audit-api", "audit-consumer", "audit-setup", "audit-query"
-IDENTITIES = (API, CONSUMER, SETUP, QUERY)
+DLQ = "audit-dlq"
+IDENTITIES = (API, CONSUMER, SETUP, QUERY, DLQ)
 PASSWORD_VARS = {name: f"AUDIT_NATS_{name.split('-')[1].upper()}_PASSWORD" for name in IDENTITIES}
 """The environment variable that holds each identity's password where several are configured
 at once (the NATS server's config, compose's .env, ``audit-keygen``'s output)."""
@@ -84,6 +87,16 @@ def permissions(names: StreamNames) -> dict[str, dict[str, Any]]:
         SETUP: {
             "publish": {"allow": setup_api},
             "subscribe": {"allow": [f"{inbox_prefix(SETUP)}.>"]},
+        },
+        DLQ: {
+            "publish": {
+                "allow": [
+                    f"$JS.API.STREAM.INFO.{dlq}",
+                    f"$JS.API.STREAM.MSG.GET.{dlq}",
+                    names.events_subjects,
+                ]
+            },
+            "subscribe": {"allow": [f"{inbox_prefix(DLQ)}.>"]},
         },
     }
 
