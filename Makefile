@@ -80,9 +80,10 @@ env-upgrade: .env ## Append to .env the secrets a newer version needs (keeps eve
 	@rm -f .env.add
 
 .PHONY: docker-build
-docker-build: ## Build the audit-api and audit-consumer images (host network, classic builder or BuildKit)
+docker-build: ## Build the audit-api, audit-consumer and audit-query images (host network, classic builder or BuildKit)
 	docker build --network host --build-arg APP=api -t audit-api:dev .
 	docker build --network host --build-arg APP=consumer --build-arg PORT=8001 -t audit-consumer:dev .
+	docker build --network host --build-arg APP=query --build-arg PORT=8080 -t audit-query:dev .
 
 # Jaeger left out of DOCKER_SERVICES: tracing off (the apps would export to a host that does not
 # exist), unless OTEL_EXPORTER_OTLP_ENDPOINT is set in your shell to a collector of your own.
@@ -105,12 +106,14 @@ docker-up: docker-build env-upgrade ## Build, start, wait until the API and ever
 	has() { case "$$running" in *" $$1 "*) return 0;; esac; return 1; }; \
 	echo; \
 	has api && echo "  API         http://127.0.0.1:8000/docs"; \
+	has query && echo "  audit log   http://127.0.0.1:8080 (viewer), http://127.0.0.1:8080/docs (query API)"; \
 	has jaeger && echo "  Jaeger      http://127.0.0.1:16686"; \
 	has prometheus && echo "  Prometheus  http://127.0.0.1:9090"; \
 	has nats && echo "  NATS        http://127.0.0.1:8222/jsz?consumers=true"; \
 	has consumer && echo "  consumers   $$(echo $$($(COMPOSE) ps -q consumer) | wc -w) ready"; \
 	if has api; then \
 	  echo; echo "  export TOKEN=$$($(COMPOSE) exec -T api audit-token --sub dev-user)"; \
+	  has query && echo "  reader token (paste it into the viewer): $$($(COMPOSE) exec -T api audit-token --sub auditor --scope audit:read)"; \
 	  echo "  curl -s -X PATCH http://127.0.0.1:8000/accounts/acc-1 -H \"Authorization: Bearer \$$TOKEN\" -H 'Content-Type: application/json' -d '{\"email\": \"new@example.com\"}'"; \
 	fi; \
 	has postgres && echo "  $(COMPOSE) exec -T postgres psql -U audit -d audit -c 'SELECT occurred_at, actor_id, action, resource_id, outcome FROM audit_events ORDER BY stream_seq DESC LIMIT 5'"; \

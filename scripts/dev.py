@@ -1,11 +1,12 @@
 """``make dev``: the whole pipeline on embedded servers, in one terminal, no Docker.
 
-PostgreSQL and NATS keep their data in ``.dev/`` between runs. One ``audit-api`` and two
-``audit-consumer`` processes run with their logs prefixed. Ctrl-C stops the apps first (so
-consumers finish and ack their batch), then the servers. As in compose and the chart, only
-setup gets the owner's database login, consumers their writer login, the API none; the API
-signs events, the consumers check them and seal; ``audit-verify`` is printed, ready to run
-with its read-only login and the seals' public key.
+PostgreSQL and NATS keep their data in ``.dev/`` between runs. One ``audit-api``, two
+``audit-consumer`` and one ``audit-query`` process run with their logs prefixed. Ctrl-C stops
+the apps first (so consumers finish and ack their batch), then the servers. As in compose and
+the chart, only setup gets the owner's database login, consumers their writer login, the API
+none; the API signs events, the consumers check them and seal; ``audit-query`` reads with a
+read-only login of its own and signs the records of reads with its own key; ``audit-verify``
+and ``audit-dlq`` are printed, ready to run with their own credentials.
 """
 
 import asyncio
@@ -22,10 +23,11 @@ from audit_devservers import Child
 from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer
 from audit_events import keygen
 from audit_events.auth import issue_token
-from audit_events.broker import API, CONSUMER, PASSWORD_VARS, SETUP
+from audit_events.broker import API, CONSUMER, DLQ, PASSWORD_VARS, QUERY, SETUP
 
 WRITER_LOGIN = "audit_consumer"  # created by audit-setup as a member of audit_writer
 READER_LOGIN = "audit_verify"  # created by audit-setup as a member of audit_reader
+QUERY_LOGIN = "audit_query"  # the same role, its own login
 
 ROOT = Path.cwd()
 BIN = Path(sys.executable).parent
@@ -76,6 +78,14 @@ def main() -> None:
     reader_url = (
         f"postgresql://{READER_LOGIN}:{keys['AUDIT_READER_PASSWORD']}@127.0.0.1:{pg.port}/postgres"
     )
+    query_url = (
+        f"postgresql://{QUERY_LOGIN}:{keys['AUDIT_QUERY_READER_PASSWORD']}"
+        f"@127.0.0.1:{pg.port}/postgres"
+    )
+    all_event_keys = ",".join(
+        keys[k] for k in ("AUDIT_EVENT_KEYS", "AUDIT_QUERY_EVENT_KEY", "AUDIT_DLQ_EVENT_KEY")
+    )
+    query_port = int(os.environ.get("AUDIT_QUERY_PORT", "8080"))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AUDIT_", "DATABASE_URL"))},
         "NATS_URL": nats.url,
@@ -98,6 +108,7 @@ def main() -> None:
             AUDIT_NATS_PASSWORD=keys[PASSWORD_VARS[SETUP]],
             AUDIT_WRITER_DATABASE_URL=writer_url,
             AUDIT_READER_DATABASE_URL=reader_url,
+            AUDIT_QUERY_DATABASE_URL=query_url,
         )
         asyncio.run(setup("all", owner))
         procs.append(Child("api", [str(BIN / "audit-api")], api_env, "prefix").start(True))
@@ -105,18 +116,30 @@ def main() -> None:
             consumer_env = {
                 **env,
                 "AUDIT_WRITER_DATABASE_URL": writer_url,
-                "AUDIT_EVENT_KEYS": keys["AUDIT_EVENT_KEYS"],
+                "AUDIT_EVENT_KEYS": all_event_keys,
                 "AUDIT_SEAL_KEY": keys["AUDIT_SEAL_KEY"],
                 "AUDIT_NATS_PASSWORD": keys[PASSWORD_VARS[CONSUMER]],
                 "AUDIT_HEALTH_PORT": str(api_port + i),
             }
             argv = [str(BIN / "audit-consumer")]
             procs.append(Child(f"consumer-{i}", argv, consumer_env, "prefix").start(True))
+        query_env = {
+            **env,
+            "AUDIT_READER_DATABASE_URL": query_url,
+            "AUDIT_JWT_SECRET": keys["AUDIT_JWT_SECRET"],
+            "AUDIT_EVENT_KEYS": keys["AUDIT_QUERY_EVENT_KEY"],
+            "AUDIT_NATS_PASSWORD": keys[PASSWORD_VARS[QUERY]],
+            "AUDIT_QUERY_PORT": str(query_port),
+            "AUDIT_QUERY_HOST": "127.0.0.1",
+        }
+        procs.append(Child("query", [str(BIN / "audit-query")], query_env, "prefix").start(True))
         token = issue_token(keys["AUDIT_JWT_SECRET"], "dev-user")
+        reader_token = issue_token(keys["AUDIT_JWT_SECRET"], "auditor", scope="audit:read")
         print(
             f"""
   audit pipeline is up (data in {data})
     API        http://127.0.0.1:{api_port}/docs
+    audit log  http://127.0.0.1:{query_port} (viewer)  http://127.0.0.1:{query_port}/docs
     consumers  http://127.0.0.1:{api_port + 1}/readyz  http://127.0.0.1:{api_port + 2}/readyz
     NATS       {nats.url}  (monitoring {nats.monitor_url}/jsz?consumers=true)
     Postgres   127.0.0.1:{pg.port}
@@ -128,13 +151,20 @@ def main() -> None:
     curl -s -X PATCH http://127.0.0.1:{api_port}/accounts/acc-1 \\
       -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
       -d '{{"email": "new@example.com"}}'
+    export READER={reader_token}
+    curl -s 'http://127.0.0.1:{query_port}/audit-events?resource_id=acc-1' \\
+      -H "Authorization: Bearer $READER"      # or paste $READER into the viewer
     {PG_BIN / "psql"} {reader_url} -c '{LATEST_ROWS}'
 
   prove the table is what the pipeline wrote (README, "Integrity"):
     AUDIT_READER_DATABASE_URL={reader_url} \\
     AUDIT_SEAL_PUBLIC_KEYS={keys["AUDIT_SEAL_PUBLIC_KEYS"]} \\
-    AUDIT_EVENT_KEYS=$(grep ^AUDIT_EVENT_KEYS= {data / "secrets.env"} | cut -d= -f2-) \\
+    AUDIT_EVENT_KEYS={all_event_keys} \\
     {BIN / "audit-verify"}
+
+  dead letters (list | show SEQ | replay SEQ --actor you):
+    NATS_URL={nats.url} AUDIT_NATS_PASSWORD={keys[PASSWORD_VARS[DLQ]]} \\
+    AUDIT_EVENT_KEYS={keys["AUDIT_DLQ_EVENT_KEY"]} {BIN / "audit-dlq"} list
 
   Ctrl-C stops everything.
 """,

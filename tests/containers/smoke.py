@@ -22,7 +22,7 @@ from audit_events.auth import issue_token
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT.parent / "shared" / "tools" / "docker-standins"
 PROJECT = "auditsmoke"
-SERVICES = ["postgres", "nats", "setup", "api", "consumer"]  # no Jaeger/Prometheus stand-ins
+SERVICES = ["postgres", "nats", "setup", "api", "consumer", "query"]  # no Jaeger/Prometheus
 SECRET = "smoke-secret-" + os.urandom(16).hex()
 API = "http://127.0.0.1:8000"
 NATS_IMAGE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())["services"]["nats"]["image"]
@@ -164,9 +164,8 @@ def main() -> None:
     compose = [*compose_cmd(), "-p", PROJECT]
     os.environ.update(keygen.generate(), AUDIT_JWT_SECRET=SECRET)
     sizes = {}
-    for app in ("api", "consumer"):
+    for app, port in (("api", "8000"), ("consumer", "8001"), ("query", "8080")):
         t = time.monotonic()
-        port = "8000" if app == "api" else "8001"
         sh(
             "docker",
             "build",
@@ -228,10 +227,30 @@ def main() -> None:
         found = subprocess.run(check, capture_output=True, text=True)
         assert found.returncode == 1, found.stdout + found.stderr
         assert ": altered" in found.stdout, found.stdout
+
+        # The read side: audit-query with its own login and a reader token; the dead letters.
+        query = "http://127.0.0.1:8080"
+        wait("query ready", lambda: httpx.get(f"{query}/readyz", timeout=2).status_code == 200)
+        reader = {"Authorization": f"Bearer {issue_token(SECRET, 'smoke', scope='audit:read')}"}
+        answer = httpx.get(f"{query}/audit-events?resource_id=smoke-7", headers=reader, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert [i["actor_id"] for i in answer.json()["items"]] == ["mallory"], answer.text
+        assert httpx.get(f"{query}/audit-events", timeout=10).status_code == 401
+        wait(
+            "the read recorded",
+            lambda: (
+                "audit.query"
+                in psql(compose, "SELECT action FROM audit_events WHERE action LIKE 'audit.%'")
+            ),
+        )
+        dlq = [*compose, "--profile", "tools", "run", "--rm", "--no-deps", "-T", "dlq", "list"]
+        listed = subprocess.run(dlq, capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
         took = time.monotonic() - started
         print(
             f"\nPASSED container smoke in {took:.0f}s: 100 acknowledged = 100 rows,"
-            f" consumer restarted by Docker, audit-verify intact then naming the altered row;"
+            f" consumer restarted by Docker, audit-verify intact then naming the altered row,"
+            f" audit-query answering and recording its read, audit-dlq listing;"
             f" images: {sizes}"
         )
     except BaseException:

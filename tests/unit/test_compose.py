@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from audit_events import keygen
-from audit_events.broker import API, CONSUMER, PASSWORD_VARS, SETUP
+from audit_events.broker import API, CONSUMER, DLQ, PASSWORD_VARS, QUERY, SETUP
 from tests.conftest import ROOT
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -36,10 +36,30 @@ def test_each_service_has_its_own_broker_identity_and_no_secret_has_a_default() 
         assert f"${{{var}:?" in text, f"{var} must be required, not defaulted"
         assert f"${{{var}:-" not in text
         assert f"${{{var}-" not in text
-    for service, identity in (("api", API), ("consumer", CONSUMER), ("setup", SETUP)):
+    for service, identity in (
+        ("api", API),
+        ("consumer", CONSUMER),
+        ("setup", SETUP),
+        ("query", QUERY),
+        ("dlq", DLQ),
+    ):
         assert env(service)["AUDIT_NATS_PASSWORD"].startswith(f"${{{PASSWORD_VARS[identity]}:?")
     assert set(env("nats")) == set(PASSWORD_VARS.values())  # the server knows every identity
     assert "nats-auth.conf" in str(COMPOSE["services"]["nats"]["volumes"])
+
+
+def test_query_and_dlq_sign_with_their_own_keys_which_every_checker_holds() -> None:
+    query = env("query")
+    assert "audit_query:" in query["AUDIT_READER_DATABASE_URL"]  # its own SELECT-only login
+    assert "audit_query:" in env("setup")["AUDIT_QUERY_DATABASE_URL"]  # which setup creates
+    assert not set(query) & DB_VARS
+    assert query["AUDIT_EVENT_KEYS"].startswith("${AUDIT_QUERY_EVENT_KEY:?")
+    assert env("dlq")["AUDIT_EVENT_KEYS"].startswith("${AUDIT_DLQ_EVENT_KEY:?")
+    for signer in ("api", "query", "dlq"):
+        assert "," not in env(signer)["AUDIT_EVENT_KEYS"]  # only its own key
+    for checker in ("consumer", "verify"):
+        for key in ("AUDIT_EVENT_KEYS", "AUDIT_QUERY_EVENT_KEY", "AUDIT_DLQ_EVENT_KEY"):
+            assert f"${{{key}:?" in env(checker)["AUDIT_EVENT_KEYS"], (checker, key)
 
 
 def test_the_api_trusts_no_proxy_a_caller_can_impersonate() -> None:

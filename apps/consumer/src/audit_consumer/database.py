@@ -52,12 +52,15 @@ async def migrate(settings: Settings, revision: str = "head") -> None:
 
 async def ensure_logins(settings: Settings) -> None:
     """Logins for the URLs given: ``AUDIT_WRITER_DATABASE_URL`` joins ``audit_writer`` (the
-    consumers), ``AUDIT_READER_DATABASE_URL`` joins ``audit_reader`` (``audit-verify``; SELECT
-    only). Roles are created by the migrations; each login is created or its password
-    refreshed. A URL that is not given, or names the owner itself, is left alone."""
+    consumers), ``AUDIT_READER_DATABASE_URL`` (``audit-verify``) and
+    ``AUDIT_QUERY_DATABASE_URL`` (``audit-query``: a login of its own, so either can be
+    revoked alone) join ``audit_reader`` (SELECT only). Roles are created by the migrations;
+    each login is created or its password refreshed. A URL that is not given, or names the
+    owner itself, is left alone."""
     for url, role in (
         (settings.writer_database_url, "audit_writer"),
         (settings.reader_database_url, "audit_reader"),
+        (settings.query_database_url, "audit_reader"),
     ):
         if url:
             await ensure_login(settings.database_url, url, role)

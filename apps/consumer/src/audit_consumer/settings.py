@@ -27,6 +27,7 @@ class Settings(BrokerSettings):
     database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", alias="DATABASE_URL")
     writer_database_url: str | None = Field(None, alias="AUDIT_WRITER_DATABASE_URL")
     reader_database_url: str | None = Field(None, alias="AUDIT_READER_DATABASE_URL")
+    query_database_url: str | None = Field(None, alias="AUDIT_QUERY_DATABASE_URL")
     health_port: int = Field(8001, alias="AUDIT_HEALTH_PORT")
     health_host: str = Field("0.0.0.0", alias="AUDIT_HEALTH_HOST")
 

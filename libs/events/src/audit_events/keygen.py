@@ -3,8 +3,10 @@ shell can ``eval`` or a ``.env`` file can hold. Nothing the project ships has a 
 ``make docker-up`` writes these into ``.env`` once (and keeps them), ``make dev`` into
 ``.dev/secrets.env``, the Helm chart generates its own the same way.
 
-Which process gets which (README, "Integrity"): ``AUDIT_EVENT_KEYS`` the API (it signs) and the
-consumers (they check), optionally ``audit-verify``; ``AUDIT_SEAL_KEY`` the consumers only;
+Which process gets which (README, "Integrity"): ``AUDIT_EVENT_KEYS`` the API (it signs),
+``AUDIT_QUERY_EVENT_KEY`` audit-query and ``AUDIT_DLQ_EVENT_KEY`` audit-dlq (each signs the
+records it makes), all three the consumers and ``audit-verify`` (they check); ``AUDIT_SEAL_KEY``
+the consumers only;
 ``AUDIT_SEAL_PUBLIC_KEYS`` (printed with it, not a secret) ``audit-verify``, and a copy kept
 wherever you keep things that must outlive the database.
 """
@@ -25,7 +27,10 @@ SECRETS = (
     "POSTGRES_PASSWORD",  # the database owner (migrations, setup only)
     "AUDIT_WRITER_PASSWORD",  # the consumers' audit_consumer login
     "AUDIT_READER_PASSWORD",  # audit-verify's read-only login
-    "AUDIT_EVENT_KEYS",  # producers sign events with it (HMAC), consumers check
+    "AUDIT_QUERY_READER_PASSWORD",  # audit-query's read-only login
+    "AUDIT_EVENT_KEYS",  # the API signs events with it (HMAC), consumers check
+    "AUDIT_QUERY_EVENT_KEY",  # audit-query signs the records of reads
+    "AUDIT_DLQ_EVENT_KEY",  # audit-dlq signs the records of replays
     "AUDIT_SEAL_KEY",  # consumers sign seals with it (Ed25519 private key)
 )
 PUBLIC = {"AUDIT_SEAL_KEY": "AUDIT_SEAL_PUBLIC_KEYS"}
