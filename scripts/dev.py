@@ -191,10 +191,19 @@ def main() -> None:
         print("stopped.", flush=True)
 
 
+_stopping = False
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    """The first Ctrl-C or SIGTERM stops everything; later ones (the terminal's, `uv run`'s,
+    `timeout`'s) must not interrupt that cleanup and leave the servers running."""
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     main()
