@@ -153,7 +153,8 @@ kind-up: ## kind cluster, images loaded (tag IMAGE_TAG), KEDA from its Helm repo
 	$(KIND) get clusters | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
 	docker build --build-arg APP=api -t audit-api:$(IMAGE_TAG) .
 	docker build --build-arg APP=consumer --build-arg PORT=8001 -t audit-consumer:$(IMAGE_TAG) .
-	$(KIND) load docker-image --name $(KIND_CLUSTER) audit-api:$(IMAGE_TAG) audit-consumer:$(IMAGE_TAG)
+	docker build --build-arg APP=query --build-arg PORT=8080 -t audit-query:$(IMAGE_TAG) .
+	$(KIND) load docker-image --name $(KIND_CLUSTER) audit-api:$(IMAGE_TAG) audit-consumer:$(IMAGE_TAG) audit-query:$(IMAGE_TAG)
 	$(HELM) repo add kedacore https://kedacore.github.io/charts --force-update
 	$(HELM) upgrade --install keda kedacore/keda --namespace keda --create-namespace --wait --timeout 10m
 	@# No --wait here: the setup Job is a post-install hook (bundled servers) and consumers become

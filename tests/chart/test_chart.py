@@ -233,32 +233,45 @@ def test_each_workload_gets_only_the_credentials_its_job_needs(render: Render, v
         "secrets.databaseUrl=postgresql://o:p@db/audit",
         "--set",
         "secrets.readerDatabaseUrl=postgresql://r:p@db/audit",
+        "--set",
+        "secrets.queryDatabaseUrl=postgresql://q:p@db/audit",
     )
     api = find(objects, "Deployment", "-api")
     consumer = find(objects, "Deployment", "-consumer")
+    query = find(objects, "Deployment", "-query")
     setup = find(objects, "Job", "-setup")
     verify = find(objects, "CronJob", "-verify")
     # No database credentials for the API; its writer login only for the consumer; each its own
-    # broker identity; the sealing key for the consumers alone, its public half for the verifier.
+    # broker identity; the sealing key for the consumers alone, its public half for the verifier;
+    # each producer signs with its own key, which those who check hold with the others.
     assert secret_keys(api) == {"AUDIT_JWT_SECRET", "AUDIT_EVENT_KEYS", "AUDIT_NATS_API_PASSWORD"}
     assert secret_keys(consumer) == {
         "AUDIT_WRITER_DATABASE_URL",
-        "AUDIT_EVENT_KEYS",
+        "AUDIT_CHECK_EVENT_KEYS",
         "AUDIT_SEAL_KEY",
         "AUDIT_NATS_CONSUMER_PASSWORD",
     }
+    assert secret_keys(query) == {
+        "AUDIT_QUERY_DATABASE_URL",
+        "AUDIT_JWT_SECRET",
+        "AUDIT_QUERY_EVENT_KEY",
+        "AUDIT_NATS_QUERY_PASSWORD",
+    }
+    (reader,) = [e for e in pod_spec(query)["containers"][0]["env"] if "READER" in e["name"]]
+    assert reader["valueFrom"]["secretKeyRef"]["key"] == "AUDIT_QUERY_DATABASE_URL"
     assert secret_keys(setup) == {
         "DATABASE_URL",
         "AUDIT_WRITER_DATABASE_URL",
         "AUDIT_READER_DATABASE_URL",
+        "AUDIT_QUERY_DATABASE_URL",
         "AUDIT_NATS_SETUP_PASSWORD",
     }
     assert secret_keys(verify) == {
         "AUDIT_READER_DATABASE_URL",
         "AUDIT_SEAL_PUBLIC_KEYS",
-        "AUDIT_EVENT_KEYS",
+        "AUDIT_CHECK_EVENT_KEYS",
     }
-    for obj in (api, consumer, verify):
+    for obj in (api, consumer, query, verify):
         assert "DATABASE_URL" not in env_of(obj, "")  # nor in any other form
     for secret in (o for o in objects if o["kind"] == "Secret"):
         if "helm.sh/hook" not in secret["metadata"].get("annotations", {}):
@@ -416,6 +429,9 @@ def test_no_default_secret_every_one_generated_and_shared_where_needed(render: R
         assert len(one[key]) >= 32, key
         assert one[key][0].isalpha(), key  # nats-server would parse a leading digit as a number
         assert one[key] != two[key], f"{key} is not random"  # (upgrades reuse the stored one)
+    signers = [one[k] for k in ("AUDIT_EVENT_KEYS", "AUDIT_QUERY_EVENT_KEY", "AUDIT_DLQ_EVENT_KEY")]
+    assert one["AUDIT_CHECK_EVENT_KEYS"] == ",".join(signers)  # consumers check all three
+    assert len(set(signers)) == 3
     postgres = base64.b64decode(find(first, "Secret", "-postgresql")["data"]["password"]).decode()
     assert postgres == one["POSTGRES_PASSWORD"]
     nats_conf = find(first, "ConfigMap", "-nats")["data"]["nats.conf"]

@@ -119,17 +119,38 @@ creates the writer login). Bundled PostgreSQL: both passwords generated. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* Integrity keys (README, "Integrity"): the API signs events and consumers check them with
-AUDIT_EVENT_KEYS; consumers alone hold AUDIT_SEAL_KEY; audit-verify gets the public key. */}}
+{{- define "audit.queryUrl" -}}
+{{- $pg := .Values.postgresql.bundled -}}
+{{- if $pg.enabled -}}
+{{- $password := include "audit.secret" (list . "AUDIT_QUERY_READER_PASSWORD" .Values.secrets.queryReaderPassword) -}}
+{{- printf "postgresql://audit_query:%s@%s:5432/%s" $password (include "audit.postgresHost" .) $pg.database -}}
+{{- else -}}
+{{- required "secrets.queryDatabaseUrl is required when postgresql.bundled is off and query.enabled (audit-query reads with its own login)" .Values.secrets.queryDatabaseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Integrity keys (README, "Integrity"): the API signs events with AUDIT_EVENT_KEYS,
+audit-query and audit-dlq the records they make with keys of their own; consumers and
+audit-verify check with all of them (AUDIT_CHECK_EVENT_KEYS); consumers alone hold
+AUDIT_SEAL_KEY; audit-verify gets the public key. */}}
 {{- define "audit.integritySecretData" -}}
 {{- if and .Values.secrets.sealKey (not .Values.secrets.sealPublicKeys) -}}
 {{- fail "secrets.sealPublicKeys is required with secrets.sealKey (audit-keygen prints both)" -}}
 {{- end -}}
-AUDIT_EVENT_KEYS: {{ include "audit.secret" (list . "AUDIT_EVENT_KEYS" .Values.secrets.eventKeys) | b64enc | quote }}
+{{- $api := include "audit.secret" (list . "AUDIT_EVENT_KEYS" .Values.secrets.eventKeys) }}
+{{- $query := include "audit.secret" (list . "AUDIT_QUERY_EVENT_KEY" .Values.secrets.queryEventKey) }}
+{{- $dlq := include "audit.secret" (list . "AUDIT_DLQ_EVENT_KEY" .Values.secrets.dlqEventKey) }}
+AUDIT_EVENT_KEYS: {{ $api | b64enc | quote }}
+AUDIT_QUERY_EVENT_KEY: {{ $query | b64enc | quote }}
+AUDIT_DLQ_EVENT_KEY: {{ $dlq | b64enc | quote }}
+AUDIT_CHECK_EVENT_KEYS: {{ list $api $query $dlq | join "," | b64enc | quote }}
 AUDIT_SEAL_KEY: {{ include "audit.secret" (list . "AUDIT_SEAL_KEY" .Values.secrets.sealKey "ed25519") | b64enc | quote }}
 AUDIT_SEAL_PUBLIC_KEYS: {{ include "audit.secret" (list . "AUDIT_SEAL_PUBLIC_KEYS" .Values.secrets.sealPublicKeys "sealCertificate") | b64enc | quote }}
 {{- if .Values.verify.enabled }}
 AUDIT_READER_DATABASE_URL: {{ include "audit.readerUrl" . | b64enc | quote }}
+{{- end }}
+{{- if .Values.query.enabled }}
+AUDIT_QUERY_DATABASE_URL: {{ include "audit.queryUrl" . | b64enc | quote }}
 {{- end }}
 {{- end -}}
 
@@ -161,6 +182,7 @@ AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
 {{- if .Values.postgresql.bundled.enabled }}
 AUDIT_WRITER_PASSWORD: {{ include "audit.secret" (list . "AUDIT_WRITER_PASSWORD" .Values.secrets.writerPassword) | b64enc | quote }}
 AUDIT_READER_PASSWORD: {{ include "audit.secret" (list . "AUDIT_READER_PASSWORD" .Values.secrets.readerPassword) | b64enc | quote }}
+AUDIT_QUERY_READER_PASSWORD: {{ include "audit.secret" (list . "AUDIT_QUERY_READER_PASSWORD" .Values.secrets.queryReaderPassword) | b64enc | quote }}
 POSTGRES_PASSWORD: {{ include "audit.secret" (list . "POSTGRES_PASSWORD" .Values.postgresql.bundled.password) | b64enc | quote }}
 {{- end }}
 {{- end -}}
@@ -170,6 +192,9 @@ DATABASE_URL: {{ include "audit.ownerUrl" . | b64enc | quote }}
 AUDIT_WRITER_DATABASE_URL: {{ include "audit.writerUrl" . | b64enc | quote }}
 {{- if .Values.verify.enabled }}
 AUDIT_READER_DATABASE_URL: {{ include "audit.readerUrl" . | b64enc | quote }}
+{{- end }}
+{{- if .Values.query.enabled }}
+AUDIT_QUERY_DATABASE_URL: {{ include "audit.queryUrl" . | b64enc | quote }}
 {{- end }}
 AUDIT_NATS_SETUP_PASSWORD: {{ include "audit.secret" (list . "AUDIT_NATS_SETUP_PASSWORD" "") | b64enc | quote }}
 {{- end -}}
