@@ -46,6 +46,7 @@ from audit_events.auth import issue_token
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from audit_events.broker import IDENTITIES
 from audit_events.seals import SealKey, generate_seal_key
+from audit_query.store import feed
 from bench import queries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -561,18 +562,43 @@ class Bench:
                             above.discard(done)
                         await asyncio.sleep(0.005)
 
-            watcher = asyncio.create_task(watch())
+            fed: dict[str, float] = {}
+
+            async def follow() -> None:  # when does the feed hand each row out?
+                async with await psycopg.AsyncConnection.connect(self.pg.url) as c:
+                    await c.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+                    after = None
+                    while not stop.is_set():
+                        page = await feed(c, after, 1000)
+                        now = time.time()
+                        for item in page.items:
+                            fed.setdefault(str(item["id"]), now)
+                        after = page.next_cursor
+                        if not page.items:
+                            await asyncio.sleep(0.005)
+
+            watchers = [asyncio.create_task(watch()), asyncio.create_task(follow())]
             result = await asyncio.to_thread(
                 self.loadgen, port, concurrency=64, seconds=self.seconds, rate=rate, ids=True
             )
             acked = dict(result["acked"])
-            while len(seen) < len(acked):
+            while len(seen) < len(acked) or not set(acked) <= set(fed):
                 await asyncio.sleep(0.05)
             stop.set()
-            await watcher
+            await asyncio.gather(*watchers)
         lat = sorted(max(0.0, seen[i] - t) for i, t in acked.items())
         p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
         self.record(f"end_to_end_w{workers}", rate=rate, events=len(lat), p50_ms=p50, p99_ms=p99)
+        # The feed's price: how long after a row is visible the feed may hand it out (once no
+        # older transaction can still commit), with the consumer committing two batches at once.
+        behind = sorted(max(0.0, fed[i] - seen[i]) for i in acked)
+        self.record(
+            f"feed_delay_w{workers}",
+            events=len(behind),
+            p50_ms=behind[len(behind) // 2] * 1000,
+            p99_ms=behind[int(len(behind) * 0.99)] * 1000,
+            max_ms=behind[-1] * 1000,
+        )
 
 
 def table(r: dict[str, dict[str, Any]], workers: int) -> str:
@@ -584,7 +610,7 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
     copy = verify["copy_per_s"]
     base = r["per_message_baseline"]["per_s"]
     api, noop = r[f"api_publish_w{workers}"], r[f"api_noop_w{workers}"]
-    e2e = r[f"end_to_end_w{workers}"]
+    e2e, fd = r[f"end_to_end_w{workers}"], r[f"feed_delay_w{workers}"]
     cores = os.cpu_count() or 1
     # Where the CPU goes per stored event (2 processes: the run that keeps every core busy).
     cost = {k: r["consumer_2p"][f"{k}_cpu_us"] for k in ("consumer", "postgres", "nats")}
@@ -643,6 +669,9 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"| end to end at {e2e['rate']:,.0f} req/s (half the API max): ack → row | "
         f"p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms | | p99 ≤ 250 ms: "
         f"{ok(e2e['p99_ms'] <= 250)} |",
+        f"| feed, under that load: row visible → handed out by the feed (commit horizon) "
+        f"| p50 {fd['p50_ms']:.0f} ms, p99 {fd['p99_ms']:.0f} ms, max {fd['max_ms']:.0f} ms "
+        f"| {fd['events']:,} rows, each handed out | |",
     ]
     reads = [r[f"query {name}"] for name in queries.QUESTIONS]
     for name, q in zip(queries.QUESTIONS, reads, strict=True):
