@@ -446,7 +446,10 @@ class Bench:
             flag = "--" + key.replace("_", "-")
             argv += [flag] if value is True else [flag, str(value)]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-        return dict(json.loads(out))
+        result, end = json.JSONDecoder().raw_decode(out)
+        if extra := out[end:].strip():  # something else wrote to its stdout: say what
+            print(f"  (loadgen also printed: {extra[:500]!r})", flush=True)
+        return dict(result)
 
     def wait_http(self, port: int, path: str = "/readyz") -> None:
         import urllib.request
