@@ -1,26 +1,25 @@
 """Alembic environment: online migrations only, against ``DATABASE_URL`` via psycopg 3.
 
-The URL comes from the alembic config (set by ``audit-setup``) or the environment; a plain
-``postgresql://`` URL is given the psycopg 3 driver so users never have to spell it.
+The URL comes from the alembic config (set by ``audit-setup``) or the environment. libpq, not
+SQLAlchemy, reads it (SQLAlchemy is handed the connection): so every URL the apps accept works
+here too, including the multi-host form that follows a failover
+(``postgresql://u:p@db1:5432,db2:5432/audit?target_session_attrs=read-write``), which
+SQLAlchemy's own URL parser refuses.
 """
 
 import os
+from functools import partial
 
+import psycopg
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
 
-def sqlalchemy_url(url: str) -> str:
-    """``postgresql://…`` → ``postgresql+psycopg://…`` (SQLAlchemy would pick psycopg2)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
 def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url") or os.environ["DATABASE_URL"]
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    engine = create_engine(
+        "postgresql+psycopg://", creator=partial(psycopg.connect, url), poolclass=pool.NullPool
+    )
     with engine.connect() as connection:
         context.configure(connection=connection, transactional_ddl=True)
         with context.begin_transaction():
