@@ -7,6 +7,14 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 DOCKER_SERVICES ?=
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# COMPOSE_PROFILES=cluster make docker-up: three NATS nodes routed together (config/nats-cluster.conf),
+# every app given all three, both streams with 3 replicas (README, "Docker").
+comma := ,
+ifneq ($(filter cluster,$(subst $(comma), ,$(COMPOSE_PROFILES))),)
+export AUDIT_NATS_CONF := nats-cluster.conf
+export AUDIT_NATS_URL := nats://nats:4222,nats://nats-2:4222,nats://nats-3:4222
+export AUDIT_STREAM_REPLICAS := 3
+endif
 
 .PHONY: help
 help: ## List every target with its description
@@ -109,7 +117,7 @@ docker-up: docker-build env-upgrade ## Build, start, wait until the API and ever
 	has query && echo "  audit log   http://127.0.0.1:8080 (viewer), http://127.0.0.1:8080/docs (query API)"; \
 	has jaeger && echo "  Jaeger      http://127.0.0.1:16686"; \
 	has prometheus && echo "  Prometheus  http://127.0.0.1:9090"; \
-	has nats && echo "  NATS        http://127.0.0.1:8222/jsz?consumers=true"; \
+	has nats && echo "  NATS        http://127.0.0.1:8222/jsz?consumers=true$(if $(AUDIT_NATS_URL), (node 1 of 3; streams R3))"; \
 	has consumer && echo "  consumers   $$(echo $$($(COMPOSE) ps -q consumer) | wc -w) ready"; \
 	if has api; then \
 	  echo; echo "  export TOKEN=$$($(COMPOSE) exec -T api audit-token --sub dev-user)"; \

@@ -139,9 +139,10 @@ def service_env(settings: ConsumerSettings, **extra: str) -> dict[str, str]:
 
 
 def without_credentials(url: str) -> str:
-    """``url`` without ``user:password@``: app processes authenticate as their own identity."""
-    parts = urllib.parse.urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    """``url`` (or a comma-separated list of them) without ``user:password@``: app processes
+    authenticate as their own identity."""
+    parts = [urllib.parse.urlsplit(u) for u in url.split(",")]
+    return ",".join(p._replace(netloc=p.netloc.rpartition("@")[2]).geturl() for p in parts)
 
 
 def identity_env(identity: str) -> dict[str, str]:

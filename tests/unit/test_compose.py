@@ -44,7 +44,11 @@ def test_each_service_has_its_own_broker_identity_and_no_secret_has_a_default() 
         ("dlq", DLQ),
     ):
         assert env(service)["AUDIT_NATS_PASSWORD"].startswith(f"${{{PASSWORD_VARS[identity]}:?")
-    assert set(env("nats")) == set(PASSWORD_VARS.values())  # the server knows every identity
+    for node in ("nats", "nats-2", "nats-3"):  # every node knows every identity
+        assert {k for k in env(node) if k.endswith("_PASSWORD")} == {
+            *PASSWORD_VARS.values(),
+            "AUDIT_NATS_ROUTE_PASSWORD",
+        }
     assert "nats-auth.conf" in str(COMPOSE["services"]["nats"]["volumes"])
 
 
@@ -60,6 +64,28 @@ def test_query_and_dlq_sign_with_their_own_keys_which_every_checker_holds() -> N
     for checker in ("consumer", "verify"):
         for key in ("AUDIT_EVENT_KEYS", "AUDIT_QUERY_EVENT_KEY", "AUDIT_DLQ_EVENT_KEY"):
             assert f"${{{key}:?" in env(checker)["AUDIT_EVENT_KEYS"], (checker, key)
+
+
+def test_the_cluster_profile_runs_three_routed_nodes_with_authenticated_routes() -> None:
+    names = {"nats": "nats", "nats-2": "nats-2", "nats-3": "nats-3"}
+    for service, name in names.items():
+        node = COMPOSE["services"][service]
+        assert env(service)["NATS_SERVER_NAME"] == name
+        routes = [env(service)[f"NATS_ROUTE_{i}"] for i in (1, 2, 3)]
+        assert routes == [
+            f"nats-route://route:${{AUDIT_NATS_ROUTE_PASSWORD:?run make docker-up (audit-keygen"
+            f" fills .env)}}@{peer}:6222"
+            for peer in names.values()
+        ]
+        assert node.get("profiles", ["cluster"]) == ["cluster"]
+        assert "6222" not in str(node.get("ports", []))  # routes stay on the compose network
+    clustered = (ROOT / "config" / "nats-cluster.conf").read_text()
+    assert 'include "nats.conf"' in clustered  # the same fsync and identities as one node
+    assert "authorization { user: route, password: $AUDIT_NATS_ROUTE_PASSWORD }" in clustered
+    makefile = (ROOT / "Makefile").read_text()
+    for setting in ("AUDIT_NATS_CONF := nats-cluster.conf", "AUDIT_STREAM_REPLICAS := 3"):
+        assert setting in makefile
+    assert env("setup")["AUDIT_STREAM_REPLICAS"] == "${AUDIT_STREAM_REPLICAS:-1}"
 
 
 def test_the_api_trusts_no_proxy_a_caller_can_impersonate() -> None:

@@ -131,11 +131,19 @@ class PostgresServer(_Server):
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, checkpoint
 
-    def __init__(self, root: Path, port: int | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        password: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(root, port)
         self.data = root / "pgdata"
         self.sockets = root / "pgsock"
         self.password = password
+        # -c settings of this process only (never copied to a standby by pg_basebackup)
+        self.settings = settings or {}
 
     @property
     def url(self) -> str:
@@ -148,21 +156,8 @@ class PostgresServer(_Server):
             return
         self.sockets.mkdir(parents=True, exist_ok=True)
         if not (self.data / "PG_VERSION").exists():
-            auth = ["--auth=trust"]
-            if self.password:
-                pwfile = self.root / "initdb.pw"
-                pwfile.touch(mode=0o600)
-                pwfile.write_text(self.password + "\n")
-                auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
-            try:
-                subprocess.run(
-                    [*as_non_root(), str(PG_BIN / "initdb"), "-D", str(self.data), "-U",
-                     "postgres", *auth, "--encoding=UTF8", "--no-instructions"],
-                    check=True, capture_output=True,
-                )  # fmt: skip
-            finally:
-                if self.password:
-                    pwfile.unlink(missing_ok=True)
+            self.initialise()
+        extra = [arg for k, v in self.settings.items() for arg in ("-c", f"{k}={v}")]
         self.proc = self._popen(
             [
                 *as_non_root(),
@@ -181,9 +176,28 @@ class PostgresServer(_Server):
                 "fsync=on",
                 "-c",
                 "synchronous_commit=on",
+                *extra,
             ]
         )
         _wait(self._ready, "postgres", 60, self.proc)
+
+    def initialise(self) -> None:
+        """A new data directory (initdb); a standby overrides this (clusters.py)."""
+        auth = ["--auth=trust"]
+        if self.password:
+            pwfile = self.root / "initdb.pw"
+            pwfile.touch(mode=0o600)
+            pwfile.write_text(self.password + "\n")
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            subprocess.run(
+                [*as_non_root(), str(PG_BIN / "initdb"), "-D", str(self.data), "-U",
+                 "postgres", *auth, "--encoding=UTF8", "--no-instructions"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        finally:
+            if self.password:
+                pwfile.unlink(missing_ok=True)
 
     def _ready(self) -> bool:
         probe = subprocess.run(
@@ -242,6 +256,8 @@ class NatsServer(_Server):
         monitor_port: int | None = None,
         auth: dict[str, str] | None = None,
         names: StreamNames | None = None,
+        host: str = "127.0.0.1",
+        cluster: str = "",
     ) -> None:
         super().__init__(root, port)
         self.monitor_port = monitor_port or free_port()
@@ -249,21 +265,23 @@ class NatsServer(_Server):
         self.sync = sync  # e.g. "always": fsync every write (see docs on durability)
         self.auth = auth  # {user: password}: the project's identities (broker.py), and any admin
         self.names = names or StreamNames()
+        self.host = host
+        self.cluster = cluster  # a node's server_name and cluster block (clusters.py)
 
     @property
     def url(self) -> str:
         """The client URL, without credentials."""
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     def url_as(self, user: str) -> str:
         """The client URL with ``user``'s credentials in it (what test clients connect with)."""
         assert self.auth is not None
         password = urllib.parse.quote(self.auth[user], safe="")
-        return f"nats://{user}:{password}@127.0.0.1:{self.port}"
+        return f"nats://{user}:{password}@{self.host}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
-        return f"http://127.0.0.1:{self.monitor_port}"
+        return f"http://{self.host}:{self.monitor_port}"
 
     def start(self) -> None:
         if self.running:
@@ -275,6 +293,7 @@ class NatsServer(_Server):
         conf.touch(mode=0o600)  # it holds passwords
         conf.write_text(
             f'jetstream {{\n  store_dir: "{self.store}"{sync}\n}}\nmax_payload: 1MB\n{auth}'
+            f"{self.cluster}"
         )
         self.proc = self._popen(
             [
@@ -282,7 +301,7 @@ class NatsServer(_Server):
                 "-c",
                 str(conf),
                 "-a",
-                "127.0.0.1",
+                self.host,
                 "-p",
                 str(self.port),
                 "-m",

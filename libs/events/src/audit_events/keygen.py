@@ -24,6 +24,7 @@ from audit_events.seals import SealKey, generate_seal_key
 SECRETS = (
     "AUDIT_JWT_SECRET",  # signs API tokens (HS256): 48 random bytes
     *PASSWORD_VARS.values(),  # one NATS password per identity
+    "AUDIT_NATS_ROUTE_PASSWORD",  # NATS cluster routes (compose profile `cluster`)
     "POSTGRES_PASSWORD",  # the database owner (migrations, setup only)
     "AUDIT_WRITER_PASSWORD",  # the consumers' audit_consumer login
     "AUDIT_READER_PASSWORD",  # audit-verify's read-only login

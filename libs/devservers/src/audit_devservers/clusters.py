@@ -1,0 +1,172 @@
+"""The distributed shapes users run in production, on one machine: a NATS cluster (JetStream on
+every node, routes between them) and a PostgreSQL primary with a synchronous streaming standby.
+
+NATS nodes get distinct loopback addresses (127.0.0.1, .2, .3) and the *same* ports, as pods of
+a StatefulSet do: KEDA's scaler finds a durable's leader by a node's host name plus the one
+monitoring port, and this layout lets it (tests/chart/test_keda_compat.py). Routes authenticate
+with a password of their own; clients with the project's identities, on any node.
+
+The standby is synchronous (``synchronous_standby_names`` on the primary, ``remote_apply``), so
+a COMMIT the consumer acks after is on both servers. That setting is passed to the primary's
+process only (``-c``), never written into its data directory, so a promoted standby does not
+inherit it — a promoted standby that still waited for a standby of its own would hang every
+commit.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer, _wait, as_non_root
+from audit_events import StreamNames
+
+
+def _free_everywhere(hosts: list[str]) -> int:
+    """A port free on every one of ``hosts`` (nodes share their ports, as pods do)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((hosts[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as other:
+                    other.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+class NatsCluster:
+    """``size`` nats-server nodes ``n1``… on 127.0.0.1… with routes between all of them."""
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        sync: str | None = None,
+        auth: dict[str, str] | None = None,
+        names: StreamNames | None = None,
+    ) -> None:
+        hosts = [f"127.0.0.{i}" for i in range(1, size + 1)]
+        port, monitor, route = (_free_everywhere(hosts) for _ in range(3))
+        self.route_password = secrets.token_urlsafe(18)
+        routes = ", ".join(f"nats-route://route:{self.route_password}@{h}:{route}" for h in hosts)
+        self.nodes = [
+            NatsServer(
+                root / f"n{i}",
+                port,
+                sync,
+                monitor,
+                auth,
+                names,
+                host=host,
+                cluster=(
+                    f'server_name: "n{i}"\n'
+                    f"cluster {{\n  name: audit\n  listen: {host}:{route}\n"
+                    f'  authorization {{ user: route, password: "{self.route_password}" }}\n'
+                    f"  routes: [{routes}]\n}}\n"
+                ),
+            )
+            for i, host in enumerate(hosts, start=1)
+        ]
+        self.port, self.monitor_port = port, monitor
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated (``NATS_URL``)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def url_as(self, user: str) -> str:
+        return ",".join(node.url_as(user) for node in self.nodes)
+
+    @property
+    def monitor_url(self) -> str:
+        return self.nodes[0].monitor_url
+
+    def node(self, name: str) -> NatsServer:
+        """The node whose server_name is ``name`` (``n1``…), as JetStream names leaders."""
+        return self.nodes[int(name.removeprefix("n")) - 1]
+
+    def start(self) -> None:
+        """Start every node, then wait until JetStream's meta group has a leader."""
+        for node in self.nodes:
+            if not node.running:
+                node.start()
+        self.wait_healthy()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Every running node reports JetStream healthy (meta leader known, assets current)."""
+        deadline = time.monotonic() + timeout
+        for node in (n for n in self.nodes if n.running):
+            while not _healthy(node):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nats {node.host} not healthy within {timeout}s")
+                time.sleep(0.1)
+
+    def jsz(self, node: NatsServer | None = None) -> dict[str, Any]:
+        url = f"{(node or self.nodes[0]).monitor_url}/jsz?consumers=true&config=true&acc=$G"
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (loopback)
+            return dict(json.loads(response.read()))
+
+
+def _healthy(node: NatsServer) -> bool:
+    try:
+        with urllib.request.urlopen(f"{node.monitor_url}/healthz", timeout=1) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class PostgresStandby(PostgresServer):
+    """A streaming standby of ``primary``, cloned with ``pg_basebackup``; :meth:`promote` makes
+    it the primary."""
+
+    def __init__(self, root: Path, primary: PostgresServer, name: str = "standby1") -> None:
+        conninfo = f"host=127.0.0.1 port={primary.port} user=postgres application_name={name}"
+        super().__init__(root, settings={"primary_conninfo": conninfo, "hot_standby": "on"})
+        self.primary, self.application_name = primary, name
+
+    def initialise(self) -> None:
+        subprocess.run(
+            [*as_non_root(), str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1",
+             "-p", str(self.primary.port), "-U", "postgres", "-D", str(self.data),
+             "-X", "stream", "--checkpoint=fast"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        (self.data / "standby.signal").touch()
+
+    def promote(self) -> None:
+        """Promote to primary and wait until it takes writes (its settings carry no
+        ``synchronous_standby_names``: its commits do not wait for a standby it lacks)."""
+        assert self.proc is not None
+        self.psql("SELECT pg_promote(true, 60)")
+        _wait(lambda: self.psql("SELECT pg_is_in_recovery()") == "f", "promote", 60, self.proc)
+
+
+def primary_with_standby(root: Path) -> tuple[PostgresServer, PostgresStandby]:
+    """A primary whose commits wait until its standby has applied them, and that standby."""
+    primary = PostgresServer(
+        root / "primary",
+        settings={"synchronous_standby_names": "standby1", "synchronous_commit": "remote_apply"},
+    )
+    return primary, PostgresStandby(root / "standby", primary)
+
+
+def multi_host_url(*servers: PostgresServer, user: str = "postgres", password: str = "") -> str:
+    """One libpq URL naming every server, connecting to whichever takes writes now
+    (``target_session_attrs=read-write``): what makes a failover transparent to clients."""
+    hosts = ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    secret = f":{password}" if password else ""
+    return f"postgresql://{user}{secret}@{hosts}/postgres?target_session_attrs=read-write"
