@@ -1,7 +1,7 @@
-"""KEDA compatibility, simulated honestly: a real nats-server, the durable made by
-``audit-setup provision``, the trigger metadata from the rendered chart, and the lag read from
-``/jsz`` exactly as KEDA's nats-jetstream scaler does. Then as many real consumer processes as
-KEDA would ask for drain the backlog, and every event is stored once."""
+"""KEDA compatibility, simulated honestly: a real nats-server (and a real three-node cluster),
+the durable made by ``audit-setup provision``, the trigger metadata from the rendered chart, and
+the lag read from ``/jsz`` exactly as KEDA's nats-jetstream scaler does. Then real consumer
+processes drain the backlog, and every event is stored once."""
 
 import asyncio
 import json
@@ -11,13 +11,16 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from audit_consumer.settings import Settings
+from audit_consumer.jetstream import provision
+from audit_consumer.settings import ProvisionSettings, Settings
 from audit_devservers import NatsServer
+from audit_devservers.clusters import NatsCluster
 from tests.chart.conftest import Render, find
-from tests.conftest import service_env, wait_for
+from tests.conftest import ADMIN, BROKER_PASSWORDS, service_env, wait_for
 from tests.helpers import make_event, published
 from tests.processes import consumer
 
@@ -72,5 +75,71 @@ async def test_lag_as_keda_sees_it_drives_the_replica_count_and_drains(
     finally:
         for w in workers:
             w.stop()
+    cur = await db.execute("SELECT count(*), count(DISTINCT id) FROM audit_events")
+    assert await cur.fetchone() == (n, n)
+
+
+def keda_cluster_lag(endpoint: str, meta: dict[str, str]) -> int:
+    """KEDA's nats-jetstream scaler on a cluster (pkg/scalers/nats_jetstream_scaler.go): only
+    the durable's leader knows its current lag, so it reads ``/varz`` of the endpoint for the
+    cluster's advertised client URLs, and asks each of those hosts — on the endpoint's monitoring
+    port — for its ``server_name`` and ``/jsz`` until one names itself the durable's leader."""
+
+    def get(url: str) -> dict[str, Any]:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            return dict(json.loads(response.read()))
+
+    query = f"jsz?acc={urllib.parse.quote(meta['account'])}&consumers=true&config=true"
+    assert get(f"http://{endpoint}/{query}")["meta_cluster"]["cluster_size"] > 1
+    port = endpoint.rsplit(":", 1)[1]
+    for client_url in get(f"http://{endpoint}/varz")["connect_urls"]:
+        host = client_url.split(":")[0]
+        name = get(f"http://{host}:{port}/varz")["server_name"]
+        jsz = get(f"http://{host}:{port}/{query}")
+        (acc,) = [a for a in jsz["account_details"] if a["name"] == meta["account"]]
+        (stream,) = [s for s in acc["stream_detail"] if s["name"] == meta["stream"]]
+        (durable,) = [c for c in stream["consumer_detail"] if c["name"] == meta["consumer"]]
+        if durable["cluster"]["leader"] == name:
+            return int(durable["num_pending"]) + int(durable["num_ack_pending"])
+    raise AssertionError("no node named itself the durable's leader")
+
+
+async def test_keda_finds_the_lag_of_a_replicated_durable_on_a_cluster(
+    render: Render, settings: Settings, db: Any, tmp_path: Any
+) -> None:
+    """Three nodes on 127.0.0.1-3 with the same ports, as a StatefulSet's pods: KEDA's walk
+    from one monitoring endpoint to the durable's leader works, and the lag it reads there
+    drives the consumers that drain it."""
+    nodes = NatsCluster(tmp_path / "nats", 3, "always", BROKER_PASSWORDS)
+    nodes.start()
+    try:
+        clustered = Settings(
+            DATABASE_URL=settings.database_url,
+            NATS_URL=nodes.url_as(ADMIN),
+            provision=ProvisionSettings(AUDIT_STREAM_REPLICAS=3),
+        )
+        await provision(clustered)
+        meta = find(render("kind"), "ScaledObject")["spec"]["triggers"][0]["metadata"]
+        endpoint = f"127.0.0.1:{nodes.monitor_port}"  # the chart's endpoint, node 1 answering
+        assert keda_cluster_lag(endpoint, meta) == 0
+
+        n = 600
+        nc = await nats.connect(servers=clustered.nats_url.split(","))
+        js = nc.jetstream()
+        subject = clustered.names.event_subject("account.update")
+        events = [make_event(resource_id=f"kc-{i}") for i in range(n)]
+        await asyncio.gather(*(js.publish(subject, **published(e)) for e in events))
+        await nc.close()
+        assert keda_cluster_lag(endpoint, meta) == n
+
+        env = service_env(clustered)
+        workers = [consumer(env, tmp_path, i).start() for i in range(2)]
+        try:
+            await wait_for(lambda: keda_cluster_lag(endpoint, meta) == 0, timeout=120)
+        finally:
+            for w in workers:
+                w.stop()
+    finally:
+        nodes.stop()
     cur = await db.execute("SELECT count(*), count(DISTINCT id) FROM audit_events")
     assert await cur.fetchone() == (n, n)

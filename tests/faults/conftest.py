@@ -145,13 +145,13 @@ async def cluster_rig(
         r.stop()
 
 
-@pytest.fixture
+@pytest.fixture(params=[True, False], ids=["sync", "async"])
 async def failover_rig(
-    fault_nats: NatsServer, tmp_path: Path
+    request: pytest.FixtureRequest, fault_nats: NatsServer, tmp_path: Path
 ) -> AsyncIterator[tuple[Rig, PostgresStandby]]:
-    """The apps on a primary with a synchronous standby, through a multi-host URL."""
+    """The apps on a primary with a standby (synchronous, or not), through a multi-host URL."""
     fault_nats.start()
-    primary, standby = primary_with_standby(tmp_path / "pg")
+    primary, standby = primary_with_standby(tmp_path / "pg", synchronous=request.param)
     primary.start()
     standby.start()
     r = await prepared(primary, fault_nats, tmp_path, multi_host_url(primary, standby))

@@ -155,12 +155,14 @@ class PostgresStandby(PostgresServer):
         _wait(lambda: self.psql("SELECT pg_is_in_recovery()") == "f", "promote", 60, self.proc)
 
 
-def primary_with_standby(root: Path) -> tuple[PostgresServer, PostgresStandby]:
-    """A primary whose commits wait until its standby has applied them, and that standby."""
-    primary = PostgresServer(
-        root / "primary",
-        settings={"synchronous_standby_names": "standby1", "synchronous_commit": "remote_apply"},
-    )
+def primary_with_standby(
+    root: Path, synchronous: bool = True
+) -> tuple[PostgresServer, PostgresStandby]:
+    """A primary whose commits wait until its standby has applied them, and that standby
+    (``synchronous=False``: the primary does not wait; what that loses is measured in
+    docs/reliability.md)."""
+    waits = {"synchronous_standby_names": "standby1", "synchronous_commit": "remote_apply"}
+    primary = PostgresServer(root / "primary", settings=waits if synchronous else {})
     return primary, PostgresStandby(root / "standby", primary)
 
 
