@@ -38,9 +38,10 @@ from psycopg import sql
 from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.puller import Puller
-from audit_consumer.settings import Settings
+from audit_consumer.settings import ProvisionSettings, Settings
 from audit_consumer.verify import VerifySettings, verify
 from audit_devservers import Child, NatsServer, PostgresServer, free_port
+from audit_devservers.clusters import NatsCluster
 from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
 from audit_events.auth import issue_token
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
@@ -135,7 +136,8 @@ class Bench:
         # As shipped: NATS requires the project's identities (one password for all of them
         # here), and the bench's own clients log in as an admin.
         users = {**dict.fromkeys(IDENTITIES, PASSWORD), "admin": PASSWORD}
-        self.nats = NatsServer(root / "nats", auth=users)
+        self.nats: NatsServer | NatsCluster = NatsServer(root / "nats", auth=users)
+        self.root, self.users, self.replicas = root, users, 1
         self.results: dict[str, dict[str, Any]] = {}
 
     @property
@@ -144,7 +146,12 @@ class Bench:
             DATABASE_URL=self.pg.url,
             NATS_URL=self.nats.url_as("admin"),
             AUDIT_MIGRATIONS_DIR=str(ROOT / "migrations"),
+            provision=ProvisionSettings(AUDIT_STREAM_REPLICAS=self.replicas),
         )
+
+    async def connect(self) -> NATS:
+        """The bench's own admin client (to every node of a cluster)."""
+        return await nats.connect(servers=self.nats.url_as("admin").split(","))
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
@@ -173,7 +180,7 @@ class Bench:
         """Empty table, fresh streams and durable."""
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             await conn.execute("TRUNCATE audit_events, audit_seals")
-        nc = await nats.connect(self.nats.url_as("admin"))
+        nc = await self.connect()
         for name in (NAMES.stream, NAMES.dlq_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await nc.jetstream().delete_stream(name)
@@ -182,7 +189,7 @@ class Bench:
 
     async def backlog(self, n: int) -> None:
         """``n`` events in the stream, published with acks, 256 in flight."""
-        nc = await nats.connect(self.nats.url_as("admin"))
+        nc = await self.connect()
         js = nc.jetstream()
         events = [event(i) for i in range(n)]
         gate = asyncio.Semaphore(256)
@@ -211,8 +218,8 @@ class Bench:
 
     @property
     def nats_pid(self) -> list[int]:
-        assert self.nats.proc is not None
-        return [self.nats.proc.pid]
+        nodes = self.nats.nodes if isinstance(self.nats, NatsCluster) else [self.nats]
+        return [node.proc.pid for node in nodes if node.proc is not None]
 
     async def db_ceiling(self, query_indexes: bool = True) -> None:
         """COPY straight into the table; ``query_indexes=False``: with migration 0004's indexes
@@ -257,7 +264,7 @@ class Bench:
     async def broker_ceiling(self) -> None:
         await self.reset()
         await self.backlog(self.n)
-        nc = await nats.connect(self.nats.url_as("admin"))
+        nc = await self.connect()
         # The consumer's own pull path (audit_consumer.puller), so the ratio isolates the cost
         # of decoding and storing; nats-py's fetch() is measured too, for reference.
         puller = Puller(nc, NAMES.stream, NAMES.durable)
@@ -305,11 +312,11 @@ class Bench:
             for p in procs:
                 p.wait(30)
 
-    async def drain(self, consumers: int, integrity: bool = True) -> None:
+    async def drain(self, consumers: int, integrity: bool = True, name: str = "") -> None:
         """Time ``consumers`` audit-consumer processes take to store a backlog of n events
         (``integrity=False``: the same consumer without signature checks and sealing)."""
         await self.reset()
-        nc = await nats.connect(self.nats.url_as("admin"))
+        nc = await self.connect()
         js: JetStreamContext = nc.jetstream()
         await js.pause_consumer(NAMES.stream, NAMES.durable, "2999-01-01T00:00:00Z")
         await self.backlog(self.n)
@@ -349,7 +356,7 @@ class Bench:
                 await self.sealed()
         await nc.close()
         self.record(
-            f"consumer_{consumers}p" + ("" if integrity else "_without_integrity"),
+            name or f"consumer_{consumers}p" + ("" if integrity else "_without_integrity"),
             events=self.n,
             per_s=self.n / elapsed,
             **{f"{k}_cpu_us": v for k, v in used.items()},
@@ -409,7 +416,7 @@ class Bench:
         n = 300 if self.quick else 3_000
         await self.reset()
         await self.backlog(n)
-        nc = await nats.connect(self.nats.url_as("admin"))
+        nc = await self.connect()
         sub = await nc.jetstream().pull_subscribe_bind(NAMES.durable, NAMES.stream)
         cols = ", ".join(COLUMNS)
         marks = ", ".join(["%s"] * len(COLUMNS))
@@ -430,6 +437,53 @@ class Bench:
             elapsed = time.perf_counter() - started
         await nc.close()
         self.record("per_message_baseline", events=n, per_s=n / elapsed)
+
+    async def publish_latency(self, n: int, in_flight: int = 16) -> dict[str, float]:
+        """JetStream publish → ack latency, ``in_flight`` publishers at once (the API's path)."""
+        await self.reset()
+        nc = await self.connect()
+        js = nc.jetstream()
+        samples: list[float] = []
+        gate = asyncio.Semaphore(in_flight)
+
+        async def one(e: AuditEvent) -> None:
+            data = encode(e)
+            headers = {"Nats-Msg-Id": str(e.id), SIGNATURE_HEADER: KEYS.sign(data)}
+            async with gate:
+                started = time.perf_counter()
+                await js.publish(SUBJECT, data, headers=headers)
+                samples.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(event(i)) for i in range(n)))
+        elapsed = time.perf_counter() - started
+        await nc.close()
+        samples.sort()
+        return {
+            "publish_p50_ms": samples[len(samples) // 2] * 1000,
+            "publish_p99_ms": samples[int(len(samples) * 0.99)] * 1000,
+            "publish_per_s": n / elapsed,
+        }
+
+    async def broker_shapes(self) -> None:
+        """One node beside a three-node cluster with R3 streams, both as shipped (fsync before
+        every ack): the publish path's latency and one consumer's drain rate."""
+        single = NatsServer(self.root / "shape-single", sync="always", auth=self.users)
+        cluster = NatsCluster(self.root / "shape-cluster", 3, "always", self.users)
+        shipped, self.replicas = self.nats, 1
+        try:
+            for label, server, replicas in (("single", single, 1), ("r3", cluster, 3)):
+                server.start()
+                self.nats, self.replicas = server, replicas
+                try:
+                    latency = await self.publish_latency(2_000 if self.quick else 20_000)
+                    await self.drain(1, name=f"shape_{label}_consumer")
+                    drained = self.results.pop(f"shape_{label}_consumer")
+                    self.record(f"shape_{label}", **latency, consumer_per_s=drained["per_s"])
+                finally:
+                    server.stop()
+        finally:
+            self.nats, self.replicas = shipped, 1
 
     # -- API -----------------------------------------------------------------------------
 
@@ -676,6 +730,19 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"| p50 {fd['p50_ms']:.0f} ms, p99 {fd['p99_ms']:.0f} ms, max {fd['max_ms']:.0f} ms "
         f"| {fd['events']:,} rows, each handed out | |",
     ]
+    one, r3 = r["shape_single"], r["shape_r3"]
+    lines += [
+        f"| publish → JetStream ack, 16 in flight, fsync always: one node | p50 "
+        f"{one['publish_p50_ms']:.1f} ms, p99 {one['publish_p99_ms']:.1f} ms, "
+        f"{one['publish_per_s']:,.0f} msgs/s | | |",
+        f"| the same on three nodes, stream R3 (loopback, one machine) | p50 "
+        f"{r3['publish_p50_ms']:.1f} ms, p99 {r3['publish_p99_ms']:.1f} ms, "
+        f"{r3['publish_per_s']:,.0f} msgs/s | {r3['publish_per_s'] / one['publish_per_s']:.2f} × "
+        f"one node's rate | |",
+        f"| consumer, 1 process, draining: one node vs three nodes (R3) "
+        f"| {one['consumer_per_s']:,.0f} vs {r3['consumer_per_s']:,.0f} events/s "
+        f"| {r3['consumer_per_s'] / one['consumer_per_s']:.2f} × | |",
+    ]
     reads = [r[f"query {name}"] for name in queries.QUESTIONS]
     for name, q in zip(queries.QUESTIONS, reads, strict=True):
         bound = 2 * q["sql_p50_ms"] + 2
@@ -711,6 +778,7 @@ async def main_async(args: argparse.Namespace) -> None:
             await bench.drain(1)
             await bench.verify_speed()
             await bench.drain(2)
+            await bench.broker_shapes()
             await bench.per_message()
             await bench.api(args.workers)
             await bench.end_to_end(args.workers)
