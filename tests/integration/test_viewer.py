@@ -146,6 +146,12 @@ async def test_sign_in_filter_page_and_open_an_event_in_a_real_browser(
     follow(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/session/end'] button"))
     assert browser.find_elements(By.ID, "token")  # signed out: the sign-in form again
 
+    # /docs: Swagger UI from the service's own assets (every other host is unresolvable here),
+    # with "Authorize" for the bearer token and the read operations listed
+    browser.get(base + "/docs")
+    WebDriverWait(browser, 30).until(lambda c: c.find_elements(By.CSS_SELECTOR, ".btn.authorize"))
+    assert "/audit-events/feed" in browser.find_element(By.TAG_NAME, "body").text
+
 
 async def test_the_viewer_keeps_its_token_from_scripts_and_other_sites(
     db: Any, settings: ConsumerSettings, streams: ConsumerSettings
