@@ -85,6 +85,10 @@ class _Fold:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+PRUNE_ABOVE = 1024
+"""Keys kept before idle ones are forgotten (one per feed session or denied source)."""
+
+
 class Folds:
     """Per key, at most one record per window: :meth:`add` says when to record, and what."""
 
@@ -95,6 +99,12 @@ class Folds:
     def add(self, key: Any, **counts: int) -> dict[str, int] | None:
         """Count this request; the totals to record now (first of a window), else None."""
         now = time.monotonic()
+        if len(self._folds) > PRUNE_ABOVE:  # forget keys whose window passed with nothing owed
+            idle = [
+                k for k, f in self._folds.items() if not f.counts and now - f.last >= self.window
+            ]
+            for k in idle:
+                del self._folds[k]
         fold = self._folds.get(key)
         if fold is None:
             fold = self._folds[key] = _Fold(now - self.window)
