@@ -131,3 +131,15 @@ async def _rows_are(db: Any, n: int) -> bool:
     got = await count_rows(db)
     assert got <= n, f"{got} rows: a replay was stored twice"
     return got == n
+
+
+def test_a_replay_must_name_who_replays_where_the_user_has_no_name(streams: Settings) -> None:
+    """In a container the user often has no name: replaying then asks for --actor."""
+    env = {k: v for k, v in os.environ.items() if k not in ("USER", "LOGNAME")}
+    done = subprocess.run(
+        [str(BIN / "audit-dlq"), "replay", "1"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "--actor" in done.stderr
+    listed = subprocess.run([str(BIN / "audit-dlq"), "--help"], env=env, capture_output=True)
+    assert listed.returncode == 0

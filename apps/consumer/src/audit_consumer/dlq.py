@@ -17,8 +17,8 @@ Exit codes: 0 done, 1 a letter could not be replayed, 2 bad usage or broker unre
 
 import argparse
 import asyncio
-import getpass
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -168,10 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     show.add_argument("seq", type=int)
     again = commands.add_parser("replay", help="publish letters again, through every check")
     again.add_argument("seq", type=int, nargs="+")
-    again.add_argument(
-        "--actor", default=getpass.getuser(), help="who replays (recorded; default: $USER)"
-    )
+    again.add_argument("--actor", help="who replays (recorded; default: $USER)")
     args = parser.parse_args(argv)
+    if args.command == "replay" and not args.actor:
+        # Containers often run as a user with no name: then it must be said.
+        args.actor = os.environ.get("USER") or os.environ.get("LOGNAME")
+        if not args.actor:
+            parser.error("say who replays: --actor NAME (it is recorded)")
     try:
         settings = Settings()
         if args.command == "replay":
