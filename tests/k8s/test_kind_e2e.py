@@ -88,7 +88,7 @@ async def drive(token: str, seconds: float, concurrency: int = 32) -> list[str]:
 
 async def test_consumers_scale_out_on_lag_and_back_and_nothing_is_lost(k8s: Any) -> None:
     apps = k8s.AppsV1Api()
-    for name in (f"{RELEASE}-api", f"{RELEASE}-consumer"):
+    for name in (f"{RELEASE}-api", f"{RELEASE}-consumer", f"{RELEASE}-query"):
         wait_available(apps, name)
     secret = k8s.CoreV1Api().read_namespaced_secret(f"{RELEASE}-secrets", NAMESPACE)
     token = issue_token(base64.b64decode(secret.data["AUDIT_JWT_SECRET"]).decode(), "kind-e2e")
