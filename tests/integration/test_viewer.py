@@ -172,10 +172,10 @@ async def test_the_viewer_keeps_its_token_from_scripts_and_other_sites(
         assert "script" not in policy
         assert page.headers["cache-control"] == "no-store"
 
-        other_site = await http.post(
-            "/session", data={"token": token}, headers={"Origin": "https://evil.example"}
-        )
+        evil = {"Origin": "https://evil.example"}
+        other_site = await http.post("/session", data={"token": token}, headers=evil)
         assert other_site.status_code == 403
+        assert (await http.post("/session/end", headers=evil)).status_code == 403
         no_scope = await http.post("/session", data={"token": issue_token(JWT_SECRET, "bob")})
         assert no_scope.status_code == 403
         assert "lacks scope" in no_scope.text

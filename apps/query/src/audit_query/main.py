@@ -337,6 +337,8 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
 
     @app.post("/session/end", include_in_schema=False)
     async def sign_out(request: Request) -> Response:
+        if not _same_origin(request):  # another site cannot sign you out either
+            return _html(viewer.sign_in_page("cross-site sign-out refused"), 403)
         response = RedirectResponse("/", 303)
         response.delete_cookie(viewer.SESSION_COOKIE, httponly=True, samesite="strict")
         return response
