@@ -15,6 +15,7 @@ from audit_consumer.jetstream import provision
 from audit_consumer.settings import ProvisionSettings, Settings
 from audit_devservers import NatsServer, PostgresServer
 from audit_devservers.clusters import (
+    DelayLine,
     NatsCluster,
     PostgresStandby,
     multi_host_url,
@@ -25,6 +26,7 @@ from tests.faults.harness import RESULTS
 from tests.processes import Service, api, consumer
 
 ACK_WAIT = "5"  # short, so redelivery after a crash shows up quickly
+STANDBY_LAG = 0.02  # seconds between the primary and its standby (another zone, say)
 
 
 @pytest.fixture(scope="module")
@@ -149,18 +151,24 @@ async def cluster_rig(
 async def failover_rig(
     request: pytest.FixtureRequest, fault_nats: NatsServer, tmp_path: Path
 ) -> AsyncIterator[tuple[Rig, PostgresStandby]]:
-    """The apps on a primary with a standby (synchronous, or not), through a multi-host URL."""
+    """The apps on a primary with a standby (synchronous, or not), through a multi-host URL.
+    The standby streams through a 20 ms delay line, as from another zone: with an asynchronous
+    standby that is the window of commits a failover loses."""
     fault_nats.start()
-    primary, standby = primary_with_standby(tmp_path / "pg", synchronous=request.param)
+    line = DelayLine(STANDBY_LAG)
+    primary, standby = primary_with_standby(tmp_path / "pg", request.param, line.port)
+    line.target_port = primary.port
     primary.start()
     standby.start()
     r = await prepared(primary, fault_nats, tmp_path, multi_host_url(primary, standby))
+    standby.line = line
     try:
         yield r, standby
     finally:
         r.stop()
         primary.stop()
         standby.stop()
+        line.close()
 
 
 @pytest.fixture

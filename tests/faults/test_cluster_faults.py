@@ -160,10 +160,11 @@ async def test_two_of_three_nodes_down_is_refused_never_acknowledged(
 async def test_postgres_fails_over_to_its_standby_under_load(
     failover_rig: tuple[Rig, PostgresStandby],
 ) -> None:
-    """The primary is SIGKILLed and its standby promoted; the consumers, given both hosts with
+    """The primary's zone is lost — the primary SIGKILLed and the WAL still on its 20 ms link
+    to the standby with it — and the standby is promoted; the consumers, given both hosts with
     ``target_session_attrs=read-write``, move on by themselves. With a synchronous standby
-    (``remote_apply``) every commit the consumers acked after was on the standby too, so nothing
-    acknowledged is lost. An asynchronous standby can lose the last commits before the crash:
+    (``remote_apply``) every commit the consumers acked after was on the standby already, so
+    nothing acknowledged is lost. An asynchronous standby loses the commits still on the link:
     those events were acked to JetStream already, so nothing brings them back. That loss is
     measured and reported (never doubled rows, in either mode)."""
     rig, standby = failover_rig
@@ -172,6 +173,8 @@ async def test_postgres_fails_over_to_its_standby_under_load(
     rig.start(consumers=2)
     load = Load(rig.url, concurrency=32).start()
     await wait_for(lambda: rows_at_least(url, 1000))
+    assert standby.line is not None
+    standby.line.cut()
     rig.pg.kill()  # the old primary is gone for good: it can never take writes again
     failed = time.monotonic()
     await asyncio.to_thread(standby.promote)

@@ -15,10 +15,12 @@ commit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -131,10 +133,15 @@ def _healthy(node: NatsServer) -> bool:
 
 class PostgresStandby(PostgresServer):
     """A streaming standby of ``primary``, cloned with ``pg_basebackup``; :meth:`promote` makes
-    it the primary."""
+    it the primary. ``via``: the port it streams WAL through (a :class:`DelayLine`), if not
+    straight from the primary."""
 
-    def __init__(self, root: Path, primary: PostgresServer, name: str = "standby1") -> None:
-        conninfo = f"host=127.0.0.1 port={primary.port} user=postgres application_name={name}"
+    def __init__(
+        self, root: Path, primary: PostgresServer, name: str = "standby1", via: int | None = None
+    ) -> None:
+        port = via or primary.port
+        conninfo = f"host=127.0.0.1 port={port} user=postgres application_name={name}"
+        self.line: DelayLine | None = None  # the link it streams over, when it is a DelayLine
         super().__init__(root, settings={"primary_conninfo": conninfo, "hot_standby": "on"})
         self.primary, self.application_name = primary, name
 
@@ -156,14 +163,82 @@ class PostgresStandby(PostgresServer):
 
 
 def primary_with_standby(
-    root: Path, synchronous: bool = True
+    root: Path, synchronous: bool = True, via: int | None = None
 ) -> tuple[PostgresServer, PostgresStandby]:
     """A primary whose commits wait until its standby has applied them, and that standby
     (``synchronous=False``: the primary does not wait; what that loses is measured in
-    docs/reliability.md)."""
+    docs/reliability.md). ``via``: the standby streams through this port (a delay line)."""
     waits = {"synchronous_standby_names": "standby1", "synchronous_commit": "remote_apply"}
     primary = PostgresServer(root / "primary", settings=waits if synchronous else {})
-    return primary, PostgresStandby(root / "standby", primary)
+    return primary, PostgresStandby(root / "standby", primary, via=via)
+
+
+class DelayLine:
+    """A TCP relay on 127.0.0.1 that hands every byte on ``delay`` seconds after it arrived, in
+    order, at full throughput: the network between a primary and a standby in another zone.
+    It runs its own event loop in a thread, so a caller blocked on a commit that waits for the
+    standby cannot stall it."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.target_port = 0  # set before anything connects
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.port = 0
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            server = self.loop.run_until_complete(asyncio.start_server(self._relay, "127.0.0.1", 0))
+            self.port = int(server.sockets[0].getsockname()[1])
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="delay-line", daemon=True)
+        self.thread.start()
+        started.wait(10)
+
+    cut_off = False
+
+    def cut(self) -> None:
+        """The link fails: whatever is still on it never arrives (a zone lost with its primary)."""
+        self.cut_off = True
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        line: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await line.get()
+                if data:
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data or self.cut_off:
+                    dst.close()
+                    return
+                dst.write(data)
+                await dst.drain()
+
+        sender = asyncio.create_task(deliver())
+        try:
+            while data := await src.read(65536):
+                line.put_nowait((loop.time() + self.delay, data))
+        finally:
+            line.put_nowait((loop.time() + self.delay, b""))
+            await sender
 
 
 def multi_host_url(*servers: PostgresServer, user: str = "postgres", password: str = "") -> str:
