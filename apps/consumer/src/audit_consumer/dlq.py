@@ -23,6 +23,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import nats
 import orjson
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
@@ -120,8 +121,6 @@ async def replay(js: Any, settings: Settings, actor: str, seq: int) -> str:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    import nats
-
     nc = await nats.connect(**settings.connect_options(DLQ), connect_timeout=5)
     try:
         js = nc.jetstream()
