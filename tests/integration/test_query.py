@@ -31,6 +31,7 @@ from tests.conftest import (
     EVENT_KEY,
     JWT_SECRET,
     identity_env,
+    metric,
     wait_for,
     without_credentials,
 )
@@ -383,6 +384,11 @@ async def test_every_read_is_on_the_record_signed_by_the_query_service(
     await store(db, [stored])
     config = query_settings(await reader_url(settings), streams)
     async with serving(config) as http:
+        scraped = (await http.get("/metrics")).text
+        counted = metric(
+            scraped, "audit_query_reads_total", action="audit.query", outcome="success"
+        )
+        assert metric(scraped, "audit_query_nats_connected") == 1
         params = {"actor_id": "user-1", "limit": "5"}
         assert (await http.get("/audit-events", params=params, headers=READ)).status_code == 200
         assert (await http.get(f"/audit-events/{stored.id}", headers=READ)).status_code == 200
@@ -395,6 +401,11 @@ async def test_every_read_is_on_the_record_signed_by_the_query_service(
         assert (await http.get("/audit-events/feed", headers=READ)).status_code == 200  # another
         for _ in range(3):
             assert (await http.get("/audit-events")).status_code == 401
+        scraped = (await http.get("/metrics")).text
+        queries = metric(
+            scraped, "audit_query_reads_total", action="audit.query", outcome="success"
+        )
+        assert queries == counted + 1
     # (leaving `serving` ran the shutdown: the folds' remainders are recorded)
     found = await records(nc, streams.names)
     keys = EventKeys([EVENT_KEY])
@@ -434,7 +445,11 @@ async def test_without_the_broker_a_read_is_refused_not_answered_off_the_record(
     nowhere = f"nats://127.0.0.1:{free_port()}"
     config = query_settings(await reader_url(settings), streams, NATS_URL=nowhere)
     async with serving(config, ready=False) as http:
+        before = metric((await http.get("/metrics")).text, "audit_query_unrecorded_total")
         response = await http.get("/audit-events", headers=READ)
+        scraped = (await http.get("/metrics")).text
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "items" not in response.json()
+    assert metric(scraped, "audit_query_unrecorded_total") == before + 1  # AuditQueryUnrecorded
+    assert metric(scraped, "audit_query_nats_connected") == 0

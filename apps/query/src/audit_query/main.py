@@ -33,7 +33,7 @@ from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 from audit_events import AuditEvent, tracing
 from audit_events.auth import AuthError, ScopeError, authenticate
-from audit_query import store, viewer
+from audit_query import metrics, store, viewer
 from audit_query.recorder import Folds, Recorder, RecordUnavailable, read_event
 from audit_query.settings import Settings
 
@@ -166,8 +166,10 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         try:
             await recorder.record(event)
         except RecordUnavailable as exc:
+            metrics.UNRECORDED.inc()
             log.warning("read not answered, its record failed: %s", exc)
             raise HTTPException(503, "cannot record this read now", {"Retry-After": "1"}) from None
+        metrics.READS.labels(action, outcome).inc()
 
     async def identify(request: Request, authorization: str | None) -> str:
         """The caller, who must hold a token with scope ``audit:read``, else AuthError; a
@@ -194,6 +196,11 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
             ) from None
 
     Reader = Annotated[str, Depends(reader)]
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        metrics.NATS_CONNECTED.set(1 if recorder.ready else 0)
+        return metrics.render(request)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
