@@ -7,16 +7,16 @@ monitoring port, and this layout lets it (tests/chart/test_keda_compat.py). Rout
 with a password of their own; clients with the project's identities, on any node.
 
 The standby is synchronous (``synchronous_standby_names`` on the primary, ``remote_apply``), so
-a COMMIT the consumer acks after is on both servers. That setting is passed to the primary's
-process only (``-c``), never written into its data directory, so a promoted standby does not
-inherit it — a promoted standby that still waited for a standby of its own would hang every
-commit.
+a COMMIT the consumer acks after is on both servers; or asynchronous, to measure what that
+loses. The setting is passed to the primary's process only (``-c``), never written into its
+data directory, so a promoted standby does not inherit it — a promoted standby that still
+waited for a standby of its own would hang every commit. A :class:`DelayLine` puts a network
+between them (latency, and a link that can die with the primary's zone).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import socket
 import subprocess
@@ -24,7 +24,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer, _wait, as_non_root
 from audit_events import StreamNames
@@ -89,10 +88,6 @@ class NatsCluster:
     def url_as(self, user: str) -> str:
         return ",".join(node.url_as(user) for node in self.nodes)
 
-    @property
-    def monitor_url(self) -> str:
-        return self.nodes[0].monitor_url
-
     def node(self, name: str) -> NatsServer:
         """The node whose server_name is ``name`` (``n1``…), as JetStream names leaders."""
         return self.nodes[int(name.removeprefix("n")) - 1]
@@ -116,11 +111,6 @@ class NatsCluster:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"nats {node.host} not healthy within {timeout}s")
                 time.sleep(0.1)
-
-    def jsz(self, node: NatsServer | None = None) -> dict[str, Any]:
-        url = f"{(node or self.nodes[0]).monitor_url}/jsz?consumers=true&config=true&acc=$G"
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (loopback)
-            return dict(json.loads(response.read()))
 
 
 def _healthy(node: NatsServer) -> bool:
