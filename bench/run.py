@@ -44,7 +44,7 @@ from audit_devservers import Child, NatsServer, PostgresServer, free_port
 from audit_devservers.clusters import NatsCluster
 from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
 from audit_events.auth import issue_token
-from audit_events.authorship import SIGNATURE_HEADER, EventKeys
+from audit_events.authorship import EventKeys, signed
 from audit_events.broker import IDENTITIES
 from audit_events.seals import SealKey, generate_seal_key
 from audit_query.store import feed
@@ -195,8 +195,7 @@ class Bench:
         gate = asyncio.Semaphore(256)
 
         async def one(e: AuditEvent) -> None:  # as the API publishes: id and signature
-            data = encode(e)
-            headers = {"Nats-Msg-Id": str(e.id), SIGNATURE_HEADER: KEYS.sign(data)}
+            data, headers = signed(e, KEYS)
             async with gate:
                 await js.publish(SUBJECT, data, headers=headers)
 
@@ -447,8 +446,7 @@ class Bench:
         gate = asyncio.Semaphore(in_flight)
 
         async def one(e: AuditEvent) -> None:
-            data = encode(e)
-            headers = {"Nats-Msg-Id": str(e.id), SIGNATURE_HEADER: KEYS.sign(data)}
+            data, headers = signed(e, KEYS)
             async with gate:
                 started = time.perf_counter()
                 await js.publish(SUBJECT, data, headers=headers)
