@@ -110,6 +110,22 @@ async def stored_ids(db_url: str) -> list[str]:
         return [r[0] for r in await cur.fetchall()]
 
 
+async def rows_at_least(db_url: str, n: int) -> bool:
+    return len(await stored_ids(db_url)) >= n
+
+
+async def drained(settings: Any) -> bool:
+    """JetStream holds nothing for the durable any more: every published event delivered and
+    acked, i.e. stored (``settings``: the consumer's, ``NATS_URL`` one URL or a list)."""
+    names = settings.names
+    nc = await nats.connect(servers=settings.nats_url.split(","))
+    try:
+        info = await nc.jetstream().consumer_info(names.stream, names.durable)
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+    finally:
+        await nc.close()
+
+
 # -- credentials the API must refuse, each with the denied event's reason code ---------------
 
 

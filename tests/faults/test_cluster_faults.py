@@ -14,7 +14,7 @@ from audit_devservers.clusters import NatsCluster, PostgresStandby
 from tests.conftest import wait_for
 from tests.faults.conftest import Rig
 from tests.faults.harness import Load, verify, wait_stored
-from tests.helpers import stored_ids
+from tests.helpers import drained, rows_at_least, stored_ids
 
 
 def cluster(rig: Rig) -> NatsCluster:
@@ -42,10 +42,6 @@ async def new_leader(rig: Rig, old: str, of_durable: bool = False) -> bool:
         return (await leader(rig, of_durable)) not in ("", old)
     except Exception:  # no quorum yet, or the node we asked is the dead one
         return False
-
-
-async def rows_at_least(url: str, n: int) -> bool:
-    return len(await stored_ids(url)) >= n
 
 
 async def acks_resume(load: Load) -> None:
@@ -168,7 +164,7 @@ async def test_postgres_fails_over_to_its_standby_under_load(
     those events were acked to JetStream already, so nothing brings them back. That loss is
     measured and reported (never doubled rows, in either mode)."""
     rig, standby = failover_rig
-    synchronous = bool(rig.pg.settings)
+    synchronous = "synchronous_standby_names" in rig.pg.settings
     url = rig.settings.database_url  # the multi-host URL
     rig.start(consumers=2)
     load = Load(rig.url, concurrency=32).start()
@@ -185,7 +181,7 @@ async def test_postgres_fails_over_to_its_standby_under_load(
     await load.stop()
     assert all(c.proc is not None and c.proc.poll() is None for c in rig.consumers)
     if not synchronous:  # measure, do not wait for what cannot come
-        await wait_for(lambda: drained(rig), timeout=120)
+        await wait_for(lambda: drained(rig.settings), timeout=120)
         rows = await stored_ids(standby.url)
         assert len(rows) == len(set(rows)), "a row was stored twice"
         lost = len(set(load.acknowledged) - set(rows))
@@ -201,14 +197,3 @@ async def test_postgres_fails_over_to_its_standby_under_load(
         writing_again_s=round(writing_again, 1),
         refused=load.statuses[503],
     )
-
-
-async def drained(rig: Rig) -> bool:
-    """JetStream holds nothing for the durable any more: all delivered and acked."""
-    names = rig.settings.names
-    nc = await nats.connect(servers=rig.settings.nats_url.split(","))
-    try:
-        info = await nc.jetstream().consumer_info(names.stream, names.durable)
-        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-    finally:
-        await nc.close()

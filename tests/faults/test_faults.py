@@ -17,11 +17,7 @@ from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from tests.conftest import EVENT_KEY, wait_for
 from tests.faults.conftest import Rig
 from tests.faults.harness import Load, health, verify, wait_stored
-from tests.helpers import make_event, published, sign, stored_ids
-
-
-async def rows_at_least(db_url: str, n: int) -> bool:
-    return len(await stored_ids(db_url)) >= n
+from tests.helpers import make_event, published, rows_at_least, sign, stored_ids
 
 
 async def test_consumer_sigkilled_mid_batch(rig: Rig, db_url: str) -> None:

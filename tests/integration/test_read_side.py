@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import psycopg
 import pytest
 
 from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter
 from tests.conftest import service_env, wait_for
-from tests.helpers import make_event, signed_row, write
+from tests.helpers import drained, make_event, signed_row, write
 from tests.integration.test_pipeline import send
 from tests.integration.test_query import READ, reader_url
 from tests.processes import Service, api, consumer, query
@@ -45,16 +44,6 @@ async def system(streams: Settings, db: Any, tmp_path: Path) -> AsyncIterator[di
     finally:
         for service in services.values():
             service.stop()
-
-
-async def drained(streams: Settings) -> bool:
-    """Every published event stored and acked (nothing pending, nothing in flight)."""
-    nc = await nats.connect(streams.nats_url)
-    try:
-        info = await nc.jetstream().consumer_info(streams.names.stream, streams.names.durable)
-        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-    finally:
-        await nc.close()
 
 
 async def ids(db: Any, accounts_only: bool = False) -> list[str]:
