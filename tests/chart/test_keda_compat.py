@@ -25,16 +25,33 @@ from tests.helpers import make_event, published
 from tests.processes import consumer
 
 
-def jsz_lag(monitor: str, meta: dict[str, str]) -> int:
-    """What KEDA computes: the durable's num_pending + num_ack_pending from /jsz."""
-    account = meta["account"]
-    url = f"{monitor}/jsz?acc={urllib.parse.quote(account)}&consumers=true&config=true"
+def get(url: str) -> dict[str, Any]:
+    """A monitoring endpoint's JSON."""
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
-        jsz = json.loads(response.read())
-    (acc,) = [a for a in jsz["account_details"] if a["name"] == account]
+        return dict(json.loads(response.read()))
+
+
+def jsz_query(meta: dict[str, str]) -> str:
+    """The /jsz query KEDA's scaler sends for the trigger's account."""
+    return f"jsz?acc={urllib.parse.quote(meta['account'])}&consumers=true&config=true"
+
+
+def durable_of(jsz: dict[str, Any], meta: dict[str, str]) -> dict[str, Any]:
+    """The trigger's durable in a /jsz answer."""
+    (acc,) = [a for a in jsz["account_details"] if a["name"] == meta["account"]]
     (stream,) = [s for s in acc["stream_detail"] if s["name"] == meta["stream"]]
     (durable,) = [c for c in stream["consumer_detail"] if c["name"] == meta["consumer"]]
+    return dict(durable)
+
+
+def lag(durable: dict[str, Any]) -> int:
+    """What KEDA computes: the durable's num_pending + num_ack_pending."""
     return int(durable["num_pending"]) + int(durable["num_ack_pending"])
+
+
+def jsz_lag(monitor: str, meta: dict[str, str]) -> int:
+    """The lag KEDA reads from one server's /jsz."""
+    return lag(durable_of(get(f"{monitor}/{jsz_query(meta)}"), meta))
 
 
 async def test_lag_as_keda_sees_it_drives_the_replica_count_and_drains(
@@ -84,23 +101,15 @@ def keda_cluster_lag(endpoint: str, meta: dict[str, str]) -> int:
     the durable's leader knows its current lag, so it reads ``/varz`` of the endpoint for the
     cluster's advertised client URLs, and asks each of those hosts — on the endpoint's monitoring
     port — for its ``server_name`` and ``/jsz`` until one names itself the durable's leader."""
-
-    def get(url: str) -> dict[str, Any]:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
-            return dict(json.loads(response.read()))
-
-    query = f"jsz?acc={urllib.parse.quote(meta['account'])}&consumers=true&config=true"
+    query = jsz_query(meta)
     assert get(f"http://{endpoint}/{query}")["meta_cluster"]["cluster_size"] > 1
     port = endpoint.rsplit(":", 1)[1]
     for client_url in get(f"http://{endpoint}/varz")["connect_urls"]:
         host = client_url.split(":")[0]
         name = get(f"http://{host}:{port}/varz")["server_name"]
-        jsz = get(f"http://{host}:{port}/{query}")
-        (acc,) = [a for a in jsz["account_details"] if a["name"] == meta["account"]]
-        (stream,) = [s for s in acc["stream_detail"] if s["name"] == meta["stream"]]
-        (durable,) = [c for c in stream["consumer_detail"] if c["name"] == meta["consumer"]]
+        durable = durable_of(get(f"http://{host}:{port}/{query}"), meta)
         if durable["cluster"]["leader"] == name:
-            return int(durable["num_pending"]) + int(durable["num_ack_pending"])
+            return lag(durable)
     raise AssertionError("no node named itself the durable's leader")
 
 
