@@ -47,6 +47,10 @@ class Settings(BrokerSettings):
     event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
     names: StreamNames = Field(default_factory=StreamNames)
 
+    @property
+    def keys(self) -> EventKeys:
+        return EventKeys.parse(self.event_keys)
+
 
 def letter(msg: RawStreamMsg) -> dict[str, Any]:
     """One dead letter as shown: where it came from, why it is here, and its event's id."""
@@ -100,7 +104,7 @@ def replay_record(actor: str, msg: RawStreamMsg) -> AuditEvent:
     )
 
 
-async def replay(js: Any, settings: Settings, actor: str, seq: int) -> str:
+async def replay(js: Any, settings: Settings, keys: EventKeys, actor: str, seq: int) -> str:
     """Record, then replay, one letter; what happened, for the operator."""
     names = settings.names
     msg = await js.get_msg(names.dlq_stream, seq)
@@ -108,7 +112,7 @@ async def replay(js: Any, settings: Settings, actor: str, seq: int) -> str:
     subject = headers.get(SUBJECT_HEADER)
     if not subject or not subject.startswith(names.events_subjects.removesuffix(">")):
         raise ValueError(f"letter {seq} has no event subject to return to")
-    record, record_headers = signed(replay_record(actor, msg), EventKeys.parse(settings.event_keys))
+    record, record_headers = signed(replay_record(actor, msg), keys)
     await js.publish(
         names.event_subject("audit.dlq.replay"), record, stream=names.stream, headers=record_headers
     )
@@ -143,10 +147,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 body = data.decode(errors="replace")
             print(json.dumps({**letter(msg), "headers": msg.headers, "data": body}, indent=2))
         else:
-            failed = 0
+            failed, keys = 0, settings.keys
             for seq in args.seq:
                 try:
-                    print(await replay(js, settings, args.actor, seq))
+                    print(await replay(js, settings, keys, args.actor, seq))
                 except (NotFoundError, ValueError) as exc:
                     print(f"letter {seq}: not replayed: {exc or 'no such letter'}", file=sys.stderr)
                     failed += 1
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings()
         if args.command == "replay":
-            EventKeys.parse(settings.event_keys)  # every replay is recorded, signed
+            settings.keys  # noqa: B018 - every replay is recorded, signed: no key, no start
         sys.exit(asyncio.run(run(args, settings)))
     except Exception as exc:
         print(f"audit-dlq: {type(exc).__name__}: {exc}", file=sys.stderr)

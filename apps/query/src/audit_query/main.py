@@ -294,7 +294,7 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         actor = await viewer_actor(request)
         if actor is None:
             return _html(viewer.sign_in_page(), 401 if request.cookies else 200)
-        given = {k: v for k, v in request.query_params.items() if k != "cursor"}
+        given = _form_values(request)
         async with app.state.pool.connection() as conn:
             try:
                 items, next_cursor = await store.page(conn, filters, limit, cursor)
@@ -359,10 +359,15 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         if actor is None:
             return _html(viewer.sign_in_page(), 401)
         problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
-        given = {k: v for k, v in request.query_params.items() if k != "cursor"}
+        given = _form_values(request)
         return _html(viewer.list_page(actor, given, None, None, problems), 422)
 
     return app
+
+
+def _form_values(request: Request) -> dict[str, str]:
+    """What the viewer's form was filled with (the cursor travels in the next-page link)."""
+    return {k: v for k, v in request.query_params.items() if k != "cursor"}
 
 
 def _html(page: str, status: int = 200) -> HTMLResponse:
