@@ -139,7 +139,9 @@ async def test_keda_finds_the_lag_of_a_replicated_durable_on_a_cluster(
         events = [make_event(resource_id=f"kc-{i}") for i in range(n)]
         await asyncio.gather(*(js.publish(subject, **published(e)) for e in events))
         await nc.close()
-        assert keda_cluster_lag(endpoint, meta) == n
+        # A publish is acknowledged once a quorum (2 of 3) stored it; the durable's leader may be
+        # the third node and count it a moment later, so its lag reaches n rather than starts there.
+        await wait_for(lambda: keda_cluster_lag(endpoint, meta) == n, timeout=30)
 
         env = service_env(clustered)
         workers = [consumer(env, tmp_path, i).start() for i in range(2)]
