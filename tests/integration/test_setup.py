@@ -80,7 +80,7 @@ async def test_provision_is_idempotent_and_repairs_drift(streams: Settings, nc: 
 
     await provision(streams)  # and again through the public entry point
     info = await js.stream_info(streams.names.stream)
-    assert info.config.retention == RetentionPolicy.WORK_QUEUE
+    assert (info.config.retention, info.config.deny_purge) == (RetentionPolicy.LIMITS, False)
     assert info.config.duplicate_window == streams.provision.duplicate_window_seconds
     durable = await js.consumer_info(streams.names.stream, streams.names.durable)
     assert durable.config.max_deliver == -1

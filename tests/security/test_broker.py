@@ -135,7 +135,7 @@ async def test_the_query_service_may_record_reads_and_forge_no_account_event(
     assert (await nc.jetstream().stream_info(names.stream)).state.messages == 1
 
 
-async def test_the_consumer_may_pull_ack_and_dead_letter_but_not_forge_or_delete(
+async def test_the_consumer_may_pull_ack_trim_and_dead_letter_but_not_forge_or_delete(
     server: NatsServer, streams: Settings, nc: NATS
 ) -> None:
     names = streams.names
@@ -149,8 +149,10 @@ async def test_the_consumer_may_pull_ack_and_dead_letter_but_not_forge_or_delete
         await js.publish(names.dlq_subject("invalid"), b"x", stream=names.dlq_stream)
         forged = names.event_subject("account.delete")
         await refused(errors, forged, lambda: consumer.publish(forged, encode(make_event())))
+        # It may purge AUDIT (trimming below the ack floor), nothing else.
+        await request_refused(consumer, errors, f"$JS.API.STREAM.DELETE.{names.stream}")
         for verb in ("STREAM.DELETE", "STREAM.PURGE"):
-            await request_refused(consumer, errors, f"$JS.API.{verb}.{names.stream}")
+            await request_refused(consumer, errors, f"$JS.API.{verb}.{names.dlq_stream}")
         delete = f"$JS.API.CONSUMER.DELETE.{names.stream}.{names.durable}"
         await request_refused(consumer, errors, delete)
         create = f"$JS.API.CONSUMER.CREATE.{names.stream}.thief"

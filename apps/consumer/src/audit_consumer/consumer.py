@@ -47,6 +47,7 @@ from audit_consumer.puller import Puller, Source
 from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
 from audit_consumer.spans import batch_span, consume_spans
+from audit_consumer.trimming import Trimmer
 from audit_consumer.writer import BatchWriter, WriteResult, WriterPool
 from audit_events.authorship import EventKeys
 from audit_events.broker import CONSUMER
@@ -170,14 +171,17 @@ class Consumer:
                 if not task.done():
                     task.cancel()
 
-    async def _watch_durable(self, js: JetStreamContext, every: float = 5.0) -> None:
-        """Keep the lag metric current (what KEDA sees), and notice a deleted durable or stream:
-        this worker then is not ready, and says why once, instead of idling as if all is well."""
+    async def _watch_durable(self, js: JetStreamContext, every: float = 1.0) -> None:
+        """Keep the lag metric current (what KEDA sees), trim the stream below the ack floor
+        (``trimming.py``), and notice a deleted durable or stream: this worker then is not
+        ready, and says why once, instead of idling as if all is well."""
         names = self.settings.names
+        trimmer = Trimmer(js, names.stream)
         while True:
             try:
                 info = await js.consumer_info(names.stream, names.durable)
                 metrics.LAG.set(info.num_pending + info.num_ack_pending)
+                await trimmer.trim(info)
                 if not self.durable_ok:
                     log.info("durable %s/%s is back", names.stream, names.durable)
                 self.durable_ok = True

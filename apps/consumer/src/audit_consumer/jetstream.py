@@ -7,7 +7,7 @@ server's reason rather than guessing.
 """
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import nats
@@ -34,11 +34,15 @@ log = logging.getLogger("audit.setup")
 def stream_configs(settings: Settings) -> list[StreamConfig]:
     """The event stream and the dead-letter stream, as audit data needs them.
 
-    ``AUDIT`` is a work queue: a message leaves only when the consumer acks it, i.e. after it
-    is committed to PostgreSQL, so nothing ages out unstored. ``discard: new`` makes a full
-    stream refuse publishes (the API answers 503) instead of dropping old events. The duplicate
-    window turns a re-published ``Nats-Msg-Id`` into a no-op. ``deny_delete``/``deny_purge``
-    stop anyone from removing events through the JetStream API.
+    ``AUDIT`` keeps every message until the consumers trim it (``trimming.py``): only below the
+    durable's ack floor, i.e. after it is committed to PostgreSQL, so nothing leaves unstored;
+    it has no age or count limit. (Not a work queue: that removes each acked message with its
+    own fsync'd tombstone under ``sync_interval: always``, which cost a consumer 3/4 of its
+    throughput on one node; one purge per second does the same work.) ``discard: new`` makes a
+    full stream refuse publishes (the API answers 503) instead of dropping old events. The
+    duplicate window turns a re-published ``Nats-Msg-Id`` into a no-op. ``deny_delete`` stops
+    anyone from removing single events; only the consumer identity may purge (its ack alone
+    could already remove an event from a work queue, so it gains no power).
     """
     names = settings.names
     return [
@@ -46,7 +50,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             name=names.stream,
             description="Audit events awaiting storage in PostgreSQL",
             subjects=[names.events_subjects],
-            retention=RetentionPolicy.WORK_QUEUE,
+            retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             discard=DiscardPolicy.NEW,
             max_bytes=settings.provision.stream_max_bytes,
@@ -54,7 +58,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             num_replicas=settings.provision.stream_replicas,
             duplicate_window=settings.provision.duplicate_window_seconds,
             deny_delete=True,
-            deny_purge=True,
+            deny_purge=False,
         ),
         StreamConfig(
             name=names.dlq_stream,
@@ -104,6 +108,15 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> str:
     except NotFoundError:
         await js.add_stream(want)
         return "created"
+    if have.retention == RetentionPolicy.WORK_QUEUE != want.retention:
+        # Made by an earlier version; JetStream cannot change a work queue's retention, and
+        # the work queue stays correct (each ack removes its event), only slower.
+        log.warning(
+            "stream %s is a work queue (made by an earlier version): kept as it is; to get the "
+            "trimmed stream, recreate it once drained (README, 'Upgrading')",
+            want.name,
+        )
+        want = replace(want, retention=have.retention, deny_purge=have.deny_purge)
     if changed := drift(have, want):
         await js.update_stream(want)
         return f"updated ({', '.join(changed)})"

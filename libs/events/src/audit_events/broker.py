@@ -6,8 +6,9 @@ ack them away from the durable, forge events or delete streams. So the server ha
 access, and each identity is allowed only the subjects its job needs:
 
 - ``audit-api`` publishes events (``audit.events.>``) and may read its stream's info;
-- ``audit-consumer`` pulls from and acks its durable, reads the durable's info, publishes dead
-  letters (``audit.dlq.>``): it cannot create, delete or purge anything;
+- ``audit-consumer`` pulls from and acks its durable, reads the durable's info, trims ``AUDIT``
+  below the durable's ack floor (a purge; its acks could remove those events from a work queue
+  just the same), publishes dead letters (``audit.dlq.>``): it cannot create or delete anything;
 - ``audit-setup`` creates, updates and reads the two streams and the durable (no delete, no
   purge);
 - ``audit-query`` publishes only the events that record reads of the log
@@ -79,6 +80,7 @@ def permissions(names: StreamNames) -> dict[str, dict[str, Any]]:
                     f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
                     f"$JS.ACK.{stream}.{durable}.>",
                     f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+                    f"$JS.API.STREAM.PURGE.{stream}",  # trims below the ack floor
                     names.dlq_subjects,
                 ]
             },
