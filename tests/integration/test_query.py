@@ -300,11 +300,11 @@ async def test_export_streams_every_matching_row_as_ndjson_or_csv(
     assert bad.status_code == 422
 
 
-async def test_a_client_that_disconnects_ends_its_export(
-    db: Any, settings: ConsumerSettings, streams: ConsumerSettings, tmp_path: Any
-) -> None:
-    """Against the real process: while a client holds an export open the COPY runs; once it
-    hangs up, the COPY ends and the connection is back in the pool."""
+@asynccontextmanager
+async def exporting(
+    db: Any, settings: ConsumerSettings, streams: ConsumerSettings, logs: Any, **env: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real ``audit-query`` process (``env`` added) over 300,000 rows, and a client."""
     await db.execute(
         "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, action, resource_type,"
         " resource_id, outcome, stream_seq, digest)"
@@ -317,8 +317,8 @@ async def test_a_client_that_disconnects_ends_its_export(
         ConsumerSettings(DATABASE_URL=settings.database_url, AUDIT_READER_DATABASE_URL=reader)
     )
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-    env.update(
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    environ.update(
         AUDIT_READER_DATABASE_URL=reader,
         AUDIT_JWT_SECRET=JWT_SECRET,
         AUDIT_EVENT_KEYS=EVENT_KEY,
@@ -326,31 +326,63 @@ async def test_a_client_that_disconnects_ends_its_export(
         AUDIT_QUERY_PORT=str(port),
         AUDIT_QUERY_HOST="127.0.0.1",
         **identity_env(QUERY),
+        **env,
     )
-    server = Child("query", [str(BIN / "audit-query")], env, tmp_path / "query.log").start()
-
-    async def exports_running() -> int:
-        cur = await db.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'audit_query'"
-            " AND state = 'active' AND query LIKE 'COPY (SELECT json_build_object%%'"
-        )
-        return int((await cur.fetchone())[0])
-
+    server = Child("query", [str(BIN / "audit-query")], environ, logs / "query.log").start()
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, headers=READ, timeout=30) as http:
             await wait_for(lambda: _answers(http), timeout=60)
-            async with http.stream("GET", "/audit-events/export") as response:
-                assert response.status_code == 200
-                chunks = response.aiter_raw()  # referenced: a collected one would close the stream
-                assert await anext(chunks)  # one chunk, then stop reading: the server blocks
-                await wait_for(lambda: _is(exports_running(), 1), timeout=30)
-            # hung up (the stream's context closed the connection)
-            await wait_for(lambda: _is(exports_running(), 0), timeout=60)
-            again = await http.get("/audit-events", params={"limit": 1})
-            assert again.status_code == 200  # the pool has its connection back
+            yield http
     finally:
         server.stop()
+
+
+async def exports_running(db: Any, longer_than: str = "0") -> int:
+    cur = await db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'audit_query'"
+        " AND state = 'active' AND query LIKE 'COPY (SELECT json_build_object%%'"
+        " AND now() - query_start > %s::interval",
+        (longer_than,),
+    )
+    return int((await cur.fetchone())[0])
+
+
+async def test_a_client_that_disconnects_ends_its_export(
+    db: Any, settings: ConsumerSettings, streams: ConsumerSettings, tmp_path: Any
+) -> None:
+    """While a client holds an export open the COPY runs; once it hangs up, the COPY ends and
+    the connection is back in the pool."""
+    async with exporting(db, settings, streams, tmp_path) as http:
+        async with http.stream("GET", "/audit-events/export") as response:
+            assert response.status_code == 200
+            chunks = response.aiter_raw()  # referenced: a collected one would close the stream
+            assert await anext(chunks)  # one chunk, then stop reading: the server blocks
+            await wait_for(lambda: _is(exports_running(db), 1), timeout=30)
+        # hung up (the stream's context closed the connection)
+        await wait_for(lambda: _is(exports_running(db), 0), timeout=60)
+        again = await http.get("/audit-events", params={"limit": 1})
+        assert again.status_code == 200  # the pool has its connection back
+
+
+async def test_an_export_may_outlast_the_statement_timeout_of_queries(
+    db: Any, settings: ConsumerSettings, streams: ConsumerSettings, tmp_path: Any
+) -> None:
+    """Queries are cut at AUDIT_QUERY_STATEMENT_TIMEOUT_MS; an export only at
+    AUDIT_QUERY_EXPORT_SECONDS (it streams, so a large one takes longer than any query)."""
+    async with (
+        exporting(db, settings, streams, tmp_path, AUDIT_QUERY_STATEMENT_TIMEOUT_MS="100") as http,
+        http.stream("GET", "/audit-events/export") as response,
+    ):
+        assert response.status_code == 200
+        chunks = response.aiter_raw()
+        body = [await anext(chunks)]
+        # Hold the COPY past the queries' timeout (it waits for this client to read on).
+        await wait_for(lambda: _is(exports_running(db, "1 second"), 1), timeout=30)
+        body += [chunk async for chunk in chunks]
+    lines = b"".join(body).splitlines()
+    assert len(lines) == 300_000
+    assert b'"error"' not in lines[-1]
 
 
 async def _answers(http: httpx.AsyncClient) -> bool:

@@ -33,6 +33,11 @@ LAST_WRITE = Gauge(
     "audit_consumer_last_write_timestamp_seconds", "Unix time of the last committed batch"
 )
 LAG = Gauge("audit_consumer_lag_messages", "Durable's num_pending + num_ack_pending (polled)")
+TRIM_OK = Gauge(
+    "audit_consumer_trim_ok",
+    "0 while this worker cannot trim AUDIT below the ack floor (refused or failing), else 1",
+)
+TRIM_OK.set(1)
 DB_UP = Gauge("audit_consumer_db_up", "1 if the last PostgreSQL connect/write succeeded")
 NATS_UP = Gauge("audit_consumer_nats_connected", "1 if connected to NATS")
 DEAD_LETTERS = Counter(

@@ -19,6 +19,8 @@ from nats.js.api import ConsumerInfo
 from nats.js.client import JetStreamContext
 from nats.js.errors import ServerError
 
+from audit_consumer import metrics
+
 log = logging.getLogger("audit.consumer")
 
 PURGE_NOT_PERMITTED = 10110  # the stream denies purges: a work queue of an earlier version
@@ -36,16 +38,18 @@ class Trimmer:
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
         if floor is None or floor + 1 <= self.below:
             return
+        ok = False
         try:
             await self.js.purge_stream(self.stream, seq=floor + 1)
-            self.below = floor + 1
+            self.below, ok = floor + 1, True
         except ServerError as exc:
-            if exc.err_code == PURGE_NOT_PERMITTED:
+            if ok := exc.err_code == PURGE_NOT_PERMITTED:
                 self._once("work queue", "%s is a work queue: its acks remove events", logging.INFO)
             else:
                 self._once(str(exc.err_code), f"could not trim %s: {exc.description}")
         except Exception as exc:  # e.g. a NATS without this identity's purge permission
             self._once(type(exc).__name__, f"could not trim %s ({exc!r}); retrying each second")
+        metrics.TRIM_OK.set(ok)
 
     def _once(self, kind: str, message: str, level: int = logging.WARNING) -> None:
         if kind not in self._said:

@@ -262,6 +262,10 @@ async def export(
     deadline = time.monotonic() + seconds
     async with pool.connection() as conn:
         statement = export_statement(filters, format, await _sealed_upto(conn))
+        # The pool's statement timeout is for queries; a streamed export may take as long as
+        # its own bound (plus a margin: the bound is checked between chunks, with a clean end).
+        limit = f"{int((seconds + 30) * 1000)}ms"
+        await conn.execute("SELECT set_config('statement_timeout', %s, true)", (limit,))
         async with conn.cursor() as cur, cur.copy(statement) as copy:
             chunk, size = [], 0
             async for block in copy:
