@@ -186,6 +186,7 @@ class Consumer:
                     log.info("durable %s/%s is back", names.stream, names.durable)
                 self.durable_ok = True
             except NotFoundError as exc:
+                trimmer = Trimmer(js, names.stream)  # a new stream starts again at sequence 1
                 if self.durable_ok:
                     log.error(
                         "durable %s/%s is missing (%s): not ready; run audit-setup",
