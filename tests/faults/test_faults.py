@@ -13,6 +13,7 @@ import nats
 import psycopg
 import pytest
 
+from audit_devservers import NatsServer
 from audit_events import MAX_EVENT_BYTES, encode
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
 from tests.conftest import EVENT_KEY, wait_for
@@ -70,6 +71,7 @@ async def test_nats_down_under_load(rig: Rig, db_url: str, crash: bool) -> None:
     load = Load(rig.url, concurrency=8).start()
     await wait_for(lambda: rows_at_least(db_url, 100))
     if crash:
+        assert isinstance(rig.nats, NatsServer)  # this rig's one node
         rig.nats.kill()
     else:
         rig.nats.stop()  # file storage stays on disk
