@@ -23,6 +23,7 @@ from audit_devservers import Child
 from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer
 from audit_events import keygen
 from audit_events.auth import issue_token
+from audit_events.authorship import READS, REPLAYS, bound
 from audit_events.broker import API, CONSUMER, DLQ, PASSWORD_VARS, QUERY, SETUP
 
 WRITER_LOGIN = "audit_consumer"  # created by audit-setup as a member of audit_writer
@@ -82,8 +83,12 @@ def main() -> None:
         f"postgresql://{QUERY_LOGIN}:{keys['AUDIT_QUERY_READER_PASSWORD']}"
         f"@127.0.0.1:{pg.port}/postgres"
     )
-    all_event_keys = ",".join(
-        keys[k] for k in ("AUDIT_EVENT_KEYS", "AUDIT_QUERY_EVENT_KEY", "AUDIT_DLQ_EVENT_KEY")
+    all_event_keys = ",".join(  # the records' keys may sign only their own actions
+        [
+            keys["AUDIT_EVENT_KEYS"],
+            bound(keys["AUDIT_QUERY_EVENT_KEY"], READS),
+            bound(keys["AUDIT_DLQ_EVENT_KEY"], REPLAYS),
+        ]
     )
     query_port = int(os.environ.get("AUDIT_QUERY_PORT", "8080"))
     env = {

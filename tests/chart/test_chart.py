@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 
 from audit_events import StreamNames
-from audit_events.authorship import EventKeys
+from audit_events.authorship import READS, REPLAYS, EventKeys, bound
 from audit_events.broker import PASSWORD_VARS, permissions
 from audit_events.seals import GENESIS, Seal, SealKey, SealKeys
 from tests.chart.conftest import CHART, SHARED, VALUES, Render, find
@@ -430,7 +430,10 @@ def test_no_default_secret_every_one_generated_and_shared_where_needed(render: R
         assert one[key][0].isalpha(), key  # nats-server would parse a leading digit as a number
         assert one[key] != two[key], f"{key} is not random"  # (upgrades reuse the stored one)
     signers = [one[k] for k in ("AUDIT_EVENT_KEYS", "AUDIT_QUERY_EVENT_KEY", "AUDIT_DLQ_EVENT_KEY")]
-    assert one["AUDIT_CHECK_EVENT_KEYS"] == ",".join(signers)  # consumers check all three
+    api, query, dlq = signers  # consumers check all three, the last two bound to their actions
+    assert one["AUDIT_CHECK_EVENT_KEYS"] == ",".join(
+        [api, bound(query, READS), bound(dlq, REPLAYS)]
+    )
     assert len(set(signers)) == 3
     postgres = base64.b64decode(find(first, "Secret", "-postgresql")["data"]["password"]).decode()
     assert postgres == one["POSTGRES_PASSWORD"]

@@ -13,7 +13,7 @@ from typing import Any
 import nats
 
 from audit_consumer.settings import Settings
-from audit_events.authorship import SIGNATURE_HEADER, EventKeys, signed
+from audit_events.authorship import REPLAYS, SIGNATURE_HEADER, EventKeys, bound, key_id, signed
 from audit_events.broker import API, DLQ, inbox_prefix
 from tests.conftest import (
     BIN,
@@ -88,7 +88,7 @@ async def test_list_show_and_replay_a_letter_after_its_cause_is_fixed(
     assert shown["headers"]["Audit-Dlq-Subject"] == names.event_subject(new.action)
 
     # the fix: consumers now hold the new producer's key (and audit-dlq's, for its records)
-    keys = ",".join([EVENT_KEY, NEW_PRODUCER_KEY, DLQ_KEY])
+    keys = ",".join([EVENT_KEY, NEW_PRODUCER_KEY, bound(DLQ_KEY, REPLAYS)])
     after = consumer(service_env(streams, AUDIT_EVENT_KEYS=keys), tmp_path, 2).start()
     try:
         replayed = dlq(streams, "replay", "1", "2", "--actor", "ops-oncall")
@@ -121,6 +121,41 @@ async def test_list_show_and_replay_a_letter_after_its_cause_is_fixed(
     relisted = [json.loads(x) for x in dlq(streams, "list", "--json").stdout.splitlines()]
     assert relisted[-1]["kind"] == "invalid"  # letter 2, dead again, with its reason
     assert relisted[-1]["reason"] == letters[1]["reason"]
+
+
+async def test_audit_dlqs_password_and_key_cannot_record_an_account_event(
+    streams: Settings, db: Any, tmp_path: Path
+) -> None:
+    """Its identity may publish on every event subject (replays), and its key signs: but the
+    consumers take that key only for the records of replays (``authorship.bound``)."""
+    names = streams.names
+    operator = await nats.connect(
+        without_credentials(streams.nats_url),
+        user=DLQ,
+        password=BROKER_PASSWORDS[DLQ],
+        inbox_prefix=inbox_prefix(DLQ),
+    )
+    js, keys = operator.jetstream(), EventKeys([DLQ_KEY])
+    forged = make_event(actor_id="mallory")  # account.update
+    record = make_event(action="audit.dlq.replay", actor_type="operator", resource_id="1")
+    for event in (forged, record):
+        data, headers = signed(event, keys)
+        await js.publish(names.event_subject(event.action), data, headers=headers)
+    await operator.close()
+
+    checks = ",".join([EVENT_KEY, bound(DLQ_KEY, REPLAYS)])
+    worker = consumer(service_env(streams, AUDIT_EVENT_KEYS=checks), tmp_path, 1).start()
+    try:
+        await wait_for(lambda: _is(dead_letters(streams), 1))
+        await wait_for(lambda: _rows_are(db, 1))
+    finally:
+        worker.stop()
+    stored = await (await db.execute("SELECT id FROM audit_events")).fetchall()
+    assert [str(i) for (i,) in stored] == [str(record.id)]
+    (letter,) = [json.loads(x) for x in dlq(streams, "list", "--json").stdout.splitlines()]
+    assert (letter["kind"], letter["event_id"]) == ("signature", str(forged.id))
+    why = f"key {key_id(DLQ_KEY)} may not sign account.update"
+    assert letter["reason"] == f"bad signature: {why}"
 
 
 async def _is(value: Any, expected: int) -> bool:

@@ -4,6 +4,7 @@ change — and find nothing when nothing was changed."""
 
 import asyncio
 import os
+import secrets
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -21,8 +22,9 @@ from audit_consumer.settings import Settings
 from audit_consumer.verify import Report, verify
 from audit_consumer.writer import BatchWriter
 from audit_events import AuditEvent, encode
+from audit_events.authorship import READS, EventKeys, bound, key_id
 from audit_events.seals import SealKey
-from tests.conftest import BIN, SEAL_KEY, SEAL_PUBLIC_KEY
+from tests.conftest import BIN, EVENT_KEY, SEAL_KEY, SEAL_PUBLIC_KEY
 from tests.helpers import make_event, sign, signed_row, verify_settings, write
 
 NOW = timedelta(0)  # grace: every unsealed row is overdue
@@ -111,6 +113,28 @@ async def test_a_forged_row_sealed_like_a_real_one_fails_authorship(
         f"row {fake.id}: inserted: no valid authorship (signature does not match)"
     ]
     assert (await check(migrated, AUDIT_EVENT_KEYS="")).findings == []  # the documented limit
+
+
+async def test_a_row_signed_by_a_records_key_outside_its_actions_fails_authorship(
+    sealed: list[AuditEvent], migrated: str
+) -> None:
+    """audit-query's key may sign only the records of reads: an account event signed with it
+    and inserted with the writer's password is found, sealed or not."""
+    query_key = secrets.token_urlsafe(32)
+    fake = make_event(actor_id="mallory")
+    signature = EventKeys([query_key]).sign(encode(fake))
+    await write(await BatchWriter.connect(migrated), [signed_row(fake, 99, signature)])
+    keys = ",".join([EVENT_KEY, bound(query_key, READS)])
+    kid = key_id(query_key)
+    finding = (
+        f"row {fake.id}: inserted: no valid authorship (key {kid} may not sign account.update)"
+    )
+    report = await check(migrated, grace=timedelta(hours=1), AUDIT_EVENT_KEYS=keys)
+    assert report.findings == [finding]  # unsealed
+    await Sealer(migrated, SealKey(SEAL_KEY), 1.0).seal()
+    assert (await check(migrated, AUDIT_EVENT_KEYS=keys)).findings == [finding]  # sealed
+    unbound = ",".join([EVENT_KEY, query_key])  # the same key, not bound: it would pass
+    assert (await check(migrated, AUDIT_EVENT_KEYS=unbound)).findings == []
 
 
 async def test_a_changed_seal_or_entry_is_named(

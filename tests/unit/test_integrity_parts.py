@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_consumer.batch import Checks, decode_batch
 from audit_events import encode, keygen
-from audit_events.authorship import SIGNATURE_HEADER, EventKeys
+from audit_events.authorship import SIGNATURE_HEADER, EventKeys, bound, key_id
 from audit_events.seals import GENESIS, Seal, SealKey, SealKeys
 from tests.conftest import EVENT_KEY
 from tests.fakes import Log, message
@@ -171,3 +171,16 @@ def test_keygen_tops_up_an_env_file_from_an_earlier_version() -> None:
     assert keygen.missing(without_public) == {
         "AUDIT_SEAL_PUBLIC_KEYS": added["AUDIT_SEAL_PUBLIC_KEYS"]
     }
+
+
+def test_a_bound_key_signs_as_before_and_checks_only_its_actions() -> None:
+    secret = "k" * 32
+    keys = EventKeys.parse(f"{'a' * 32}, {bound(secret, ['audit.dlq', 'audit.read'])}")
+    mine = EventKeys([secret]).sign(b"x")  # the producer holds the bare secret
+    assert keys.check(b"x", mine) is None  # same key id: signatures do not change
+    for action in ("audit.dlq", "audit.dlq.replay", "audit.read"):
+        assert keys.may_sign(mine, action) is None, action
+    for action in ("account.update", "audit.dlqx", "audit.reader", "audit"):
+        assert keys.may_sign(mine, action) == f"key {key_id(secret)} may not sign {action}"
+    unbound = keys.sign(b"x")  # the first key, not bound: any action
+    assert keys.may_sign(unbound, "account.update") is None

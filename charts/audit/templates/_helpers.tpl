@@ -131,7 +131,8 @@ creates the writer login). Bundled PostgreSQL: both passwords generated. */}}
 
 {{/* Integrity keys (README, "Integrity"): the API signs events with AUDIT_EVENT_KEYS,
 audit-query and audit-dlq the records they make with keys of their own; consumers and
-audit-verify check with all of them (AUDIT_CHECK_EVENT_KEYS); consumers alone hold
+audit-verify check with all of them (AUDIT_CHECK_EVENT_KEYS, the latter two bound to the
+actions they record); consumers alone hold
 AUDIT_SEAL_KEY; audit-verify gets the public key. */}}
 {{- define "audit.integritySecretData" -}}
 {{- if and .Values.secrets.sealKey (not .Values.secrets.sealPublicKeys) -}}
@@ -143,7 +144,8 @@ AUDIT_SEAL_KEY; audit-verify gets the public key. */}}
 AUDIT_EVENT_KEYS: {{ $api | b64enc | quote }}
 AUDIT_QUERY_EVENT_KEY: {{ $query | b64enc | quote }}
 AUDIT_DLQ_EVENT_KEY: {{ $dlq | b64enc | quote }}
-AUDIT_CHECK_EVENT_KEYS: {{ list $api $query $dlq | join "," | b64enc | quote }}
+{{- /* each record-keeping producer's key may sign only its own actions (authorship.READS, REPLAYS) */}}
+AUDIT_CHECK_EVENT_KEYS: {{ list $api (printf "%s@audit.query|audit.read|audit.export|audit.feed" $query) (printf "%s@audit.dlq" $dlq) | join "," | b64enc | quote }}
 AUDIT_SEAL_KEY: {{ include "audit.secret" (list . "AUDIT_SEAL_KEY" .Values.secrets.sealKey "ed25519") | b64enc | quote }}
 AUDIT_SEAL_PUBLIC_KEYS: {{ include "audit.secret" (list . "AUDIT_SEAL_PUBLIC_KEYS" .Values.secrets.sealPublicKeys "sealCertificate") | b64enc | quote }}
 {{- if .Values.verify.enabled }}

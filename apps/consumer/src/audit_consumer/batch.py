@@ -70,6 +70,9 @@ def decode_batch(msgs: list[Msg], checks: Checks) -> Batch:
         if signature is not None and data != msg.data:  # signed, but not by our encoder
             batch.dead.append((msg, "invalid", "not the event's canonical form (model.encode)"))
             continue
+        if signature is not None and (why := checks.keys.may_sign(signature, event.action)):
+            batch.dead.append((msg, "signature", f"bad signature: {why}"))
+            continue
         if msg.subject != (expected := checks.names.event_subject(event.action)):
             batch.dead.append((msg, "invalid", f"action {event.action} must arrive on {expected}"))
             continue

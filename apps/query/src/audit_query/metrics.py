@@ -7,7 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from starlette.requests import Request
 from starlette.responses import Response
 
-ACTIONS = ("audit.query", "audit.read", "audit.export", "audit.feed")
+from audit_events.authorship import READS as ACTIONS  # what it records, and its key may sign
+
 READS = Counter(
     "audit_query_reads_total",
     "Records of reads stored (feed polls and denied reads: one per fold window)",

@@ -10,6 +10,11 @@ Keys are configured as ``AUDIT_EVENT_KEYS``, a comma-separated list of secrets; 
 signs, all of them check (rotation: add the new key everywhere, then move it first on the
 producers, keep the old one for checking what it signed). A key's id is derived from it, so
 nothing else needs to be configured, and it is stored with each row's signature.
+
+Where keys check (the consumers, ``audit-verify``), an entry may bind its key to the actions it
+may sign: ``secret@audit.query|audit.read`` (an action, or its dotted prefix: ``audit.dlq``
+covers ``audit.dlq.replay``). The query service's and ``audit-dlq``'s keys are bound so: with
+one of them and a broker password that may publish anywhere, still no account event.
 """
 
 import base64
@@ -18,6 +23,11 @@ import hmac
 from collections.abc import Iterable
 
 from audit_events.model import AuditEvent, encode
+
+READS = ("audit.query", "audit.read", "audit.export", "audit.feed")
+"""The actions ``audit-query`` records, the only ones its key may sign."""
+REPLAYS = ("audit.dlq",)
+"""The actions ``audit-dlq`` records (``audit.dlq.replay``), the only ones its key may sign."""
 
 SIGNATURE_HEADER = "Audit-Signature"
 """NATS header holding ``<key id>:<base64 HMAC-SHA256 of the payload>``."""
@@ -53,11 +63,25 @@ class _Hmac:
         return outer.digest()
 
 
-class EventKeys:
-    """The HMAC keys a process holds: the first signs, every one checks."""
+def bound(secret: str, actions: Iterable[str]) -> str:
+    """The ``AUDIT_EVENT_KEYS`` entry that lets ``secret`` sign only ``actions``."""
+    return f"{secret}@{'|'.join(actions)}"
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        keys = {key_id(s): s.encode() for s in secrets if s}
+
+class EventKeys:
+    """The HMAC keys a process holds: the first signs, every one checks (entries may be
+    :func:`bound` to actions)."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        keys: dict[str, bytes] = {}
+        self._actions: dict[str, tuple[str, ...]] = {}  # key id -> what it may sign; else all
+        for entry in entries:
+            secret, _, actions = entry.partition("@")
+            if not secret:
+                continue
+            keys[kid := key_id(secret)] = secret.encode()
+            if actions:
+                self._actions[kid] = tuple(a.strip() for a in actions.split("|") if a.strip())
         if any(len(key) < MIN_KEY_BYTES for key in keys.values()):
             raise ValueError(f"an event key must have {MIN_KEY_BYTES}+ bytes (audit-keygen)")
         if not keys:
@@ -90,6 +114,14 @@ class EventKeys:
             return f"unknown key {kid[:16]!r}"
         expected = base64.b64encode(key.digest(data)).decode()
         return None if hmac.compare_digest(expected, tag) else "signature does not match"
+
+    def may_sign(self, signature: str, action: str) -> str | None:
+        """``None`` if the key of a (checked) ``signature`` may sign ``action``, else why not."""
+        kid = signature.partition(":")[0]
+        allowed = self._actions.get(kid)
+        if allowed is None or any(action == a or action.startswith(a + ".") for a in allowed):
+            return None
+        return f"key {kid} may not sign {action}"
 
 
 def signed(event: AuditEvent, keys: EventKeys) -> tuple[bytes, dict[str, str]]:
