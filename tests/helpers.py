@@ -64,6 +64,15 @@ def published(event: AuditEvent, msg_id: str | None = None) -> dict[str, Any]:
     return {"payload": data, "headers": headers}
 
 
+async def publish_events(nc: Any, names: Any, n: int, prefix: str) -> None:
+    """``n`` account.update events (resources ``<prefix>0`` …) as the API publishes them, all
+    acknowledged by JetStream (``nc``: any client allowed to publish; ``names``: StreamNames)."""
+    js = nc.jetstream()
+    subject = names.event_subject("account.update")
+    events = [make_event(resource_id=f"{prefix}{i}") for i in range(n)]
+    await asyncio.gather(*(js.publish(subject, **published(e)) for e in events))
+
+
 def signed_row(event: AuditEvent, stream_seq: int, signature: str | None = None) -> Row:
     """``event`` as the consumer stores it: with the API's signature (or the one given) and
     the digest of its canonical bytes."""

@@ -3,7 +3,6 @@ the durable made by ``audit-setup provision``, the trigger metadata from the ren
 the lag read from ``/jsz`` exactly as KEDA's nats-jetstream scaler does. Then real consumer
 processes drain the backlog, and every event is stored once."""
 
-import asyncio
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from audit_devservers import NatsServer
 from audit_devservers.clusters import NatsCluster
 from tests.chart.conftest import Render, find
 from tests.conftest import ADMIN, BROKER_PASSWORDS, service_env, wait_for
-from tests.helpers import make_event, published
+from tests.helpers import publish_events
 from tests.processes import consumer
 
 
@@ -72,11 +71,7 @@ async def test_lag_as_keda_sees_it_drives_the_replica_count_and_drains(
     assert jsz_lag(monitor, meta) == 0
 
     n = 1200
-    js = nc.jetstream()
-    events = [make_event(resource_id=f"k-{i}") for i in range(n)]
-    await asyncio.gather(
-        *(js.publish(streams.names.event_subject("account.update"), **published(e)) for e in events)
-    )
+    await publish_events(nc, streams.names, n, "k-")
     assert jsz_lag(monitor, meta) == n
 
     threshold = int(meta["lagThreshold"])
@@ -134,10 +129,7 @@ async def test_keda_finds_the_lag_of_a_replicated_durable_on_a_cluster(
 
         n = 600
         nc = await nats.connect(servers=clustered.nats_url.split(","))
-        js = nc.jetstream()
-        subject = clustered.names.event_subject("account.update")
-        events = [make_event(resource_id=f"kc-{i}") for i in range(n)]
-        await asyncio.gather(*(js.publish(subject, **published(e)) for e in events))
+        await publish_events(nc, clustered.names, n, "kc-")
         await nc.close()
         # A publish is acknowledged once a quorum (2 of 3) stored it; the durable's leader may be
         # the third node and count it a moment later, so its lag reaches n rather than starts there.

@@ -3,7 +3,6 @@ empties the stream after storing everything, an event delivered and not acked su
 trim (with the acked ones after it), and a work-queue stream of an earlier version is kept and
 keeps working."""
 
-import asyncio
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -18,15 +17,8 @@ from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
 from audit_consumer.trimming import Trimmer
 from tests.conftest import service_env, wait_for
-from tests.helpers import count_rows, make_event, published
+from tests.helpers import count_rows, publish_events
 from tests.processes import consumer
-
-
-async def publish(nc: NATS, settings: Settings, n: int) -> None:
-    js = nc.jetstream()
-    subject = settings.names.event_subject("account.update")
-    events = [make_event(resource_id=f"t-{i}") for i in range(n)]
-    await asyncio.gather(*(js.publish(subject, **published(e)) for e in events))
 
 
 async def stream_state(nc: NATS, settings: Settings) -> tuple[int, int]:
@@ -39,7 +31,7 @@ async def test_a_consumer_stores_everything_then_the_stream_is_empty(
     streams: Settings, nc: NATS, db: Any, tmp_path: Path
 ) -> None:
     n = 300
-    await publish(nc, streams, n)
+    await publish_events(nc, streams.names, n, "t-")
     worker = consumer(service_env(streams), tmp_path, 0).start()  # its own identity purges
     try:
         await wait_for(lambda: _trimmed_to(nc, streams, n + 1), timeout=60)
@@ -68,7 +60,7 @@ async def floor_at(js: Any, settings: Settings, seq: int) -> Any:
 
 async def test_nothing_from_an_unacked_event_on_is_trimmed(streams: Settings, nc: NATS) -> None:
     names = streams.names
-    await publish(nc, streams, 10)
+    await publish_events(nc, streams.names, 10, "t-")
     js = nc.jetstream()
     trimmer = Trimmer(js, names.stream)
     puller = Puller(nc, names.stream, names.durable)
@@ -104,7 +96,7 @@ async def test_a_work_queue_of_an_earlier_version_is_kept_and_still_drains(
     config = (await js.stream_info(streams.names.stream)).config
     assert (config.retention, config.deny_purge) == (RetentionPolicy.WORK_QUEUE, True)
 
-    await publish(nc, streams, 50)
+    await publish_events(nc, streams.names, 50, "t-")
     worker = consumer(service_env(streams), tmp_path, 0).start()
     try:
         await wait_for(lambda: _trimmed_to(nc, streams, 51), timeout=60)  # its acks removed them
