@@ -22,8 +22,10 @@ COPY apps/consumer/pyproject.toml apps/consumer/
 COPY apps/query/pyproject.toml apps/query/
 COPY libs/events/pyproject.toml libs/events/
 COPY libs/devservers/pyproject.toml libs/devservers/
+COPY libs/web/pyproject.toml libs/web/
 RUN uv sync --frozen --no-dev --no-install-workspace --package "audit-${APP}"
 COPY libs/events libs/events
+COPY libs/web libs/web
 COPY apps/${APP} apps/${APP}
 RUN uv sync --frozen --no-dev --no-editable --package "audit-${APP}" \
     && ln -s "audit-${APP}" /app/.venv/bin/audit-app

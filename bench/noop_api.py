@@ -11,6 +11,12 @@ from audit_events import AuditEvent
 class NoopPublisher:
     ready = True
 
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
     async def publish(self, event: AuditEvent) -> None:
         return None
 

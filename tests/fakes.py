@@ -8,10 +8,10 @@ import psycopg
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
 
-from audit_api.publisher import PublishUnavailable
 from audit_consumer.writer import WriteResult
 from audit_events import COLUMNS, AuditEvent
 from audit_events.authorship import SIGNATURE_HEADER
+from audit_events.publishing import PublishUnavailable
 from tests.helpers import sign
 
 
@@ -26,9 +26,15 @@ class FakePublisher:
     def ready(self) -> bool:
         return not self.fail
 
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
     async def publish(self, event: AuditEvent) -> None:
         if self.fail:
-            raise PublishUnavailable("broker down (fake)")
+            raise PublishUnavailable("not_connected", "broker down (fake)")
         self.events.append(event)
 
 

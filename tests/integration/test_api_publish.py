@@ -12,20 +12,19 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from audit_api.main import create_app
-from audit_api.publisher import NatsPublisher
+from audit_api.publisher import MeteredPublisher
 from audit_api.settings import Settings as ApiSettings
 from audit_consumer.settings import Settings
 from audit_events import decode
 from audit_events.auth import issue_token
-from audit_events.authorship import EventKeys
-from tests.conftest import EVENT_KEY, JWT_SECRET, metric, wait_for
+from tests.conftest import JWT_SECRET, metric, wait_for
 
 AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'carol')}"}
 
 
 async def api_client(url: str, names: Settings) -> AsyncIterator[httpx.AsyncClient]:
     settings = ApiSettings(AUDIT_JWT_SECRET=JWT_SECRET, NATS_URL=url)
-    publisher = NatsPublisher(settings, names.names, 2.0, EventKeys([EVENT_KEY]))
+    publisher = MeteredPublisher(settings)
     await publisher.start()
     app = create_app(settings, publisher)
     transport = httpx.ASGITransport(app=app, client=("198.51.100.4", 1234))

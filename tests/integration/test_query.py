@@ -72,7 +72,7 @@ async def serving(config: Settings, ready: bool = True) -> AsyncIterator[httpx.A
     try:
         async with app.router.lifespan_context(app):
             if ready:
-                await wait_for(lambda: app.state.recorder.ready, timeout=30)
+                await wait_for(lambda: app.state.parts.publisher.ready, timeout=30)
             async with httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://query"
             ) as http:

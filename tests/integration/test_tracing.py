@@ -16,13 +16,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.util._once import Once
 
 from audit_api.main import create_app
-from audit_api.publisher import NatsPublisher
+from audit_api.publisher import MeteredPublisher
 from audit_api.settings import Settings as ApiSettings
 from audit_consumer.consumer import Consumer
 from audit_consumer.settings import Settings
 from audit_events import tracing
 from audit_events.auth import issue_token
-from audit_events.authorship import EventKeys
+from audit_events.broker import BrokerSettings
 from tests.conftest import EVENT_KEY, JWT_SECRET, wait_for
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -53,7 +53,12 @@ async def test_one_trace_from_request_to_row(
     spans: InMemorySpanExporter, streams: Settings, db: Any
 ) -> None:
     spans.clear()
-    publisher = NatsPublisher(streams, streams.names, 2.0, EventKeys([EVENT_KEY]))
+    broker = streams.model_dump(by_alias=True, include={*BrokerSettings.model_fields, "names"})
+    publisher = MeteredPublisher(
+        ApiSettings.model_validate(
+            {"AUDIT_JWT_SECRET": JWT_SECRET, "AUDIT_EVENT_KEYS": EVENT_KEY, **broker}
+        )
+    )
     await publisher.start()
     consumer = Consumer(streams)
     worker = asyncio.create_task(consumer.run())

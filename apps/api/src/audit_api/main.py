@@ -18,11 +18,15 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit_api import metrics
-from audit_api.denials import Denials
-from audit_api.publisher import NatsPublisher, Publisher
+from audit_api.publisher import MeteredPublisher, Publisher
 from audit_api.routes import router
 from audit_api.settings import Settings
 from audit_events import tracing
+from audit_events.folding import Folding
+from audit_web.edges import bounded_http
+
+BOUNDED_HTTP = bounded_http("AUDIT_API_")
+"""httptools with a head timeout and size and connection caps (``AUDIT_API_*``)."""
 
 
 def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> FastAPI:
@@ -30,7 +34,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     settings = settings or Settings()
     tracing.init_tracing("audit-api")  # per process: each uvicorn worker exports its own spans
 
-    denials = Denials(
+    denials = Folding(
         settings.denied_window_seconds,
         settings.denied_events_per_source,
         settings.denied_requests_per_source,
@@ -38,20 +42,16 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        active = publisher or NatsPublisher(
-            settings, settings.names, settings.publish_timeout_seconds, settings.keys
-        )
+        active = publisher or MeteredPublisher(settings)
         app.state.publisher = active
-        if isinstance(active, NatsPublisher):
-            await active.start()
+        await active.start()
         folding = asyncio.create_task(denials.flush_every_window(active.publish))
         try:
             yield
         finally:
             folding.cancel()
             await denials.flush(active.publish)  # the last window's folded denials
-            if isinstance(active, NatsPublisher):
-                await active.close()
+            await active.close()
 
     # FastAPIOffline: /docs and /redoc load their scripts from this app (the fastapi-offline
     # package ships them), not from a CDN a firewalled network cannot reach.
@@ -148,7 +148,7 @@ def main() -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="audit_api.edges:BoundedHttpTools",  # httptools with head timeout and size caps
+        http="audit_api.main:BOUNDED_HTTP",  # httptools with head timeout and size caps
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         access_log=False,

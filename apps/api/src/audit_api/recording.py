@@ -1,21 +1,17 @@
 """Turning an HTTP request into an audit event and getting it acknowledged.
 
-Every string that comes from the client (path, user agent, request id) has its control
-characters replaced by U+FFFD (never deleted: that would turn ``acc%00-1`` into ``acc-1``) and
-is cut to the model's limits here, so that an event the API acknowledged can always be stored:
-it never reaches the consumer as something PostgreSQL would refuse. Headers are read as UTF-8
-when they are (the server hands them over as latin-1), so a non-ASCII user agent is kept whole.
+Client text is cleaned and cut to the model's limits (``audit_web.client``), so an event the
+API acknowledged can always be stored. Denied requests are folded per source
+(``audit_events.folding``).
 """
 
 import re
-import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from pydantic import ValidationError
 
-from audit_api.denials import Denials
 from audit_api.publisher import Publisher, PublishUnavailable
 from audit_events import (
     MAX_ID_CHARS,
@@ -27,41 +23,12 @@ from audit_events import (
     uuid7,
 )
 from audit_events.auth import AuthError, authenticate
+from audit_events.folding import Folding
+from audit_web.client import clean, header, peer
 
 MAX_PATH_CHARS = 512  # of the path recorded in metadata (the model does not bound metadata)
 ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-
-
-UNPRINTABLE = ("Cc", "Cs")  # control characters, lone surrogates
-
-
-def clean(text: str | None, limit: int) -> str | None:
-    """``text`` with unprintable characters replaced by U+FFFD, at most ``limit`` characters;
-    ``None`` if empty."""
-    if not text:
-        return None
-    if not text.isprintable() and any(unicodedata.category(ch) in UNPRINTABLE for ch in text):
-        text = "".join("\ufffd" if unicodedata.category(ch) in UNPRINTABLE else ch for ch in text)
-    return text[:limit]
-
-
-def header(request: Request, name: str) -> str | None:
-    """A header's value as UTF-8 when its bytes are UTF-8, else as latin-1 (HTTP's default)."""
-    value = request.headers.get(name)
-    if value is None or value.isascii():
-        return value
-    raw = value.encode("latin-1")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return value
-
-
-def _source_ip(request: Request) -> str | None:
-    """The client's address as given: the TCP peer, or a trusted proxy's ``X-Forwarded-For``.
-    The model canonicalizes it (once per event)."""
-    return request.client.host if request.client else None
 
 
 def _trace_id(request: Request) -> str | None:
@@ -93,7 +60,7 @@ def build_event(
         resource_type="account",
         resource_id=clean(account_id, MAX_ID_CHARS) or "-",
         outcome=outcome,
-        source_ip=_source_ip(request),
+        source_ip=peer(request),
         user_agent=clean(header(request, "user-agent"), MAX_USER_AGENT_CHARS),
         request_id=clean(header(request, "x-request-id"), MAX_REQUEST_ID_CHARS),
         trace_id=_trace_id(request),
@@ -130,14 +97,15 @@ async def record(request: Request, event: AuditEvent) -> None:
 
 async def current_actor(request: Request) -> str:
     """The authenticated actor; otherwise record a ``denied`` event (one of its own, or folded
-    with others from the same source: denials.py), then answer 401 — or 429 past the budget."""
+    with others from the same source: ``audit_events.folding``), then answer 401 — or 429
+    past the budget."""
     try:
         return authenticate(
             request.headers.get("authorization"), request.app.state.settings.jwt_secret
         )
     except AuthError as exc:
-        denials: Denials = request.app.state.denials
-        source = _source_ip(request)
+        denials: Folding = request.app.state.denials
+        source = peer(request)
         verdict = denials.verdict(source)
         status = 429 if verdict == "refuse" else 401
         event = build_event(
@@ -151,7 +119,7 @@ async def current_actor(request: Request) -> str:
         if verdict == "record":
             await record(request, event)
         else:
-            denials.fold(source, event, status)
+            denials.fold(source, event, denied_requests=1, statuses={str(status): 1})
         if status == 429:
             retry = str(max(1, round(denials.window)))
             raise HTTPException(429, "too many denied requests", {"Retry-After": retry}) from None

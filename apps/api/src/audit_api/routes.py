@@ -11,7 +11,8 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from audit_api.recording import Actor, build_event, clean, record
+from audit_api.recording import Actor, build_event, record
+from audit_web.client import clean
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_FIELD_NAME = 128

@@ -3,14 +3,13 @@
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from audit_events import StreamNames
 from audit_events.auth import check_secret
-from audit_events.authorship import EventKeys
-from audit_events.broker import BrokerSettings
+from audit_events.publishing import ProducerSettings
 
 
-class Settings(BrokerSettings):
-    """Every knob of ``audit-query``; names are the env vars."""
+class Settings(ProducerSettings):
+    """Every knob of ``audit-query``; names are the env vars. ``AUDIT_EVENT_KEYS`` is its own
+    key: every read is recorded, signed."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -22,10 +21,7 @@ class Settings(BrokerSettings):
     db_connections: int = Field(8, ge=1, le=64, alias="AUDIT_QUERY_DB_CONNECTIONS")
     export_seconds: float = Field(300, gt=0, alias="AUDIT_QUERY_EXPORT_SECONDS")
     fold_seconds: float = Field(60, gt=0, alias="AUDIT_QUERY_FOLD_SECONDS")
-    publish_timeout_seconds: float = Field(2.0, gt=0, le=30, alias="AUDIT_PUBLISH_TIMEOUT_SECONDS")
     jaeger_url: str | None = Field(None, alias="AUDIT_JAEGER_URL")  # the viewer links traces
-    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
-    names: StreamNames = Field(default_factory=StreamNames)
 
     @model_validator(mode="after")
     def _required(self) -> "Settings":
@@ -34,11 +30,4 @@ class Settings(BrokerSettings):
         if not self.reader_database_url:
             raise ValueError("AUDIT_READER_DATABASE_URL is not set (the audit_reader login)")
         check_secret(self.jwt_secret)
-        if not self.event_keys:
-            raise ValueError("AUDIT_EVENT_KEYS is not set: every read is recorded, signed")
-        self.keys  # noqa: B018 - a bad key fails here, not at the first read
         return self
-
-    @property
-    def keys(self) -> EventKeys:
-        return EventKeys.parse(self.event_keys)

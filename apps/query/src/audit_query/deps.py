@@ -1,0 +1,134 @@
+"""What every route of ``audit-query`` depends on, declared once: the service's parts (typed
+app state), the filters, and the two ways a caller is identified — the JSON API's bearer token
+(:data:`Reader`: 401/403) and the viewer's session cookie (:func:`viewer_actor`).
+
+A denied read is on the record too, folded per source address and reason
+(``audit_events.folding``)."""
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, HTTPException, Query, Request, Security
+from fastapi.security import HTTPBearer
+from psycopg_pool import AsyncConnectionPool
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
+
+from audit_events.auth import AuthError, ScopeError, authenticate
+from audit_events.folding import Folding
+from audit_events.publishing import JetStreamPublisher
+from audit_query import pages, store
+from audit_query.recording import record
+from audit_query.settings import Settings
+from audit_web.client import peer
+
+SCOPE = "audit:read"
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="HS256 JWT with scope audit:read (`audit-token --scope audit:read`)",
+)
+MAX_LIMIT = 1000
+
+
+@dataclass
+class Parts:
+    """The service's parts, one per process (``app.state.parts``)."""
+
+    settings: Settings
+    pool: AsyncConnectionPool
+    publisher: JetStreamPublisher
+    feeds: Folding  # feed polls, per reader and feed session
+    denials: Folding  # denied reads, per source address and reason
+
+
+def parts(request: Request) -> Parts:
+    found: Parts = request.app.state.parts
+    return found
+
+
+Services = Annotated[Parts, Depends(parts)]
+
+
+async def identify(request: Request, authorization: str | None) -> str:
+    """The caller, who must hold a token with scope ``audit:read``, else AuthError (the denied
+    read recorded, or folded with others from its source)."""
+    app: Parts = request.app.state.parts
+    try:
+        return authenticate(authorization, app.settings.jwt_secret, SCOPE)
+    except AuthError as exc:
+        actor = exc.subject if isinstance(exc, ScopeError) else None
+        refused = {"reason": exc.code, "path": request.url.path}
+        await record(
+            request, app.publisher, actor, "audit.query", refused, outcome="denied",
+            fold=(app.denials, (peer(request), exc.code), {"denied_requests": 1}),
+        )  # fmt: skip
+        raise
+
+
+async def reader(request: Request, _: Annotated[Any, Security(BEARER)]) -> str:
+    """The caller of the JSON API: 401 without a valid token, 403 without the scope."""
+    try:
+        return await identify(request, request.headers.get("authorization"))
+    except ScopeError:
+        raise HTTPException(403, f"the token lacks scope {SCOPE}") from None
+    except AuthError:
+        raise HTTPException(
+            401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        ) from None
+
+
+Reader = Annotated[str, Depends(reader)]
+
+
+async def viewer_actor(request: Request) -> str | None:
+    """The viewer session cookie's reader; None (the sign-in page) without a valid one."""
+    token = request.cookies.get(pages.SESSION_COOKIE)
+    if token is None:
+        return None
+    try:
+        return await identify(request, f"Bearer {token}")
+    except AuthError:
+        return None
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError("an IP address or CIDR, e.g. 10.0.0.7 or 10.0.0.0/8") from None
+
+
+def _blank_is_none(value: Any) -> Any:
+    """A form's empty field means "any" (the viewer's form sends every field)."""
+    return None if value == "" else value
+
+
+Blank = BeforeValidator(_blank_is_none)
+Text = Annotated[str | None, Blank]
+Network = Annotated[str | None, Blank, AfterValidator(lambda v: v and _network(v))]
+When = Annotated[AwareDatetime | None, Blank]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+
+def filters(
+    actor_type: Text = None,
+    actor_id: Text = None,
+    action: Text = None,
+    resource_type: Text = None,
+    resource_id: Text = None,
+    outcome: Annotated[Literal["success", "failure", "denied"] | None, Blank] = None,
+    source_ip: Network = None,
+    request_id: Text = None,
+    trace_id: Text = None,
+    since: When = None,
+    until: When = None,
+) -> store.Filters:
+    """The filters of the listing, the export and the viewer (``since``/``until`` on
+    ``occurred_at``); an empty value is no filter."""
+    return store.Filters(
+        actor_type, actor_id, action, resource_type, resource_id, outcome, source_ip,
+        request_id, trace_id, since, until,
+    )  # fmt: skip
+
+
+Filtered = Annotated[store.Filters, Depends(filters)]

@@ -1,0 +1,110 @@
+"""The viewer: the same reads, the same checks and the same records as the JSON API, as HTML
+pages (``pages.py`` renders them). The token is pasted once and kept in an HttpOnly,
+SameSite=Strict cookie; sign-in and sign-out refuse cross-site posts."""
+
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from audit_events.auth import AuthError, ScopeError
+from audit_query import pages, store
+from audit_query.deps import SCOPE, Filtered, Limit, Services, identify, viewer_actor
+from audit_query.recording import record
+
+router = APIRouter(include_in_schema=False)
+MAX_FORM_BYTES = 16384  # a sign-in form holds one token
+
+
+def html(page: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(page, status, headers=pages.HEADERS)
+
+
+def form_values(request: Request) -> dict[str, str]:
+    """What the viewer's form was filled with (the cursor travels in the next-page link)."""
+    return {k: v for k, v in request.query_params.items() if k != "cursor"}
+
+
+def _same_origin(request: Request) -> bool:
+    """A form post from this site (browsers send Origin on POST); no Origin: not a browser."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+
+
+@router.get("/")
+async def view_list(
+    request: Request,
+    app: Services,
+    filters: Filtered,
+    limit: Limit = 100,
+    cursor: str | None = None,
+) -> Response:
+    actor = await viewer_actor(request)
+    if actor is None:
+        return html(pages.sign_in_page(), 401 if request.cookies else 200)
+    given = form_values(request)
+    async with app.pool.connection() as conn:
+        try:
+            items, next_cursor = await store.page(conn, filters, limit, cursor)
+        except store.BadCursor as exc:
+            return html(pages.list_page(actor, given, None, None, str(exc)), 422)
+    asked = {"filters": filters.given(), "limit": limit, "cursor": cursor is not None}
+    metadata = {**asked, "returned": len(items), "via": "viewer"}
+    await record(request, app.publisher, actor, "audit.query", metadata)
+    return html(pages.list_page(actor, given, items, next_cursor))
+
+
+@router.get("/events/{event_id}")
+async def view_event(request: Request, app: Services, event_id: UUID) -> Response:
+    actor = await viewer_actor(request)
+    if actor is None:
+        return html(pages.sign_in_page(), 401)
+    async with app.pool.connection() as conn:
+        item = await store.one(conn, event_id)
+    found = {"found": item is not None, "via": "viewer"}
+    await record(request, app.publisher, actor, "audit.read", found, resource_id=str(event_id))
+    if item is None:
+        return html(pages.list_page(actor, {}, None, None, "no such audit event"), 404)
+    return html(pages.detail_page(actor, item, app.settings.jaeger_url))
+
+
+@router.post("/session")
+async def sign_in(request: Request) -> Response:
+    """Keep a pasted token in the session cookie, if it may read (else say why not)."""
+    if not _same_origin(request):
+        return html(pages.sign_in_page("cross-site sign-in refused"), 403)
+    form = parse_qs((await request.body())[:MAX_FORM_BYTES].decode(errors="replace"))
+    token = (form.get("token") or [""])[0].strip()
+    try:
+        await identify(request, f"Bearer {token}")
+    except ScopeError:
+        return html(pages.sign_in_page(f"this token lacks scope {SCOPE}"), 403)
+    except AuthError:
+        return html(pages.sign_in_page("not a valid token"), 401)
+    response = RedirectResponse("/", 303)
+    response.set_cookie(
+        pages.SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/session/end")
+async def sign_out(request: Request) -> Response:
+    if not _same_origin(request):  # another site cannot sign you out either
+        return html(pages.sign_in_page("cross-site sign-out refused"), 403)
+    response = RedirectResponse("/", 303)
+    response.delete_cookie(pages.SESSION_COOKIE, httponly=True, samesite="strict")
+    return response
+
+
+async def invalid_page(request: Request, problems: str) -> Response:
+    """The list page with what was wrong with its parameters (or the sign-in page)."""
+    actor = await viewer_actor(request)
+    if actor is None:
+        return html(pages.sign_in_page(), 401)
+    return html(pages.list_page(actor, form_values(request), None, None, problems), 422)

@@ -1,0 +1,94 @@
+"""The HTTP edge of every service, bounded: uvicorn's httptools protocol with the limits it lacks.
+
+uvicorn arms no timer on a new connection (a socket that never sends a byte stays open for
+ever: 20,000 of them exhausted the process's file descriptors), caps neither the request head
+(one 64 MB header was read into memory) nor the number of open connections. This protocol:
+
+- closes a connection whose request head is not complete within ``<PREFIX>HEADER_TIMEOUT_SECONDS``
+  (also between keep-alive requests, where uvicorn's own keep-alive timeout applies too);
+- answers 431 and closes once a request head grows past ``<PREFIX>MAX_HEADER_BYTES``;
+- closes new connections at once beyond ``<PREFIX>MAX_CONNECTIONS`` per process, so the
+  process keeps descriptors (and memory) for the connections it serves and for its probes.
+"""
+
+import asyncio
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain\r\ncontent-length: 26\r\nconnection: close\r\n\r\n"
+    b"request head is too large\n"
+)
+
+
+class EdgeLimits(BaseSettings):
+    """The limits, from the environment under each service's prefix (:func:`bounded_http`)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    header_timeout_seconds: float = Field(5.0, gt=0)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    max_connections: int = Field(2048, ge=8)
+
+
+def bounded_http(env_prefix: str) -> type[HttpToolsProtocol]:
+    """The protocol class for ``uvicorn.run(http=...)``, its limits read from ``env_prefix``
+    variables (``AUDIT_API_``: ``AUDIT_API_MAX_HEADER_BYTES``, …) when this is called: once per
+    process, so put the result in a module attribute uvicorn's workers import."""
+    limits = EdgeLimits(_env_prefix=env_prefix)
+
+    class BoundedHttpTools(HttpToolsProtocol):
+        """httptools with a head timeout, a head size cap and a connection cap (the module)."""
+
+        _head_bytes = 0
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                transport.close()  # connection_lost() removes it again
+                return
+            self._expect_head()
+
+        def _expect_head(self) -> None:
+            self._head_bytes = 0
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(limits.header_timeout_seconds, self._late)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _late(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            waiting_for_head = self._head_timer is not None
+            super().data_received(data)
+            if waiting_for_head and self._head_timer is not None:  # the head is incomplete
+                self._head_bytes += len(data)
+                if self._head_bytes > limits.max_header_bytes and not self.transport.is_closing():
+                    self._cancel_head_timer()
+                    self.transport.write(TOO_LARGE)
+                    self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._cancel_head_timer()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._expect_head()  # the next request on this connection gets the same bound
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+    return BoundedHttpTools
