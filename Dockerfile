@@ -1,11 +1,13 @@
 # One image recipe for every app: APP=api (audit-api, listens on 8000), APP=consumer
-# (audit-consumer, probes on 8001; also runs `audit-setup`, `audit-verify` and `audit-dlq`, so
-# the image carries migrations/) or APP=query (audit-query, listens on 8080).
+# (audit-consumer, probes on 8001; also runs `audit-setup` and `audit-dlq`, so the image carries
+# migrations/), APP=query (audit-query, listens on 8080) or APP=verify (audit-verify, the
+# auditor's read-only check: no writer or sealing code in it; metrics on 9102 with --every).
 # Only that workspace member and its locked dependencies are installed.
 # Build from the repository root (classic builder and BuildKit both work: no RUN --mount):
 #   docker build --build-arg APP=api -t audit-api .
 #   docker build --build-arg APP=consumer -t audit-consumer .
 #   docker build --build-arg APP=query --build-arg PORT=8080 -t audit-query .
+#   docker build --build-arg APP=verify --build-arg PORT=9102 -t audit-verify .
 FROM python:3.13-slim AS build
 ARG APP=api
 ENV UV_COMPILE_BYTECODE=1 \
@@ -20,6 +22,7 @@ COPY pyproject.toml uv.lock ./
 COPY apps/api/pyproject.toml apps/api/
 COPY apps/consumer/pyproject.toml apps/consumer/
 COPY apps/query/pyproject.toml apps/query/
+COPY apps/verify/pyproject.toml apps/verify/
 COPY libs/events/pyproject.toml libs/events/
 COPY libs/devservers/pyproject.toml libs/devservers/
 COPY libs/web/pyproject.toml libs/web/
@@ -45,5 +48,5 @@ USER 10001:10001
 EXPOSE ${PORT}
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"AUDIT_PROBE_PORT\"]}/healthz', timeout=2)"]
-# audit-app is audit-api, audit-consumer or audit-query: whichever APP the image was built for.
+# audit-app is audit-api, audit-consumer, audit-query or audit-verify: whichever APP it was built for.
 CMD ["audit-app"]

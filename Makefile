@@ -88,10 +88,11 @@ env-upgrade: .env ## Append to .env the secrets a newer version needs (keeps eve
 	@rm -f .env.add
 
 .PHONY: docker-build
-docker-build: ## Build the audit-api, audit-consumer and audit-query images (host network, classic builder or BuildKit)
+docker-build: ## Build the audit-api, audit-consumer, audit-query and audit-verify images (host network)
 	docker build --network host --build-arg APP=api -t audit-api:dev .
 	docker build --network host --build-arg APP=consumer --build-arg PORT=8001 -t audit-consumer:dev .
 	docker build --network host --build-arg APP=query --build-arg PORT=8080 -t audit-query:dev .
+	docker build --network host --build-arg APP=verify --build-arg PORT=9102 -t audit-verify:dev .
 
 # Jaeger left out of DOCKER_SERVICES: tracing off (the apps would export to a host that does not
 # exist), unless OTEL_EXPORTER_OTLP_ENDPOINT is set in your shell to a collector of your own.
@@ -162,7 +163,8 @@ kind-up: ## kind cluster, images loaded (tag IMAGE_TAG), KEDA from its Helm repo
 	docker build --build-arg APP=api -t audit-api:$(IMAGE_TAG) .
 	docker build --build-arg APP=consumer --build-arg PORT=8001 -t audit-consumer:$(IMAGE_TAG) .
 	docker build --build-arg APP=query --build-arg PORT=8080 -t audit-query:$(IMAGE_TAG) .
-	$(KIND) load docker-image --name $(KIND_CLUSTER) audit-api:$(IMAGE_TAG) audit-consumer:$(IMAGE_TAG) audit-query:$(IMAGE_TAG)
+	docker build --build-arg APP=verify --build-arg PORT=9102 -t audit-verify:$(IMAGE_TAG) .
+	$(KIND) load docker-image --name $(KIND_CLUSTER) audit-api:$(IMAGE_TAG) audit-consumer:$(IMAGE_TAG) audit-query:$(IMAGE_TAG) audit-verify:$(IMAGE_TAG)
 	$(HELM) repo add kedacore https://kedacore.github.io/charts --force-update
 	$(HELM) upgrade --install keda kedacore/keda --namespace keda --create-namespace --wait --timeout 10m
 	@# No --wait here: the setup Job is a post-install hook (bundled servers) and consumers become

@@ -39,7 +39,6 @@ from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.puller import Puller
 from audit_consumer.settings import ProvisionSettings, Settings
-from audit_consumer.verify import VerifySettings, verify
 from audit_devservers import Child, NatsServer, PostgresServer, free_port
 from audit_devservers.clusters import NatsCluster
 from audit_events import COLUMNS, AuditEvent, StreamNames, encode, row, uuid7
@@ -48,6 +47,7 @@ from audit_events.authorship import EventKeys, signed
 from audit_events.broker import IDENTITIES
 from audit_events.seals import SealKey, generate_seal_key
 from audit_query.store import feed
+from audit_verify.checker import VerifySettings, verify
 from bench import queries
 
 ROOT = Path(__file__).resolve().parents[1]

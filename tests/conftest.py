@@ -5,42 +5,20 @@ per session; set ``DATABASE_URL`` and ``NATS_URL`` to use servers of your own in
 then TRUNCATE ``audit_events`` and recreate the ``AUDIT*`` streams there).
 """
 
-import asyncio
 import contextlib
 import os
-import secrets
-import sys
-import urllib.parse
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import psycopg
 import pytest
 from nats.aio.client import Client as NATS
-from prometheus_client.parser import text_string_to_metric_families
 
 from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_devservers import NatsServer, PostgresServer
-from audit_events.broker import IDENTITIES
-from audit_events.seals import SealKey, generate_seal_key
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
-ADMIN = "admin"  # the tests' own identity: recreates streams, inspects the DLQ (never shipped)
-BROKER_PASSWORDS = {user: secrets.token_urlsafe(18) for user in (*IDENTITIES, ADMIN)}
-"""The embedded NATS servers require these; each app process gets its own identity's."""
-EVENT_KEY = secrets.token_urlsafe(32)
-"""The producers' HMAC key (``AUDIT_EVENT_KEYS``) for this session."""
-SEAL_KEY = generate_seal_key()
-SEAL_PUBLIC_KEY = SealKey(SEAL_KEY).public_text()
-# In-process apps (unit tests) read their keys from here; child processes get theirs from
-# service_env(), which drops every inherited AUDIT_* variable first.
-os.environ.setdefault("AUDIT_EVENT_KEYS", EVENT_KEY)
-os.environ.setdefault("AUDIT_SEAL_KEY", SEAL_KEY)
+from tests.env import ADMIN, BROKER_PASSWORDS, EVENT_KEY, ROOT, SEAL_KEY
 
 
 @pytest.fixture(scope="session")
@@ -121,56 +99,3 @@ async def streams(settings: ConsumerSettings, nc: NATS) -> ConsumerSettings:
             await js.delete_stream(name)
     await provision(settings)
     return settings
-
-
-def service_env(settings: ConsumerSettings, **extra: str) -> dict[str, str]:
-    """Environment for an ``audit-api`` / ``audit-consumer`` child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-    env.update(
-        DATABASE_URL=settings.database_url,
-        NATS_URL=without_credentials(settings.nats_url),
-        AUDIT_JWT_SECRET=JWT_SECRET,
-        AUDIT_EVENT_KEYS=EVENT_KEY,
-        AUDIT_FETCH_WAIT_SECONDS=str(settings.fetch_wait_seconds),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
-def without_credentials(url: str) -> str:
-    """``url`` (or a comma-separated list of them) without ``user:password@``: app processes
-    authenticate as their own identity."""
-    parts = [urllib.parse.urlsplit(u) for u in url.split(",")]
-    return ",".join(p._replace(netloc=p.netloc.rpartition("@")[2]).geturl() for p in parts)
-
-
-def identity_env(identity: str) -> dict[str, str]:
-    """The environment that makes an app process connect to NATS as ``identity``."""
-    return {"AUDIT_NATS_PASSWORD": BROKER_PASSWORDS[identity]}
-
-
-async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> None:
-    """Poll an (async or sync) predicate until true; fail with the timeout otherwise.
-
-    A generous bound for "eventually", not a speed assertion."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample's value from a Prometheus text exposition (0 if absent)."""
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )

@@ -13,14 +13,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import nats
 import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from prometheus_client.parser import text_string_to_metric_families
 
-from audit_consumer.verify import Report, VerifySettings, verify
 from audit_consumer.writer import BatchWriter, WriteResult
 from audit_devservers import Child, free_port
 from audit_devservers.servers import nats_server_binary
@@ -28,7 +29,8 @@ from audit_events import AuditEvent, Row, encode, keygen, row, uuid7
 from audit_events.auth import issue_token
 from audit_events.authorship import EventKeys, signed
 from audit_events.broker import PASSWORD_VARS
-from tests.conftest import EVENT_KEY, JWT_SECRET, SEAL_PUBLIC_KEY
+from audit_verify.checker import Report, VerifySettings, verify
+from tests.env import EVENT_KEY, JWT_SECRET, SEAL_PUBLIC_KEY
 
 SECRET = JWT_SECRET
 
@@ -243,3 +245,47 @@ async def assert_admits_only_the_identities(config: Path) -> None:
             await nc.close()
     finally:
         server.stop()
+
+
+async def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> None:
+    """Poll an (async or sync) predicate until true; fail with the timeout otherwise.
+
+    A generous bound for "eventually", not a speed assertion."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus text exposition (0 if absent)."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+SENDER = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'dave')}", "User-Agent": "e2e/1"}
+
+
+async def send(url: str, n: int, concurrency: int = 16) -> list[str]:
+    """PATCH ``n`` accounts; the audit ids of the 200s (every request must get one)."""
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> str:
+            async with gate:
+                r = await client.patch(f"/accounts/acc-{i}", json={"tier": i}, headers=SENDER)
+            assert r.status_code == 200, r.text
+            return str(r.json()["audit_event_id"])
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from audit_devservers import Child, free_port
 from audit_events.broker import API, CONSUMER, QUERY
-from tests.conftest import BIN, SEAL_KEY, identity_env
+from tests.env import BIN, SEAL_KEY, identity_env
 
 
 class Service(Child):

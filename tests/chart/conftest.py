@@ -3,21 +3,12 @@
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-
-CHART = ROOT / "charts" / "audit"
-SHARED = ROOT.parent / "shared"
-VALUES = {
-    "default": [],
-    "kind": ["-f", str(CHART / "values-kind.yaml")],
-    "production": ["-f", str(CHART / "values-production.yaml")],
-}
+from tests.chart.rendering import CHART, SHARED, VALUES, Render
 
 
 def _missing(what: str) -> None:
@@ -38,9 +29,6 @@ def helm() -> str:
     return str(found)
 
 
-Render = Callable[..., list[dict[str, Any]]]
-
-
 @pytest.fixture(scope="session")
 def render(helm: str) -> Render:
     """``render("kind", "--set", "x=y")`` → the rendered objects (hooks and tests included)."""
@@ -52,8 +40,3 @@ def render(helm: str) -> Render:
         return [d for d in yaml.safe_load_all(done.stdout) if d]
 
     return run
-
-
-def find(objects: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, Any]:
-    (match,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
-    return match

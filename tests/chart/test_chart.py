@@ -18,7 +18,7 @@ from audit_events import StreamNames
 from audit_events.authorship import READS, REPLAYS, EventKeys, bound
 from audit_events.broker import PASSWORD_VARS, permissions
 from audit_events.seals import GENESIS, Seal, SealKey, SealKeys
-from tests.chart.conftest import CHART, SHARED, VALUES, Render, find
+from tests.chart.rendering import CHART, SHARED, VALUES, Render, env_of, find, pod_spec
 from tests.helpers import assert_admits_only_the_identities
 
 CRDS = {"ScaledObject", "ServiceMonitor", "PodMonitor"}
@@ -29,20 +29,6 @@ OPERATOR = (
     "monitoring.coreos.com/v1/ServiceMonitor",
 )
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "Pod", "CronJob"}
-
-
-def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    if obj["kind"] == "CronJob":
-        return pod_spec({"kind": "Job", "spec": obj["spec"]["jobTemplate"]["spec"]})
-    spec: dict[str, Any] = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
-    return spec
-
-
-def env_of(obj: dict[str, Any], name: str) -> dict[str, Any]:
-    """Every container's env as ``{name: value}`` (``None`` for values from references)."""
-    return {
-        e["name"]: e.get("value") for c in pod_spec(obj)["containers"] for e in c.get("env", [])
-    }
 
 
 @pytest.mark.parametrize("values", VALUES)

@@ -18,9 +18,9 @@ from audit_consumer.jetstream import provision
 from audit_consumer.settings import ProvisionSettings, Settings
 from audit_devservers import NatsServer
 from audit_devservers.clusters import NatsCluster
-from tests.chart.conftest import Render, find
-from tests.conftest import ADMIN, BROKER_PASSWORDS, service_env, wait_for
-from tests.helpers import publish_events
+from tests.chart.rendering import Render, find
+from tests.env import ADMIN, BROKER_PASSWORDS, service_env
+from tests.helpers import publish_events, wait_for
 from tests.processes import consumer
 
 

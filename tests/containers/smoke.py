@@ -164,7 +164,7 @@ def main() -> None:
     compose = [*compose_cmd(), "-p", PROJECT]
     os.environ.update(keygen.generate(), AUDIT_JWT_SECRET=SECRET)
     sizes = {}
-    for app, port in (("api", "8000"), ("consumer", "8001"), ("query", "8080")):
+    for app, port in (("api", "8000"), ("consumer", "8001"), ("query", "8080"), ("verify", "9102")):
         t = time.monotonic()
         sh(
             "docker",

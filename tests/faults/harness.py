@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from audit_events.auth import issue_token
-from tests.conftest import JWT_SECRET
+from tests.env import JWT_SECRET
 from tests.helpers import assert_intact, stored_ids
 from tests.processes import Service
 

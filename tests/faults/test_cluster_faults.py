@@ -11,10 +11,9 @@ from typing import Any
 import nats
 
 from audit_devservers.clusters import NatsCluster, PostgresStandby
-from tests.conftest import wait_for
-from tests.faults.conftest import Rig
 from tests.faults.harness import Load, verify, wait_stored
-from tests.helpers import drained, rows_at_least, stored_ids
+from tests.faults.rig import Rig
+from tests.helpers import drained, rows_at_least, stored_ids, wait_for
 
 
 def cluster(rig: Rig) -> NatsCluster:

@@ -16,10 +16,10 @@ import pytest
 from audit_devservers import NatsServer
 from audit_events import MAX_EVENT_BYTES, encode
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys
-from tests.conftest import EVENT_KEY, wait_for
-from tests.faults.conftest import Rig
+from tests.env import EVENT_KEY
 from tests.faults.harness import Load, health, verify, wait_stored
-from tests.helpers import make_event, published, rows_at_least, sign, stored_ids
+from tests.faults.rig import Rig
+from tests.helpers import make_event, published, rows_at_least, sign, stored_ids, wait_for
 
 
 async def test_consumer_sigkilled_mid_batch(rig: Rig, db_url: str) -> None:

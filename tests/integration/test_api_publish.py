@@ -17,7 +17,8 @@ from audit_api.settings import Settings as ApiSettings
 from audit_consumer.settings import Settings
 from audit_events import decode
 from audit_events.auth import issue_token
-from tests.conftest import JWT_SECRET, metric, wait_for
+from tests.env import JWT_SECRET
+from tests.helpers import metric, wait_for
 
 AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'carol')}"}
 
@@ -90,7 +91,7 @@ async def test_unreachable_broker_answers_503_not_500(streams: Settings) -> None
 
 async def test_metrics_and_logs_of_every_uvicorn_worker(streams: Settings, tmp_path: Any) -> None:
     """Two workers: /metrics adds both up, and both log, in JSON, uvicorn's lines included."""
-    from tests.conftest import service_env
+    from tests.env import service_env
     from tests.processes import api
 
     env = service_env(streams, AUDIT_API_WORKERS="2", AUDIT_LOG_FORMAT="json")

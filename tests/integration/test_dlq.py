@@ -15,15 +15,8 @@ import nats
 from audit_consumer.settings import Settings
 from audit_events.authorship import REPLAYS, SIGNATURE_HEADER, EventKeys, bound, key_id, signed
 from audit_events.broker import API, DLQ, inbox_prefix
-from tests.conftest import (
-    BIN,
-    BROKER_PASSWORDS,
-    EVENT_KEY,
-    service_env,
-    wait_for,
-    without_credentials,
-)
-from tests.helpers import count_rows, make_event
+from tests.env import BIN, BROKER_PASSWORDS, EVENT_KEY, service_env, without_credentials
+from tests.helpers import count_rows, make_event, wait_for
 from tests.processes import consumer
 
 NEW_PRODUCER_KEY = secrets.token_urlsafe(32)  # a producer whose key the consumers lack at first

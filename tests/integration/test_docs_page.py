@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from audit_consumer.settings import Settings
-from tests.conftest import service_env
+from tests.env import service_env
 from tests.processes import api
 
 

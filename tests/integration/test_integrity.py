@@ -15,16 +15,16 @@ import pytest
 from alembic import command
 from psycopg.conninfo import make_conninfo
 
-from audit_consumer import verify as verify_module
 from audit_consumer.database import alembic_config, ensure_logins, migrate
 from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
-from audit_consumer.verify import Report, verify
 from audit_consumer.writer import BatchWriter
 from audit_events import AuditEvent, encode
 from audit_events.authorship import READS, EventKeys, bound, key_id
 from audit_events.seals import SealKey
-from tests.conftest import BIN, EVENT_KEY, SEAL_KEY, SEAL_PUBLIC_KEY
+from audit_verify import checker as verify_module
+from audit_verify.checker import Report, verify
+from tests.env import BIN, EVENT_KEY, SEAL_KEY, SEAL_PUBLIC_KEY
 from tests.helpers import make_event, sign, signed_row, verify_settings, write
 
 NOW = timedelta(0)  # grace: every unsealed row is overdue

@@ -8,7 +8,8 @@ from nats.aio.client import Client as NATS
 
 from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings
-from tests.conftest import service_env, wait_for
+from tests.env import service_env
+from tests.helpers import wait_for
 from tests.processes import api, consumer
 
 

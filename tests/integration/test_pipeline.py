@@ -3,7 +3,6 @@
 The scenarios around it (poison, duplicates, redelivery, SIGTERM, crashes, outages) are in
 tests/faults, once each."""
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +15,22 @@ import pytest
 from audit_consumer.settings import Settings
 from audit_devservers import NatsServer
 from audit_events import StreamNames, encode
-from audit_events.auth import issue_token
 from audit_events.authorship import SIGNATURE_HEADER
 from audit_events.broker import API, inbox_prefix
-from tests.conftest import JWT_SECRET, metric, service_env, wait_for
-from tests.helpers import assert_intact, count_rows, make_event, published, sign
+from tests.env import service_env
+from tests.helpers import (
+    assert_intact,
+    count_rows,
+    make_event,
+    metric,
+    published,
+    send,
+    sign,
+    wait_for,
+)
 from tests.processes import Service, api, consumer
 
 SUBJECT = StreamNames().event_subject("account.update")
-AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'dave')}", "User-Agent": "e2e/1"}
 
 
 class Pipeline:
@@ -60,21 +66,6 @@ def pipeline(streams: Settings, db: Any, tmp_path: Path) -> Iterator[Pipeline]:
 async def rows(db: Any, sql: str = "SELECT count(*) FROM audit_events", *params: Any) -> Any:
     cur = await db.execute(sql, params or None)
     return await cur.fetchall()
-
-
-async def send(url: str, n: int, concurrency: int = 16) -> list[str]:
-    """PATCH ``n`` accounts; the audit ids of the 200s (every request must get one)."""
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(i: int) -> str:
-            async with gate:
-                r = await client.patch(f"/accounts/acc-{i}", json={"tier": i}, headers=AUTH)
-            assert r.status_code == 200, r.text
-            return str(r.json()["audit_event_id"])
-
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
 async def test_every_acknowledged_request_becomes_exactly_one_row(

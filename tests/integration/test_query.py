@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -19,66 +19,22 @@ from audit_consumer.database import ensure_logins
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_consumer.writer import BatchWriter
 from audit_devservers import Child, free_port
-from audit_events import AuditEvent
 from audit_events.auth import issue_token
-from audit_events.authorship import SIGNATURE_HEADER, EventKeys
+from audit_events.authorship import EventKeys
 from audit_events.broker import QUERY
 from audit_query import store as store_module
-from audit_query.main import create_app, pool_for
-from audit_query.settings import Settings
-from tests.conftest import (
-    BIN,
-    EVENT_KEY,
-    JWT_SECRET,
-    identity_env,
-    metric,
-    wait_for,
-    without_credentials,
+from tests.env import BIN, EVENT_KEY, JWT_SECRET, identity_env, without_credentials
+from tests.helpers import make_event, metric, signed_row, wait_for, write
+from tests.integration.reading import (
+    READ,
+    T0,
+    event,
+    query_settings,
+    reader_url,
+    records,
+    serving,
+    store,
 )
-from tests.helpers import make_event, signed_row, write
-
-READ = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'auditor', scope='audit:read')}"}
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-async def reader_url(settings: ConsumerSettings) -> str:
-    """The query service's read-only login (created as audit-setup creates it)."""
-    reader = make_conninfo(settings.database_url, user="audit_query", password="pw-3")
-    await ensure_logins(
-        ConsumerSettings(DATABASE_URL=settings.database_url, AUDIT_READER_DATABASE_URL=reader)
-    )
-    return reader
-
-
-def query_settings(reader: str, streams: ConsumerSettings, **extra: Any) -> Settings:
-    return Settings.model_validate(
-        {
-            "AUDIT_READER_DATABASE_URL": reader,
-            "AUDIT_JWT_SECRET": JWT_SECRET,
-            "AUDIT_EVENT_KEYS": EVENT_KEY,
-            "NATS_URL": without_credentials(streams.nats_url),
-            **identity_env(QUERY),
-            **extra,
-        }
-    )
-
-
-@asynccontextmanager
-async def serving(config: Settings, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its real lifespan (recorder connected, folds drained on the way out)."""
-    pool = pool_for(config)
-    await pool.open(wait=True)
-    app = create_app(config, pool)
-    try:
-        async with app.router.lifespan_context(app):
-            if ready:
-                await wait_for(lambda: app.state.parts.publisher.ready, timeout=30)
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://query"
-            ) as http:
-                yield http
-    finally:
-        await pool.close()
 
 
 @pytest.fixture
@@ -87,22 +43,6 @@ async def client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with serving(query_settings(await reader_url(settings), streams)) as http:
         yield http
-
-
-def event(i: int, **fields: Any) -> AuditEvent:
-    base: dict[str, Any] = {
-        "occurred_at": T0 + timedelta(minutes=i),
-        "actor_id": f"user-{i % 3}",
-        "resource_id": f"acc-{i % 5}",
-        "outcome": ("success", "failure", "denied")[i % 3],
-        "source_ip": f"10.0.{i % 2}.{i % 250 + 1}",
-        "request_id": f"req-{i}",
-    }
-    return make_event(**{**base, **fields})
-
-
-async def store(db: Any, events: list[AuditEvent]) -> None:
-    await write(BatchWriter(db), [signed_row(e, i) for i, e in enumerate(events)])
 
 
 async def test_reading_needs_a_token_with_the_read_scope(client: httpx.AsyncClient) -> None:
@@ -394,17 +334,6 @@ async def _answers(http: httpx.AsyncClient) -> bool:
 
 async def _is(count: Any, expected: int) -> bool:
     return bool(await count == expected)
-
-
-async def records(nc: Any, names: Any) -> list[tuple[dict[str, Any], bytes, str | None]]:
-    """Every event in the stream (no consumer runs here): decoded, as sent, its signature."""
-    js = nc.jetstream()
-    count = (await js.stream_info(names.stream)).state.messages
-    out = []
-    for seq in range(1, count + 1):
-        msg = await js.get_msg(names.stream, seq)
-        out.append((json.loads(msg.data), msg.data, (msg.headers or {}).get(SIGNATURE_HEADER)))
-    return out
 
 
 async def test_every_read_is_on_the_record_signed_by_the_query_service(

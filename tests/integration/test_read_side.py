@@ -14,10 +14,9 @@ import pytest
 
 from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter
-from tests.conftest import service_env, wait_for
-from tests.helpers import drained, make_event, signed_row, write
-from tests.integration.test_pipeline import send
-from tests.integration.test_query import READ, reader_url
+from tests.env import service_env
+from tests.helpers import drained, make_event, send, signed_row, wait_for, write
+from tests.integration.reading import READ, reader_url
 from tests.processes import Service, api, consumer, query
 
 EVENTS = 1500

@@ -18,7 +18,7 @@ from audit_consumer.jetstream import (
 )
 from audit_consumer.settings import Settings
 from audit_events.broker import SETUP
-from tests.conftest import BIN, ROOT, identity_env, service_env
+from tests.env import BIN, ROOT, identity_env, service_env
 
 
 async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str) -> None:

@@ -23,7 +23,8 @@ from audit_consumer.settings import Settings
 from audit_events import tracing
 from audit_events.auth import issue_token
 from audit_events.broker import BrokerSettings
-from tests.conftest import EVENT_KEY, JWT_SECRET, wait_for
+from tests.env import EVENT_KEY, JWT_SECRET
+from tests.helpers import wait_for
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"

@@ -16,8 +16,8 @@ from audit_consumer.jetstream import provision, stream_configs
 from audit_consumer.puller import Puller
 from audit_consumer.settings import Settings
 from audit_consumer.trimming import Trimmer
-from tests.conftest import service_env, wait_for
-from tests.helpers import count_rows, publish_events
+from tests.env import service_env
+from tests.helpers import count_rows, publish_events, wait_for
 from tests.processes import consumer
 
 

@@ -19,10 +19,10 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_events.auth import issue_token
 from audit_query.main import create_app
-from tests.conftest import JWT_SECRET, service_env
-from tests.integration.test_query import READ, event, reader_url, records, serving
-from tests.integration.test_query import query_settings as settings_for
-from tests.integration.test_query import store as store_events
+from tests.env import JWT_SECRET, service_env
+from tests.integration.reading import READ, event, reader_url, records, serving
+from tests.integration.reading import query_settings as settings_for
+from tests.integration.reading import store as store_events
 from tests.processes import Service, query
 
 JAEGER = "http://jaeger.example:16686"

@@ -28,7 +28,7 @@ from audit_events.broker import (
     authorization,
     inbox_prefix,
 )
-from tests.conftest import BROKER_PASSWORDS, ROOT, without_credentials
+from tests.env import BROKER_PASSWORDS, ROOT, without_credentials
 from tests.helpers import assert_admits_only_the_identities, make_event
 
 

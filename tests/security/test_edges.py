@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from audit_consumer.settings import Settings
-from tests.conftest import service_env
+from tests.env import service_env
 from tests.processes import Service, api, consumer
 
 LIMITS = {

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from audit_consumer.settings import Settings
-from tests.conftest import service_env, wait_for
+from tests.env import service_env
+from tests.helpers import wait_for
 from tests.processes import Service, api, consumer
 
 BUDGET = {

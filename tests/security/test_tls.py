@@ -16,7 +16,8 @@ from audit_api.settings import Settings
 from audit_devservers import Child, free_port
 from audit_devservers.servers import nats_server_binary
 from audit_events.broker import API
-from tests.conftest import JWT_SECRET, wait_for
+from tests.env import JWT_SECRET
+from tests.helpers import wait_for
 
 
 def issue(

@@ -10,9 +10,9 @@ import pytest
 from audit_api.main import create_app
 from audit_api.settings import Settings
 from audit_events.auth import PUBLISHED_SECRETS, issue_token
-from tests.conftest import JWT_SECRET, metric
+from tests.env import JWT_SECRET
 from tests.fakes import FakePublisher
-from tests.helpers import BAD_CREDENTIALS, raw_token
+from tests.helpers import BAD_CREDENTIALS, metric, raw_token
 
 AUTH = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'alice')}"}
 

@@ -11,7 +11,7 @@ from schemathesis import Case
 from audit_api.main import create_app
 from audit_api.settings import Settings
 from audit_events.auth import issue_token
-from tests.conftest import JWT_SECRET
+from tests.env import JWT_SECRET
 from tests.fakes import FakePublisher
 
 publisher = FakePublisher()

@@ -11,7 +11,7 @@ import yaml
 from audit_events import keygen
 from audit_events.authorship import READS, REPLAYS
 from audit_events.broker import API, CONSUMER, DLQ, PASSWORD_VARS, QUERY, SETUP
-from tests.conftest import ROOT
+from tests.env import ROOT
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 DB_VARS = {"DATABASE_URL", "AUDIT_WRITER_DATABASE_URL"}

@@ -7,7 +7,7 @@ import httpx
 
 from audit_api.main import create_app
 from audit_api.settings import Settings
-from tests.conftest import JWT_SECRET
+from tests.env import JWT_SECRET
 from tests.fakes import FakePublisher
 
 

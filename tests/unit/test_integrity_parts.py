@@ -17,7 +17,7 @@ from audit_consumer.batch import Checks, decode_batch
 from audit_events import encode, keygen
 from audit_events.authorship import SIGNATURE_HEADER, EventKeys, bound, key_id
 from audit_events.seals import GENESIS, Seal, SealKey, SealKeys
-from tests.conftest import EVENT_KEY
+from tests.env import EVENT_KEY
 from tests.fakes import Log, message
 from tests.helpers import make_event
 

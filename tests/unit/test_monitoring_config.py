@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JWT_SECRET, ROOT
+from tests.env import JWT_SECRET, ROOT
 
 CONFIG = ROOT / "config"
 
@@ -86,7 +86,7 @@ def exported_metrics() -> set[str]:
     for module in (
         "apps/api/src/audit_api/metrics.py",
         "apps/consumer/src/audit_consumer/metrics.py",
-        "apps/consumer/src/audit_consumer/verify.py",
+        "apps/verify/src/audit_verify/cli.py",
         "apps/query/src/audit_query/metrics.py",
     ):
         names |= set(re.findall(r'"(audit_[a-z_]+)"', (ROOT / module).read_text()))

@@ -6,7 +6,7 @@ import yaml
 
 from audit_api.main import create_app
 from audit_api.settings import Settings
-from tests.conftest import JWT_SECRET, ROOT
+from tests.env import JWT_SECRET, ROOT
 
 
 def test_packages_chart_and_openapi_agree_on_the_version() -> None:

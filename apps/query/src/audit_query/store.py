@@ -29,6 +29,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from audit_events.horizon import HORIZON
+from audit_events.model import read_as, read_expr
 
 ITEM_COLUMNS = (
     "id", "occurred_at", "recorded_at", "actor_type", "actor_id", "action", "resource_type",
@@ -36,11 +37,7 @@ ITEM_COLUMNS = (
     "stream_seq", "signature",
 )  # fmt: skip
 _SELECT = sql.SQL(", ").join(
-    [
-        *(sql.Identifier(c) for c in ITEM_COLUMNS if c != "source_ip"),
-        sql.SQL("host(source_ip) AS source_ip"),
-        sql.SQL("tx_id::text::bigint AS tx_id"),
-    ]
+    [*(sql.SQL(read_as(c)) for c in ITEM_COLUMNS), sql.SQL("tx_id::text::bigint AS tx_id")]
 )
 _SEALED_UPTO = "SELECT coalesce(max(upto_tx), '0')::text::bigint FROM audit_seals"
 
@@ -213,19 +210,9 @@ async def _sealed_upto(conn: psycopg.AsyncConnection[Any]) -> int:
 
 
 CHUNK_BYTES = 64 * 1024  # what is written to the client at a time
+_CSV_COLUMNS = sql.SQL(", ").join(sql.SQL(read_as(c)) for c in ITEM_COLUMNS)
 _JSON_LINE = sql.SQL(", ").join(
-    [
-        *(
-            sql.SQL("{}, {}").format(sql.Literal(c), sql.Identifier(c))
-            for c in ITEM_COLUMNS
-            if c != "source_ip"
-        ),
-        sql.SQL("'source_ip', host(source_ip)"),
-    ]
-)
-_CSV_COLUMNS = sql.SQL(", ").join(
-    sql.SQL("host(source_ip) AS source_ip") if c == "source_ip" else sql.Identifier(c)
-    for c in ITEM_COLUMNS
+    sql.SQL("{}, {}").format(sql.Literal(c), sql.SQL(read_expr(c))) for c in ITEM_COLUMNS
 )
 # One column of JSON text, emitted raw: CSV mode never escapes backslashes, and neither the
 # delimiter nor the quote character (0x1f, 0x01) can occur in JSON text (json_build_object

@@ -177,6 +177,20 @@ def row(event: AuditEvent, stream_seq: int, signature: str | None, digest: bytes
     return (*event_values(event), stream_seq, signature, digest)
 
 
+def read_expr(column: str) -> str:
+    """The SQL that reads ``column`` back as the model holds it: ``source_ip`` as the text of
+    its address (``host()``; an ``inet`` prints a mask otherwise), every other column as is.
+    Every reader of rows (the query service, its exports, ``audit-verify``) reads through
+    this."""
+    return f"host({column})" if column == "source_ip" else column
+
+
+def read_as(column: str) -> str:
+    """:func:`read_expr`, named as the column (for a select list)."""
+    expr = read_expr(column)
+    return expr if expr == column else f"{expr} AS {column}"
+
+
 def utc_text(moment: datetime) -> str:
     """``2026-11-28T06:54:44.123456Z``: one text per instant, whatever offset it came with."""
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

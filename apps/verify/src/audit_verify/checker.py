@@ -1,5 +1,4 @@
-"""``audit-verify``: prove that ``audit_events`` is what the pipeline wrote, or say exactly what
-is not.
+"""The check: prove that ``audit_events`` is what the pipeline wrote, or say exactly what is not.
 
 It recomputes everything from the database with a read-only login and the seals' *public* keys
 (never a sealing key): the chain of seals (numbers, links, ranges, signatures), then for every
@@ -17,19 +16,13 @@ row id or seal number:
 
 Rows are checked by ``--jobs`` processes, each over its own connection but all in the one
 snapshot the chain was read in (``pg_export_snapshot``), so the result is one consistent view.
-Exit status: 0 intact, 1 something found, 2 could not check (no database, no key, bad option).
 """
 
-import argparse
 import bisect
 import contextlib
 import gc
 import hashlib
 import logging
-import os
-import re
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -39,15 +32,14 @@ from uuid import UUID
 
 import orjson
 import psycopg
-from prometheus_client import Gauge, start_http_server
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events.authorship import EventKeys
-from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip
-from audit_events.seals import AUTHORED, ENTRY_BYTES, GENESIS, UNSIGNED, Seal, SealKeys
+from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip, read_as
+from audit_events.seals import AUTHORED, ENTRY_BYTES, GENESIS, UNSIGNED, Seal, SealKeys, entries
 
 log = logging.getLogger("audit.verify")
 
@@ -58,9 +50,7 @@ _SEALS = (
     " prev_hash, sealed_at, key_id, signature, hash FROM audit_seals ORDER BY seq"
 )
 _ENTRIES = "SELECT seq, entries FROM audit_seals WHERE seq >= %s AND seq <= %s ORDER BY seq"
-_COLUMNS = ", ".join(
-    {"id": "id::text", "source_ip": "host(source_ip)"}.get(c, c) for c in EVENT_COLUMNS
-)
+_COLUMNS = ", ".join("id::text" if c == "id" else read_as(c) for c in EVENT_COLUMNS)
 _ROWS = (
     f"SELECT tx_id::text::bigint, signature, recorded_at, {_COLUMNS} FROM audit_events"  # noqa: S608
     " WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
@@ -228,8 +218,8 @@ class RowChecker:
                 or len(blob) != link.row_count * ENTRY_BYTES
             ):
                 report.findings.append(f"seal #{link.seq}: its list of rows was changed")
-            for i in range(0, len(blob) - ENTRY_BYTES + 1, ENTRY_BYTES):
-                expected[blob[i + 1 : i + 17].hex()] = (blob[i], blob[i + 17 : i + 49], link.seq)
+            for flag, event_id, digest in entries(blob):
+                expected[event_id.hex] = (flag, digest, link.seq)
         found, keys, sha256 = report.findings.append, self.event_keys, hashlib.sha256
         rows = conn.execute(_ROWS, (start, end)).fetchall()
         report.rows = len(rows)
@@ -309,72 +299,3 @@ def _groups(seals: list[Seal]) -> Iterator[list[Seal]]:
         rows += seal.row_count
     if group:
         yield group
-
-
-# -- command line ----------------------------------------------------------------------------
-
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-
-
-def since_arg(text: str) -> datetime:
-    """``--since``: an ISO 8601 time with offset, or a duration back from now (``90m``, ``2d``)."""
-    if match := _DURATION.match(text):
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match[2]]
-        return datetime.now(UTC) - timedelta(**{unit: int(match[1])})
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError("give the offset, e.g. 2026-11-28T10:00:00+00:00")
-    return moment
-
-
-def head_arg(text: str) -> str:
-    if not re.fullmatch(r"\d+:[0-9a-fA-F]{64}", text):
-        raise argparse.ArgumentTypeError("expected <seq>:<64 hex digits>, as a seal log line says")
-    return text
-
-
-VERIFY_OK = Gauge("audit_verify_ok", "1 if the last verification found the log intact")
-VERIFY_FINDINGS = Gauge("audit_verify_findings", "Problems the last verification found")
-VERIFY_UNSIGNED = Gauge("audit_verify_unsigned_rows", "Sealed rows without authorship")
-VERIFY_LAST = Gauge("audit_verify_last_run_timestamp_seconds", "When the last check finished")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="audit-verify", description=__doc__.splitlines()[0])
-    parser.add_argument("--since", type=since_arg, help="check rows of seals made since then")
-    parser.add_argument("--head", type=head_arg, help="a seal head recorded earlier (seq:hash)")
-    parser.add_argument(
-        "--grace", type=float, default=60.0, help="seconds a row may wait for its seal"
-    )
-    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--every", type=float, help="keep running: check every N seconds")
-    parser.add_argument("--metrics-port", type=int, default=9102, help="with --every")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = VerifySettings()
-    options = {"since": args.since, "grace": timedelta(seconds=args.grace), "jobs": args.jobs}
-    if args.every is None:
-        sys.exit(_check(settings, args.head, **options)[0])
-    start_http_server(args.metrics_port)
-    head = args.head
-    while True:  # each run pins the head the previous one saw
-        head = _check(settings, head, **options)[1] or head
-        time.sleep(args.every)
-
-
-def _check(settings: VerifySettings, head: str | None, **options: Any) -> tuple[int, str]:
-    """One run, printed and exported: (exit status, the head it saw)."""
-    try:
-        report = verify(settings, head=head, **options)
-    except (psycopg.Error, OSError, ValueError) as exc:
-        print(f"could not check: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-        VERIFY_OK.set(0)
-        return 2, ""
-    for line in report.findings:
-        print(line)
-    print(report.summary(), flush=True)
-    VERIFY_OK.set(0 if report.findings else 1)
-    VERIFY_FINDINGS.set(len(report.findings))
-    VERIFY_UNSIGNED.set(report.unsigned)
-    VERIFY_LAST.set_to_current_time()
-    return (1 if report.findings else 0), report.head
