@@ -62,7 +62,7 @@ test-faults: sync ## Only the fault-injection suite (kills consumers, PostgreSQL
 
 .PHONY: bench-durability
 bench-durability: sync ## Publish latency/throughput with NATS default fsync vs sync_interval: always
-	$(UV) run --frozen python bench/publish_durability.py
+	$(UV) run --frozen python -m bench.publish_durability
 
 .PHONY: bench
 bench: sync ## Benchmark against this machine's ceilings (DB, broker, consumer, API, end to end)
@@ -180,7 +180,7 @@ kind-up: ## kind cluster, images loaded (tag IMAGE_TAG), KEDA from its Helm repo
 kind-load: sync ## Drive load through 127.0.0.1:8000 for 2 minutes and watch the consumers scale
 	@token=$$($(KUBECTL) -n audit exec deploy/audit-api -- audit-token --sub kind-load); \
 	$(KUBECTL) -n audit get deploy/audit-consumer -w & watcher=$$!; \
-	$(UV) run --frozen python bench/loadgen.py --port 8000 --token "$$token" --concurrency 64 --seconds 120; \
+	$(UV) run --frozen python -m bench.loadgen --port 8000 --token "$$token" --concurrency 64 --seconds 120; \
 	kill $$watcher
 
 .PHONY: kind-e2e

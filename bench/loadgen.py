@@ -13,6 +13,8 @@ import time
 
 import uvloop
 
+from bench.stats import percentiles
+
 
 def request_bytes(method: str, path: str, host: str, token: str, body: bytes) -> bytes:
     head = (
@@ -70,17 +72,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     await asyncio.gather(*(connection(i) for i in range(args.concurrency)))
     elapsed = time.perf_counter() - started
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000
-
+    p50, p99 = percentiles(latencies, 0.5, 0.99)
     return {
         "requests": len(latencies),
         "seconds": elapsed,
         "rps": len(latencies) / elapsed,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "p50_ms": p50,
+        "p99_ms": p99,
         "statuses": statuses,
         "acked": acked if args.ids else None,
     }

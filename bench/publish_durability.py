@@ -1,12 +1,11 @@
 """Cost of ``sync_interval: always`` on the publish path: JetStream publish+ack latency and
 throughput with the default fsync policy and with an fsync per write, on the same machine.
 
-Run: ``make bench-durability`` (uv run python bench/publish_durability.py [--events N]).
+Run: ``make bench-durability`` (uv run python -m bench.publish_durability [--events N]).
 """
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings
 from audit_devservers import NatsServer
 from audit_events import AuditEvent, StreamNames, encode, uuid7
+from bench.stats import percentiles
 
 
 def sample_event() -> bytes:
@@ -56,9 +56,8 @@ async def measure(url: str, events: int, concurrency: int) -> tuple[float, float
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     await nc.close()
-    latencies.sort()
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
-    return len(latencies) / elapsed, statistics.median(latencies) * 1000, p99 * 1000
+    p50, p99 = percentiles(latencies, 0.5, 0.99)
+    return len(latencies) / elapsed, p50, p99
 
 
 async def run(events: int) -> list[str]:

@@ -6,11 +6,10 @@ its export against ``COPY … TO STDOUT``, and the feed's rows/s — on ``n`` ro
 import hashlib
 import random
 import secrets
-import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -25,9 +24,8 @@ from audit_devservers import free_port
 from audit_events import AuditEvent, Outcome, encode, row
 from audit_events.auth import issue_token
 from audit_query.store import Filters, export_statement, page_query
-
-if TYPE_CHECKING:
-    from bench.run import Bench
+from bench.rig import Bench
+from bench.stats import percentiles
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 QUESTIONS = {
@@ -83,12 +81,7 @@ async def load(url: str, n: int) -> None:
         await conn.execute("ANALYZE audit_events")
 
 
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99)] * 1000
-
-
-async def run(bench: "Bench", secret: str, n: int, repeat: int, query_bin: Path) -> None:
+async def run(bench: Bench, secret: str, n: int, repeat: int, query_bin: Path) -> None:
     await load(bench.pg.url, n)
     reader = make_conninfo(bench.pg.url, user="audit_query", password=secrets.token_urlsafe(16))
     await ensure_logins(Settings(DATABASE_URL=bench.pg.url, AUDIT_READER_DATABASE_URL=reader))
@@ -116,7 +109,10 @@ async def run(bench: "Bench", secret: str, n: int, repeat: int, query_bin: Path)
                     response = await http.get("/audit-events", params=PARAMS[name])
                     served.append(time.perf_counter() - started)
                     assert response.status_code == 200, response.text
-                (d50, d99), (s50, s99) = percentiles(direct), percentiles(served)
+                (d50, d99), (s50, s99) = (
+                    percentiles(direct, 0.5, 0.99),
+                    percentiles(served, 0.5, 0.99),
+                )
                 bench.record(
                     f"query {name}", p50_ms=s50, p99_ms=s99, sql_p50_ms=d50, sql_p99_ms=d99
                 )

@@ -32,7 +32,6 @@ import random
 import time
 from dataclasses import dataclass
 
-import nats
 import psycopg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -49,8 +48,7 @@ from audit_consumer.settings import Settings
 from audit_consumer.spans import batch_span, consume_spans
 from audit_consumer.trimming import Trimmer
 from audit_consumer.writer import BatchWriter, WriteResult, WriterPool
-from audit_events.authorship import EventKeys
-from audit_events.broker import CONSUMER
+from audit_events.broker import CONSUMER, connect_until
 from audit_events.seals import SealKey
 
 log = logging.getLogger("audit.consumer")
@@ -77,9 +75,7 @@ class Consumer:
         self.writers = writers or WriterPool(
             settings.db_connections, lambda: BatchWriter.connect(url)
         )
-        self.checks = Checks(
-            EventKeys.parse(settings.event_keys), settings.accept_unsigned_until, settings.names
-        )
+        self.checks = Checks(settings.keys, settings.accept_unsigned_until, settings.names)
         self.sealer = Sealer(url, SealKey(settings.seal_key), settings.seal_interval_seconds)
         self.db_ok = False
         self.durable_ok = True  # until the first check says otherwise
@@ -211,21 +207,13 @@ class Consumer:
             return []
 
     async def _connect_nats(self) -> NATS | None:
-        delay = 0.2
-        while not self.stopping:
-            try:
-                return await nats.connect(
-                    **self.settings.connect_options(CONSUMER),
-                    max_reconnect_attempts=-1,  # reconnect forever
-                    reconnect_time_wait=1,
-                    connect_timeout=5,
-                    error_cb=_log_nats_error,
-                )
-            except Exception as exc:
-                log.warning("NATS not reachable (%s); retrying", exc)
-                await self._sleep(delay)
-                delay = min(delay * 2, self.settings.backoff_max_seconds)
-        return None
+        return await connect_until(
+            self.settings,
+            CONSUMER,
+            self._stopping,
+            self.settings.backoff_max_seconds,
+            error_cb=_log_nats_error,
+        )
 
     async def _connect_db(self) -> None:
         """Connect a writer now, so readiness is true before the first batch arrives."""

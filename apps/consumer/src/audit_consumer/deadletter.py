@@ -16,7 +16,8 @@ from audit_events import StreamNames
 
 log = logging.getLogger("audit.consumer")
 
-REASON_HEADER = "Audit-Dlq-Reason"
+REASON_HEADER, KIND_HEADER = "Audit-Dlq-Reason", "Audit-Dlq-Kind"
+SUBJECT_HEADER, SEQ_HEADER = "Audit-Dlq-Subject", "Audit-Dlq-Stream-Seq"
 HEADER_LIMIT = 512
 
 
@@ -41,9 +42,9 @@ async def dead_letter(js: Publisher, names: StreamNames, msg: Msg, kind: str, re
     headers.update(
         {
             REASON_HEADER: " ".join(reason.split())[:HEADER_LIMIT],
-            "Audit-Dlq-Kind": kind,
-            "Audit-Dlq-Subject": msg.subject,
-            "Audit-Dlq-Stream-Seq": str(meta.sequence.stream),
+            KIND_HEADER: kind,
+            SUBJECT_HEADER: msg.subject,
+            SEQ_HEADER: str(meta.sequence.stream),
             "Nats-Msg-Id": f"{meta.stream}-{meta.sequence.stream}",
         }
     )

@@ -30,26 +30,19 @@ from nats.js.errors import NotFoundError
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from audit_consumer.deadletter import REASON_HEADER
+from audit_consumer.deadletter import KIND_HEADER, REASON_HEADER, SUBJECT_HEADER
 from audit_events import AuditEvent, StreamNames, uuid7
-from audit_events.authorship import EventKeys, signed
+from audit_events.authorship import EventKeys, EventKeySettings, signed
 from audit_events.broker import DLQ, BrokerSettings
 
-KIND_HEADER, SUBJECT_HEADER = "Audit-Dlq-Kind", "Audit-Dlq-Subject"
 
-
-class Settings(BrokerSettings):
+class Settings(BrokerSettings, EventKeySettings):
     """``NATS_URL``, ``AUDIT_NATS_PASSWORD`` (identity ``audit-dlq``), ``AUDIT_EVENT_KEYS``
     (this tool's key, which signs the record of each replay), the stream names."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
     names: StreamNames = Field(default_factory=StreamNames)
-
-    @property
-    def keys(self) -> EventKeys:
-        return EventKeys.parse(self.event_keys)
 
 
 def letter(msg: RawStreamMsg) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from pydantic import AwareDatetime, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events import StreamNames
+from audit_events.authorship import EventKeySettings
 from audit_events.broker import BrokerSettings
 
 
@@ -19,7 +20,7 @@ class ProvisionSettings(BaseSettings):
     max_ack_pending: int = Field(50_000, ge=1, alias="AUDIT_MAX_ACK_PENDING")
 
 
-class Settings(BrokerSettings):
+class Settings(BrokerSettings, EventKeySettings):
     """Every knob of ``audit-consumer`` and ``audit-setup``; names are the env vars."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -39,7 +40,6 @@ class Settings(BrokerSettings):
     shutdown_seconds: float = Field(20.0, gt=0, alias="AUDIT_SHUTDOWN_SECONDS")
 
     # integrity (README, "Integrity")
-    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
     seal_key: str = Field("", alias="AUDIT_SEAL_KEY", repr=False)
     seal_interval_seconds: float = Field(1.0, gt=0, le=60, alias="AUDIT_SEAL_INTERVAL_SECONDS")
     accept_unsigned_until: AwareDatetime | None = Field(None, alias="AUDIT_ACCEPT_UNSIGNED_UNTIL")

@@ -2,9 +2,8 @@
 time, removed by one purge.
 
 A work queue removes each acked message on its own, and under ``sync_interval: always`` each
-removal is a synced write: on one node NATS spent 89 µs of CPU per event and one consumer
-drained 5,569 events/s; with this stream and one purge per second, 9.4 µs and 23,964
-(``make bench``, ``docs/performance.md``).
+removal is a synced write: NATS's CPU per event, and so the drain rate, is several times what
+one purge per second costs (the figures: ``docs/performance.md``, "The trimmed stream").
 
 Why nothing unstored is removed: the ack floor is the stream sequence at and below which every
 message of the durable was acked, and a message is acked only after its row is committed (or its

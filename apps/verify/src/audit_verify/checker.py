@@ -35,9 +35,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from audit_events.authorship import EventKeys
+from audit_events.authorship import EventKeys, EventKeySettings
 from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip, read_as
 from audit_events.seals import AUTHORED, ENTRY_BYTES, GENESIS, UNSIGNED, Seal, SealKeys, entries
 
@@ -58,7 +58,7 @@ _ROWS = (
 _NO_END = 2**63 - 1
 
 
-class VerifySettings(BaseSettings):
+class VerifySettings(EventKeySettings):
     """From the environment: where to read, and the keys to check with."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -66,7 +66,6 @@ class VerifySettings(BaseSettings):
     database_url: str = Field("", alias="DATABASE_URL")
     reader_database_url: str = Field("", alias="AUDIT_READER_DATABASE_URL")
     seal_public_keys: str = Field("", alias="AUDIT_SEAL_PUBLIC_KEYS")
-    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
 
     @property
     def url(self) -> str:
@@ -123,7 +122,7 @@ def verify(
 ) -> Report:
     """The whole check; raises on anything that stops it (no database, bad key text)."""
     seal_keys = SealKeys.parse(settings.seal_public_keys)
-    event_keys = EventKeys.parse(settings.event_keys) if settings.event_keys else None
+    event_keys = settings.keys if settings.event_keys else None
     with connect(settings.url) as conn:
         snapshot = str(_one(conn, "SELECT pg_export_snapshot()"))
         report, seals, bad = _chain(conn, seal_keys, head)

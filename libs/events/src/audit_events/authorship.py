@@ -1,8 +1,8 @@
 """Authorship: each producer signs every event it publishes with an HMAC key, the consumer
 checks it before storing, ``audit-verify`` re-checks stored rows.
 
-Why an HMAC per event and not a signature: HMAC-SHA256 of a 400-byte event costs ~1.5 µs, an
-Ed25519 verify ~60 µs, which would cut the consumer's throughput several times. The price: the
+Why an HMAC per event and not a signature: an Ed25519 verify costs tens of times an HMAC
+(``docs/performance.md``), which would cut the consumer's throughput several times. The price: the
 key that checks an event can also forge one, so it lives only in the producers, the consumers
 and (optionally) ``audit-verify``. Public-key signatures are used once per seal (``seals.py``).
 
@@ -21,6 +21,9 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events.model import AuditEvent, encode
 
@@ -41,8 +44,8 @@ def key_id(secret: str) -> str:
 
 class _Hmac:
     """HMAC-SHA256 (RFC 2104) with the key's inner and outer pads hashed once: each message
-    then costs two hash copies and updates (~0.7 µs for an event) instead of ``hmac.digest``'s
-    full key setup (~1.5 µs). The result is the standard HMAC, byte for byte."""
+    then costs two hash copies and updates instead of ``hmac.digest``'s full key setup (about
+    half the time). The result is the standard HMAC, byte for byte."""
 
     def __init__(self, key: bytes) -> None:
         self.key = key
@@ -129,3 +132,16 @@ def signed(event: AuditEvent, keys: EventKeys) -> tuple[bytes, dict[str, str]]:
     ``Nats-Msg-Id`` JetStream dedupes on and the producer's signature."""
     data = encode(event)
     return data, {"Nats-Msg-Id": str(event.id), SIGNATURE_HEADER: keys.sign(data)}
+
+
+class EventKeySettings(BaseSettings):
+    """``AUDIT_EVENT_KEYS`` as every process reads it: producers sign with the first, consumers
+    and ``audit-verify`` check with all."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
+
+    @property
+    def keys(self) -> EventKeys:
+        return EventKeys.parse(self.event_keys)

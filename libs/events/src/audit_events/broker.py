@@ -23,6 +23,7 @@ ack subject. The consumer is the trusted writer; its credentials are the ones to
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -149,11 +150,18 @@ class BrokerSettings(BaseSettings):
         return options
 
 
-async def connect_forever(settings: BrokerSettings, identity: str, **callbacks: Any) -> NATS:
-    """Connect as ``identity``, retrying with backoff (up to 5 s) until NATS answers; from then
-    on nats-py reconnects by itself, forever. ``callbacks``: nats-py's ``error_cb`` and co."""
+async def connect_until(
+    settings: BrokerSettings,
+    identity: str,
+    stop: asyncio.Event,
+    max_delay: float = 5.0,
+    **callbacks: Any,
+) -> NATS | None:
+    """Connect as ``identity``, retrying with backoff (up to ``max_delay``) until NATS answers
+    or ``stop`` is set (then ``None``); from then on nats-py reconnects by itself, forever.
+    ``callbacks``: nats-py's ``error_cb`` and co. The one connect loop of every process."""
     delay = 0.2
-    while True:
+    while not stop.is_set():
         try:
             return await nats.connect(
                 **settings.connect_options(identity),
@@ -164,5 +172,15 @@ async def connect_forever(settings: BrokerSettings, identity: str, **callbacks: 
             )
         except Exception as exc:
             log.warning("NATS not reachable (%s); retrying", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, max_delay)
+    return None
+
+
+async def connect_forever(settings: BrokerSettings, identity: str, **callbacks: Any) -> NATS:
+    """:func:`connect_until` with nothing to stop it (a service's background connect, which is
+    cancelled on shutdown)."""
+    nc = await connect_until(settings, identity, asyncio.Event(), **callbacks)
+    assert nc is not None  # only a set event ends the loop without a connection
+    return nc

@@ -84,7 +84,7 @@ def _storable(value: JsonValue) -> None:
 
 
 def _stored_exactly(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    _storable(value)  # ~0.4 µs for the API's metadata
+    _storable(value)
     return value
 
 

@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import Field, model_validator
 
 from audit_events import tracing
-from audit_events.authorship import EventKeys, signed
+from audit_events.authorship import EventKeySettings, signed
 from audit_events.broker import BrokerSettings, connect_forever
 from audit_events.model import AuditEvent
 from audit_events.naming import StreamNames
@@ -45,11 +45,10 @@ class PublishUnavailable(Exception):
         self.reason = reason
 
 
-class ProducerSettings(BrokerSettings):
+class ProducerSettings(BrokerSettings, EventKeySettings):
     """What every producer needs beyond reaching NATS: its event key(s), the stream's names and
     how long to wait for an ack. A producer without a key cannot start."""
 
-    event_keys: str = Field("", alias="AUDIT_EVENT_KEYS", repr=False)
     publish_timeout_seconds: float = Field(2.0, gt=0, le=30, alias="AUDIT_PUBLISH_TIMEOUT_SECONDS")
     names: StreamNames = Field(default_factory=StreamNames)
 
@@ -62,10 +61,6 @@ class ProducerSettings(BrokerSettings):
             )
         self.keys  # noqa: B018 - a bad key fails here, not at the first publish
         return self
-
-    @property
-    def keys(self) -> EventKeys:
-        return EventKeys.parse(self.event_keys)
 
 
 class JetStreamPublisher:
