@@ -24,9 +24,8 @@ from audit_events import (
 )
 from audit_events.auth import AuthError, authenticate
 from audit_events.folding import Folding
-from audit_web.client import clean, header, peer
+from audit_web.client import MAX_PATH_CHARS, clean, header, peer
 
-MAX_PATH_CHARS = 512  # of the path recorded in metadata (the model does not bound metadata)
 ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 

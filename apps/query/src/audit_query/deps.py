@@ -6,21 +6,23 @@ A denied read is on the record too, folded per source address and reason
 (``audit_events.folding``)."""
 
 import ipaddress
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import HTTPBearer
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConstraints
 
+from audit_events import model
 from audit_events.auth import AuthError, ScopeError, authenticate
 from audit_events.folding import Folding
 from audit_events.publishing import JetStreamPublisher
 from audit_query import pages, store
 from audit_query.recording import record
 from audit_query.settings import Settings
-from audit_web.client import peer
+from audit_web.client import MAX_PATH_CHARS, clean, peer
 
 SCOPE = "audit:read"
 BEARER = HTTPBearer(
@@ -28,6 +30,26 @@ BEARER = HTTPBearer(
     description="HS256 JWT with scope audit:read (`audit-token --scope audit:read`)",
 )
 MAX_LIMIT = 1000
+MAX_FILTER_CHARS = 1024  # longer than any stored value (user agents are cut at 1024)
+
+
+class ExportGate:
+    """How many exports run, overall and per reader."""
+
+    def __init__(self, overall: int, per_reader: int) -> None:
+        self.overall, self.per_reader = overall, per_reader
+        self.running: Counter[str] = Counter()
+
+    def enter(self, reader: str) -> bool:
+        if self.running.total() >= self.overall or self.running[reader] >= self.per_reader:
+            return False
+        self.running[reader] += 1
+        return True
+
+    def leave(self, reader: str) -> None:
+        self.running[reader] -= 1
+        if self.running[reader] <= 0:
+            del self.running[reader]
 
 
 @dataclass
@@ -39,6 +61,8 @@ class Parts:
     publisher: JetStreamPublisher
     feeds: Folding  # feed polls, per reader and feed session
     denials: Folding  # denied reads, per source address and reason
+    export_pool: AsyncConnectionPool  # exports only: listings keep the main pool
+    exports: ExportGate
 
 
 def parts(request: Request) -> Parts:
@@ -57,7 +81,7 @@ async def identify(request: Request, authorization: str | None) -> str:
         return authenticate(authorization, app.settings.jwt_secret, SCOPE)
     except AuthError as exc:
         actor = exc.subject if isinstance(exc, ScopeError) else None
-        refused = {"reason": exc.code, "path": request.url.path}
+        refused = {"reason": exc.code, "path": clean(request.url.path, MAX_PATH_CHARS)}
         await record(
             request, app.publisher, actor, "audit.query", refused, outcome="denied",
             fold=(app.denials, (peer(request), exc.code), {"denied_requests": 1}),
@@ -92,7 +116,10 @@ async def viewer_actor(request: Request) -> str | None:
 
 
 def _network(text: str) -> str:
+    """A CIDR PostgreSQL's ``inet`` takes (a scoped IPv6 address, ``fe80::1%eth0``, it refuses)."""
     try:
+        if "%" in text:
+            raise ValueError("scoped")
         return str(ipaddress.ip_network(text, strict=False))
     except ValueError:
         raise ValueError("an IP address or CIDR, e.g. 10.0.0.7 or 10.0.0.0/8") from None
@@ -104,7 +131,9 @@ def _blank_is_none(value: Any) -> Any:
 
 
 Blank = BeforeValidator(_blank_is_none)
-Text = Annotated[str | None, Blank]
+Text = Annotated[
+    Annotated[model.Text, StringConstraints(max_length=MAX_FILTER_CHARS)] | None, Blank
+]
 Network = Annotated[str | None, Blank, AfterValidator(lambda v: v and _network(v))]
 When = Annotated[AwareDatetime | None, Blank]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]

@@ -19,16 +19,17 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from psycopg.types.json import set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from audit_events import tracing
 from audit_events.broker import QUERY
 from audit_events.folding import Folding
 from audit_events.publishing import JetStreamPublisher
 from audit_query import metrics
-from audit_query.deps import Parts
+from audit_query.deps import ExportGate, Parts
 from audit_query.recording import publish_folded
 from audit_query.routes import events, export, feed, probes, viewer
 from audit_query.settings import Settings
@@ -36,13 +37,15 @@ from audit_web.edges import bounded_http
 
 log = logging.getLogger("audit.query")
 
+POOL_WAIT_SECONDS = 5.0
 BOUNDED_HTTP = bounded_http("AUDIT_QUERY_")
 """httptools with a head timeout and size and connection caps (``AUDIT_QUERY_*``)."""
 
 
-def pool_for(settings: Settings) -> AsyncConnectionPool:
+def pool_for(settings: Settings, size: int | None = None) -> AsyncConnectionPool:
     """Read-only, REPEATABLE READ (the feed reads the horizon and the rows in one snapshot),
-    each statement bounded by the timeout."""
+    each statement bounded by the timeout; a request that finds every connection busy for
+    ``POOL_WAIT_SECONDS`` gets 503."""
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
@@ -55,7 +58,8 @@ def pool_for(settings: Settings) -> AsyncConnectionPool:
     return AsyncConnectionPool(
         settings.reader_database_url,
         min_size=1,
-        max_size=settings.db_connections,
+        max_size=size or settings.db_connections,
+        timeout=POOL_WAIT_SECONDS,
         kwargs={"options": options, "connect_timeout": 5},
         configure=configure,
         open=False,
@@ -73,12 +77,15 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         publisher,
         feeds=Folding(settings.fold_seconds, events=1, overflow="record"),
         denials=Folding(settings.fold_seconds, events=1),
+        export_pool=pool_for(settings, settings.max_exports),
+        exports=ExportGate(settings.max_exports, settings.max_exports_per_reader),
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if pool is None:
             await parts.pool.open(wait=False)
+        await parts.export_pool.open(wait=False)
         await publisher.start()
         publish = partial(publish_folded, publisher)
         flushing = [
@@ -93,6 +100,7 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
             for folding in (parts.feeds, parts.denials):  # the last windows' counts
                 await folding.flush(publish)
             await publisher.close()
+            await parts.export_pool.close()
             if pool is None:
                 await parts.pool.close()
 
@@ -106,6 +114,12 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
     app.state.parts = parts
     for routes in (probes, feed, export, events, viewer):  # /feed, /export before /{event_id}
         app.include_router(routes.router)
+
+    @app.exception_handler(PoolTimeout)
+    async def busy(_: Request, __: PoolTimeout) -> Response:
+        """Every database connection busy: come back, never a 500."""
+        body = {"detail": "busy: every database connection is in use; retry later"}
+        return JSONResponse(body, 503, {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

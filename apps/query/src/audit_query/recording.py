@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import HTTPException, Request
+from pydantic import ValidationError
 
 from audit_events import MAX_USER_AGENT_CHARS, AuditEvent, canonical_ip, uuid7
 from audit_events.folding import Counts, Folding
@@ -75,15 +76,19 @@ async def record(
     """Put this read on the record before it is answered (503 if that cannot be done); with
     ``fold`` (the folding, the key, this read's counts), possibly folded instead."""
     counts = fold[2] if fold else {}
-    event = read_event(
-        actor,
-        action,
-        peer(request),
-        header(request, "user-agent"),
-        outcome=outcome,
-        resource_id=resource_id,
-        metadata=metadata | counts,
-    )
+    try:
+        event = read_event(
+            actor,
+            action,
+            peer(request),
+            header(request, "user-agent"),
+            outcome=outcome,
+            resource_id=resource_id,
+            metadata=metadata | counts,
+        )
+    except ValidationError as exc:  # input the log could not hold: refused, never unrecorded
+        detail = [{"loc": ["query"], "msg": "cannot be recorded", "type": "value_error"}]
+        raise HTTPException(422, detail) from exc
     if fold is not None:
         folding, key, _ = fold
         if folding.verdict(key) != "record":

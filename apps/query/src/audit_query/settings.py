@@ -20,6 +20,8 @@ class Settings(ProducerSettings):
     statement_timeout_ms: int = Field(5000, ge=100, alias="AUDIT_QUERY_STATEMENT_TIMEOUT_MS")
     db_connections: int = Field(8, ge=1, le=64, alias="AUDIT_QUERY_DB_CONNECTIONS")
     export_seconds: float = Field(300, gt=0, alias="AUDIT_QUERY_EXPORT_SECONDS")
+    max_exports: int = Field(2, ge=1, le=32, alias="AUDIT_QUERY_MAX_EXPORTS")
+    max_exports_per_reader: int = Field(1, ge=1, alias="AUDIT_QUERY_MAX_EXPORTS_PER_READER")
     fold_seconds: float = Field(60, gt=0, alias="AUDIT_QUERY_FOLD_SECONDS")
     jaeger_url: str | None = Field(None, alias="AUDIT_JAEGER_URL")  # the viewer links traces
 

@@ -14,6 +14,7 @@ running transaction lasts).
 import base64
 import binascii
 import ipaddress
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -96,25 +97,41 @@ def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
 
 
+MAX_CURSOR_CHARS = 256
+_SESSION = re.compile(r"^[0-9a-f]{16}$")
+
+
 def decode_cursor(text: str, *types: type) -> list[Any]:
-    """The values :func:`encode_cursor` packed, checked against ``types``; else BadCursor."""
+    """The values :func:`encode_cursor` packed, checked against ``types`` (an aware time, a
+    UUID, a 63-bit transaction id, a feed session's name); else BadCursor. Whatever a
+    client sends — any JSON shape, any bytes — ends here or in BadCursor, never in an error of
+    the database's."""
+    if len(text) > MAX_CURSOR_CHARS:
+        raise BadCursor("not a cursor this service handed out")
     try:
         values = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        if not isinstance(values, list) or len(values) != len(types):
-            raise BadCursor("not a cursor of this listing")
-        out: list[Any] = []
-        for value, kind in zip(values, types, strict=True):
-            if kind is datetime:
-                out.append(datetime.fromisoformat(value))
-            elif kind is UUID:
-                out.append(UUID(value))
-            elif kind in (int, str) and isinstance(value, kind):
-                out.append(value)
-            else:
-                raise BadCursor("not a cursor of this listing")
-        return out
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+    except (ValueError, binascii.Error):
         raise BadCursor("not a cursor this service handed out") from None
+    if not isinstance(values, list) or len(values) != len(types):
+        raise BadCursor("not a cursor of this listing")
+    return [_cursor_value(value, kind) for value, kind in zip(values, types, strict=True)]
+
+
+def _cursor_value(value: Any, kind: type) -> Any:
+    try:
+        if kind is datetime and isinstance(value, str):
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is not None:
+                return moment
+        elif kind is UUID and isinstance(value, str):
+            return UUID(value)
+        elif (kind is int and type(value) is int and -1 <= value < 2**63) or (
+            kind is str and isinstance(value, str) and _SESSION.match(value)
+        ):  # -1: nothing yet
+            return value
+    except ValueError:
+        pass
+    raise BadCursor("not a cursor of this listing")
 
 
 def _item(row: dict[str, Any], sealed_upto: int) -> dict[str, Any]:
@@ -186,8 +203,6 @@ async def feed(conn: psycopg.AsyncConnection[Any], after: str | None, limit: int
     polls of one follower can be recorded as one run."""
     if after:
         tx_id, event_id, session = decode_cursor(after, int, UUID, str)
-        if not 0 < len(session) <= 32:
-            raise BadCursor("not a cursor this service handed out")
     else:
         tx_id, event_id, session = -1, UUID(int=0), secrets.token_hex(8)
 
@@ -211,6 +226,29 @@ async def _sealed_upto(conn: psycopg.AsyncConnection[Any]) -> int:
 
 CHUNK_BYTES = 64 * 1024  # what is written to the client at a time
 _CSV_COLUMNS = sql.SQL(", ").join(sql.SQL(read_as(c)) for c in ITEM_COLUMNS)
+TEXT_COLUMNS = {
+    "actor_type", "actor_id", "action", "resource_type", "resource_id", "outcome", "source_ip",
+    "user_agent", "request_id", "trace_id", "signature",
+}  # fmt: skip
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A CSV cell starting with one of these runs as a formula in a spreadsheet (OWASP, "CSV
+Injection"): text that callers chose (a user agent, a request id, a token's subject, an account
+id; some from unauthenticated requests) must not reach a compliance officer's spreadsheet live."""
+
+
+def _neutralised(column: str) -> sql.Composable:
+    """The column's cell with a leading ``'`` where it would start a formula, so a spreadsheet
+    shows it as text (the value stays readable; the NDJSON export keeps it exact)."""
+    value = sql.SQL(read_expr(column))
+    starts = sql.SQL(", ").join(sql.Literal(c) for c in FORMULA_STARTS)
+    return sql.SQL("CASE WHEN left({v}, 1) IN ({s}) THEN {q} || {v} ELSE {v} END AS {c}").format(
+        v=value, s=starts, q=sql.Literal("'"), c=sql.Identifier(column)
+    )
+
+
+_SAFE_CSV_COLUMNS = sql.SQL(", ").join(
+    _neutralised(c) if c in TEXT_COLUMNS else sql.SQL(read_as(c)) for c in ITEM_COLUMNS
+)
 _JSON_LINE = sql.SQL(", ").join(
     sql.SQL("{}, {}").format(sql.Literal(c), sql.SQL(read_expr(c))) for c in ITEM_COLUMNS
 )
@@ -220,14 +258,17 @@ _JSON_LINE = sql.SQL(", ").join(
 _RAW_LINES = "FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x01'"
 
 
-def export_statement(filters: Filters, format: str, sealed_upto: int) -> sql.Composed:
-    """The ``COPY`` an export runs (the bench runs it directly, to compare)."""
+def export_statement(
+    filters: Filters, format: str, sealed_upto: int, raw: bool = False
+) -> sql.Composed:
+    """The ``COPY`` an export runs (the bench runs it directly, to compare); CSV cells that
+    would start a formula are neutralised unless ``raw``."""
     sealed = sql.SQL("tx_id < {}::text::xid8").format(sql.Literal(sealed_upto))
     clauses, _ = filters.where(inline=True)
     where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
     if format == "csv":
         select = sql.SQL("SELECT {}, {} AS sealed FROM audit_events {} {}").format(
-            _CSV_COLUMNS, sealed, where, _NEWEST_FIRST
+            _CSV_COLUMNS if raw else _SAFE_CSV_COLUMNS, sealed, where, _NEWEST_FIRST
         )
         options = sql.SQL("FORMAT csv, HEADER")
     else:
@@ -239,16 +280,16 @@ def export_statement(filters: Filters, format: str, sealed_upto: int) -> sql.Com
 
 
 async def export(
-    pool: AsyncConnectionPool, filters: Filters, format: str, seconds: float
+    pool: AsyncConnectionPool, filters: Filters, format: str, seconds: float, raw: bool = False
 ) -> AsyncIterator[bytes]:
     """The matching rows, newest first, as NDJSON or CSV, formatted by PostgreSQL and streamed
     by ``COPY … TO STDOUT`` (nothing accumulates: rows leave as the scan produces them).
     Leaving the generator early — a disconnected client — ends the COPY and returns the
     connection; so does passing ``seconds``, after which an NDJSON export ends with an
-    ``{"error": …}`` line."""
+    ``{"error": …}`` line (a client that stops reading is cut off by the route)."""
     deadline = time.monotonic() + seconds
     async with pool.connection() as conn:
-        statement = export_statement(filters, format, await _sealed_upto(conn))
+        statement = export_statement(filters, format, await _sealed_upto(conn), raw)
         # The pool's statement timeout is for queries; a streamed export may take as long as
         # its own bound (plus a margin: the bound is checked between chunks, with a clean end).
         limit = f"{int((seconds + 30) * 1000)}ms"

@@ -13,6 +13,7 @@ PostgreSQL unchanged (microsecond UTC times, canonical addresses, and metadata n
 """
 
 import operator
+import re
 import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -67,12 +68,31 @@ IpAddress = Annotated[str, Field(max_length=64), AfterValidator(canonical_ip)]
 """An IPv4 or IPv6 address in its canonical text form (stored as PostgreSQL inet)."""
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What no ``text`` or ``jsonb`` value can hold: NUL (PostgreSQL refuses it) and lone surrogates
+(no UTF-8 form). The model refuses them in every string, so an event a producer's JetStream
+publish was acknowledged for is always an event the consumer can store."""
+
+
+def _text(value: str) -> str:
+    if _UNSTORABLE.search(value):
+        raise ValueError("NUL and lone surrogates cannot be stored")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+
+
 def _storable(value: JsonValue) -> None:
     """ValueError unless PostgreSQL's ``jsonb`` gives ``value`` back exactly: jsonb keeps
     numbers as decimals, so ``1e16`` would come back as the integer ``10000000000000000`` and
-    ``-0.0`` as ``0.0``; integers beyond 64 bits have no canonical encoding here."""
-    if isinstance(value, dict):
-        for item in value.values():
+    ``-0.0`` as ``0.0``; integers beyond 64 bits have no canonical encoding here; no string or
+    key may hold what :data:`_UNSTORABLE` matches."""
+    if isinstance(value, str):
+        _text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _text(key)
             _storable(item)
     elif isinstance(value, list):
         for item in value:
@@ -108,14 +128,14 @@ class AuditEvent(BaseModel):
     id: UUID
     occurred_at: AwareDatetime
     actor_type: Name
-    actor_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    actor_id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
     action: Action
     resource_type: Name
-    resource_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    resource_id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
     outcome: Outcome
     source_ip: IpAddress | None = None
-    user_agent: str | None = Field(None, max_length=MAX_USER_AGENT_CHARS)
-    request_id: str | None = Field(None, max_length=MAX_REQUEST_ID_CHARS)
+    user_agent: Text | None = Field(None, max_length=MAX_USER_AGENT_CHARS)
+    request_id: Text | None = Field(None, max_length=MAX_REQUEST_ID_CHARS)
     trace_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
     metadata: Metadata = Field(default_factory=dict)
 

@@ -12,6 +12,7 @@ import unicodedata
 from starlette.requests import Request
 
 UNPRINTABLE = ("Cc", "Cs")  # control characters, lone surrogates
+MAX_PATH_CHARS = 512  # of a path recorded in metadata (the model does not bound metadata)
 
 
 def clean(text: str | None, limit: int) -> str | None:
