@@ -289,3 +289,12 @@ async def send(url: str, n: int, concurrency: int = 16) -> list[str]:
             return str(r.json()["audit_event_id"])
 
         return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def closed_by_peer(sock: socket.socket, within: float = 30) -> bytes:
+    """What the server sent before closing ``sock``; fails if it stays open ``within`` s."""
+    sock.settimeout(within)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received

@@ -12,6 +12,7 @@ import pytest
 
 from audit_consumer.settings import Settings
 from tests.env import service_env
+from tests.helpers import closed_by_peer
 from tests.processes import Service, api, consumer
 
 LIMITS = {
@@ -29,15 +30,6 @@ def server(streams: Settings, tmp_path: Path) -> Iterator[Service]:
         yield service
     finally:
         service.stop()
-
-
-def closed_by_peer(sock: socket.socket, within: float = 30) -> bytes:
-    """What the server sent before closing ``sock``; fails if it stays open ``within`` s."""
-    sock.settimeout(within)
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return received
 
 
 def test_idle_connections_are_closed_and_cannot_starve_the_api(server: Service) -> None:

@@ -44,6 +44,7 @@ def bounded_http(env_prefix: str) -> type[HttpToolsProtocol]:
         """httptools with a head timeout, a head size cap and a connection cap (the module)."""
 
         _head_bytes = 0
+        _tail = b""  # the last bytes of the head so far: its end may straddle two reads
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -54,7 +55,7 @@ def bounded_http(env_prefix: str) -> type[HttpToolsProtocol]:
             self._expect_head()
 
         def _expect_head(self) -> None:
-            self._head_bytes = 0
+            self._head_bytes, self._tail = 0, b""
             self._cancel_head_timer()
             self._head_timer = self.loop.call_later(limits.header_timeout_seconds, self._late)
 
@@ -69,14 +70,22 @@ def bounded_http(env_prefix: str) -> type[HttpToolsProtocol]:
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            waiting_for_head = self._head_timer is not None
-            super().data_received(data)
-            if waiting_for_head and self._head_timer is not None:  # the head is incomplete
-                self._head_bytes += len(data)
-                if self._head_bytes > limits.max_header_bytes and not self.transport.is_closing():
+            """Measure the head before the parser sees it, so the bound is exact however the
+            bytes arrive (a whole 64 KiB head in one read included)."""
+            if self._head_timer is not None:  # waiting for (the rest of) a head
+                seen = self._tail + data
+                end = seen.find(b"\r\n\r\n")
+                before = self._head_bytes - len(self._tail)  # head bytes ahead of ``seen``
+                size = before + end + 4 if end >= 0 else self._head_bytes + len(data)
+                if size > limits.max_header_bytes:
                     self._cancel_head_timer()
-                    self.transport.write(TOO_LARGE)
-                    self.transport.close()
+                    if not self.transport.is_closing():
+                        self.transport.write(TOO_LARGE)
+                        self.transport.close()
+                    return
+                self._head_bytes += len(data)
+                self._tail = seen[-3:]
+            super().data_received(data)
 
         def on_headers_complete(self) -> None:
             self._cancel_head_timer()

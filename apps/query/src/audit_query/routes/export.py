@@ -22,7 +22,7 @@ from audit_query.recording import record
 
 router = APIRouter()
 log = logging.getLogger("audit.query.export")
-MARGIN_SECONDS = 30  # the generator ends cleanly at the bound; this cuts a stalled client
+MARGIN_SECONDS = 30.0  # the generator ends cleanly at the bound; this cuts a stalled client
 
 
 class BoundedStream(StreamingResponse):
@@ -89,7 +89,7 @@ async def export(
     media = "application/x-ndjson" if format == "ndjson" else "text/csv"
     return BoundedStream(
         lines,
-        seconds + MARGIN_SECONDS,
+        seconds + min(MARGIN_SECONDS, seconds),
         lambda: gate.leave(actor),
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="audit-events.{format}"'},
