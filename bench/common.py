@@ -16,6 +16,10 @@ from audit_events.seals import generate_seal_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+EMPTY_LOG = (
+    "TRUNCATE audit_events, audit_seals, audit_dead_letters, audit_duplicates, audit_epochs"
+    " RESTART IDENTITY"
+)
 SECRET = "bench-secret-0123456789abcdef0123456789"
 NAMES = StreamNames()
 PASSWORD = secrets.token_urlsafe(18)

@@ -19,10 +19,11 @@ from audit_events import decode, row
 NO_DIGEST = bytes(32)
 
 
-def decode_only(msgs: list[Msg], checks: Any) -> Batch:
-    out = Batch(msgs)
+def decode_only(msgs: list[Msg], checks: Any, epoch: int | None = None) -> Batch:
+    out = Batch(msgs, epoch=epoch)
     for msg in msgs:
-        out.rows.append(row(decode(msg.data), msg.metadata.sequence.stream, None, NO_DIGEST))
+        seq = msg.metadata.sequence.stream
+        out.rows.append(row(decode(msg.data), seq, None, NO_DIGEST, epoch))
         out.valid.append(msg)
     return out
 

@@ -24,6 +24,7 @@ from audit_devservers import free_port
 from audit_events import AuditEvent, Outcome, encode, row
 from audit_events.auth import issue_token
 from audit_query.store import Filters, export_statement, page_query
+from bench.common import EMPTY_LOG
 from bench.rig import Bench
 from bench.stats import percentiles
 
@@ -68,7 +69,7 @@ def events(n: int) -> list[AuditEvent]:
 
 async def load(url: str, n: int) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute("TRUNCATE audit_events, audit_seals")
+        await conn.execute(EMPTY_LOG)
         writer = BatchWriter(conn)
         batch = events(n)
         for start in range(0, n, 20_000):

@@ -26,7 +26,18 @@ from audit_events import AuditEvent
 from audit_events.auth import issue_token
 from audit_events.authorship import signed
 from audit_events.broker import IDENTITIES
-from bench.common import EVENT_KEY, KEYS, NAMES, PASSWORD, ROOT, SEAL_KEY, SECRET, SUBJECT, event
+from bench.common import (
+    EMPTY_LOG,
+    EVENT_KEY,
+    KEYS,
+    NAMES,
+    PASSWORD,
+    ROOT,
+    SEAL_KEY,
+    SECRET,
+    SUBJECT,
+    event,
+)
 
 
 class Bench:
@@ -81,7 +92,7 @@ class Bench:
     async def reset(self) -> None:
         """Empty table, fresh streams and durable."""
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
-            await conn.execute("TRUNCATE audit_events, audit_seals")
+            await conn.execute(EMPTY_LOG)
         nc = await self.connect()
         for name in (NAMES.stream, NAMES.dlq_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):

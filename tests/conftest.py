@@ -18,7 +18,7 @@ from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_devservers import NatsServer, PostgresServer
-from tests.env import ADMIN, BROKER_PASSWORDS, EVENT_KEY, ROOT, SEAL_KEY
+from tests.env import ADMIN, BROKER_PASSWORDS, EMPTY_LOG, EVENT_KEY, ROOT, SEAL_KEY
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +78,7 @@ async def migrated(settings: ConsumerSettings) -> str:
 async def db(migrated: str) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
     """An autocommit connection to a database whose ``audit_events`` is empty."""
     conn = await psycopg.AsyncConnection.connect(migrated, autocommit=True)
-    await conn.execute("TRUNCATE audit_events, audit_seals")
+    await conn.execute(EMPTY_LOG)
     yield conn
     await conn.close()
 

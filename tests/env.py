@@ -12,6 +12,11 @@ from audit_consumer.settings import Settings as ConsumerSettings
 from audit_events.broker import IDENTITIES
 from audit_events.seals import SealKey, generate_seal_key
 
+EMPTY_LOG = (
+    "TRUNCATE audit_events, audit_seals, audit_dead_letters, audit_duplicates, audit_epochs"
+    " RESTART IDENTITY"
+)
+"""What resets the log between tests (as the owner: the append-only triggers let it through)."""
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"

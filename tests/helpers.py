@@ -35,6 +35,12 @@ from tests.env import EVENT_KEY, JWT_SECRET, SEAL_PUBLIC_KEY
 SECRET = JWT_SECRET
 
 
+def unchecked_event(**fields: object) -> AuditEvent:
+    """An event holding what the model refuses (NUL, say): what an older or foreign producer
+    could still put on the wire, to test the defences behind the model."""
+    return make_event().model_copy(update=fields)
+
+
 def make_event(**overrides: object) -> AuditEvent:
     fields: dict[str, object] = {
         "id": uuid7(),

@@ -13,7 +13,7 @@ from audit_devservers import NatsServer, PostgresServer
 from audit_devservers.clusters import (
     NatsCluster,
 )
-from tests.env import ADMIN, ROOT, service_env
+from tests.env import ADMIN, EMPTY_LOG, ROOT, service_env
 from tests.processes import Service, api, consumer
 
 ACK_WAIT = "5"  # short, so redelivery after a crash shows up quickly
@@ -82,5 +82,5 @@ async def prepared(
     await nc.close()
     await provision(settings)
     with psycopg.connect(owner, autocommit=True) as conn:
-        conn.execute("TRUNCATE audit_events, audit_seals")
+        conn.execute(EMPTY_LOG)
     return Rig(pg, ns, settings, logs)

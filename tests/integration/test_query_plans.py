@@ -14,6 +14,7 @@ import pytest
 from audit_consumer.writer import BatchWriter
 from audit_events import AuditEvent
 from audit_query.store import FEED, Filters, page_query
+from tests.env import EMPTY_LOG
 from tests.helpers import signed_row
 
 ROWS = 200_000
@@ -49,7 +50,7 @@ def events(n: int) -> list[AuditEvent]:
 @pytest.fixture(scope="module")
 async def loaded(migrated: str) -> str:
     async with await psycopg.AsyncConnection.connect(migrated, autocommit=True) as conn:
-        await conn.execute("TRUNCATE audit_events, audit_seals")
+        await conn.execute(EMPTY_LOG)
         writer = BatchWriter(conn)
         batch = events(ROWS)
         for start in range(0, ROWS, 10_000):

@@ -8,7 +8,7 @@ import pytest
 
 from audit_consumer.writer import BatchWriter
 from audit_events import COLUMNS, AuditEvent, row
-from tests.helpers import count_rows, make_event, signed_row, write
+from tests.helpers import count_rows, make_event, signed_row, unchecked_event, write
 
 
 @pytest.fixture
@@ -56,8 +56,8 @@ async def test_duplicates_are_ignored(writer: BatchWriter, db: Any) -> None:
 
 async def test_rejected_rows_are_isolated(writer: BatchWriter, db: Any) -> None:
     rows = [signed_row(make_event(), i) for i in range(20)]
-    rows[3] = signed_row(make_event(actor_id="nul\x00byte"), 3)  # text can't hold NUL
-    rows[17] = signed_row(make_event(metadata={"k": "\u0000"}), 17)  # nor can jsonb
+    rows[3] = signed_row(unchecked_event(actor_id="nul\x00byte"), 3)  # text can't hold NUL
+    rows[17] = signed_row(unchecked_event(metadata={"k": "\u0000"}), 17)  # nor can jsonb
     result = await write(writer, rows)
     assert result.inserted == 18
     assert [i for i, _ in result.rejected] == [3, 17]
@@ -80,9 +80,9 @@ async def test_duplicates_and_rejected_rows_in_one_batch(writer: BatchWriter, db
     batch = [
         signed_row(make_event(user_agent="tab\there, new\nline, back\\slash"), 2),  # escaped, kept
         stored,
-        signed_row(make_event(metadata={"k": "\u0000"}), 3),  # refused by PostgreSQL
+        signed_row(unchecked_event(metadata={"k": "\u0000"}), 3),  # refused by PostgreSQL
         signed_row(make_event(), 4),
-        signed_row(make_event(request_id="\x00"), 5),  # refused before sending
+        signed_row(unchecked_event(request_id="\x00"), 5),  # refused before sending
     ]
     result = await write(writer, batch)
     assert (result.inserted, result.duplicates) == (2, 1)
@@ -102,7 +102,8 @@ async def test_the_row_definition_is_the_tables(db: Any) -> None:
     assert set(COLUMNS) == table - {"recorded_at", "tx_id"}
     assert len(COLUMNS) == len(set(COLUMNS))
     event = make_event(trace_id="ab" * 16, request_id="r-1")
-    values = dict(zip(COLUMNS, row(event, 42, "k:sig", b"d" * 32), strict=True))
+    values = dict(zip(COLUMNS, row(event, 42, "k:sig", b"d" * 32, 7), strict=True))
+    assert values.pop("epoch") == 7
     assert values.pop("stream_seq") == 42
     assert values.pop("signature") == "k:sig"
     assert values.pop("digest") == b"d" * 32

@@ -75,7 +75,7 @@ def test_only_authentic_canonical_events_become_rows() -> None:
         ("signature", "bad signature: signature does not match"),
         ("invalid", "not the event's canonical form (model.encode)"),
     ]
-    *_, signature, digest = batch.rows[0]
+    *_, signature, digest, _ = batch.rows[0]
     assert digest == hashlib.sha256(good).digest()  # what the sealer will seal
     assert signature == keys.sign(good)  # the row keeps its signature
 
@@ -103,7 +103,7 @@ def test_unsigned_schema_1_events_are_accepted_only_until_the_deadline() -> None
     later = datetime.now(UTC) + timedelta(hours=1)
     accepted = batch_of((v1(encode(event)), None), until=later)
     assert accepted.dead == []
-    *_, signature, digest = accepted.rows[0]
+    *_, signature, digest, _ = accepted.rows[0]
     assert digest == hashlib.sha256(encode(event)).digest()  # of its canonical (v2) form
     assert signature is None  # sealed with the UNSIGNED flag
     expired = batch_of((v1(encode(event)), None), until=datetime.now(UTC) - timedelta(seconds=1))

@@ -31,6 +31,7 @@ class Batch:
     valid: list[Msg] = field(default_factory=list)
     dead: list[tuple[Msg, str, str]] = field(default_factory=list)  # (msg, kind, reason)
     redelivered: int = 0  # valid ones JetStream delivered before (metric only)
+    epoch: int | None = None  # the stream incarnation the batch came from (None: unaccounted)
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,9 @@ class Checks:
         return until is not None and datetime.now(UTC) < until
 
 
-def decode_batch(msgs: list[Msg], checks: Checks) -> Batch:
+def decode_batch(msgs: list[Msg], checks: Checks, epoch: int | None = None) -> Batch:
     """Check and decode a batch: rows for the authentic events, a reason for each other one."""
-    batch = Batch(msgs)
+    batch = Batch(msgs, epoch=epoch)
     unsigned_ok = checks.accepting_unsigned()
     for msg in msgs:
         signature = (msg.headers or {}).get(SIGNATURE_HEADER)
@@ -77,7 +78,8 @@ def decode_batch(msgs: list[Msg], checks: Checks) -> Batch:
             batch.dead.append((msg, "invalid", f"action {event.action} must arrive on {expected}"))
             continue
         stream_seq, delivered = delivery(msg)
-        batch.rows.append(row(event, stream_seq, signature, hashlib.sha256(data).digest()))
+        digest = hashlib.sha256(data).digest()
+        batch.rows.append(row(event, stream_seq, signature, digest, epoch))
         batch.valid.append(msg)
         batch.redelivered += delivered > 1
     return batch

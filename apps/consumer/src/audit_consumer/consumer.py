@@ -8,9 +8,16 @@ Order of operations per batch, and why no acknowledged event is lost or doubled:
    skipped by the primary key); a row PostgreSQL rejects is isolated and dead-lettered, its
    neighbours are stored;
 3. publish each dead letter to ``AUDIT_DLQ`` and wait for JetStream's ack (``Nats-Msg-Id`` =
-   ``<stream>-<seq>``, so a redelivered poison message is dead-lettered once);
+   ``<stream>-<seq>``, so a redelivered poison message is dead-lettered once), and record it in
+   ``audit_dead_letters`` (its sequence, subject, reason and digest: ``accounting.py``);
 4. only then ack the batch. A crash anywhere before 4 means redelivery after ``ack_wait``,
    and the primary key makes the second write a no-op.
+
+Every broker sequence is thus a row, a dead-letter record or a duplicate record before the
+durable's ack floor passes it; the sealer puts that floor into each seal, and ``audit-verify``
+names any sequence below it that nothing accounts for. What PostgreSQL says it inserted is what
+is counted as stored: a shortfall is logged and counted (``rows_missing_total``), never
+claimed.
 
 Committed rows are sealed within ``AUDIT_SEAL_INTERVAL_SECONDS`` by whichever consumer's
 sealer runs next (``sealer.py``); sealing never delays a batch or its ack.
@@ -20,17 +27,20 @@ off with jitter, reconnects and retries the same rows, telling JetStream the mes
 in progress so they are not handed to another worker meanwhile. Nothing is dead-lettered for an
 outage, and the durable has no redelivery limit.
 
-(Over 250 lines on purpose: the loop, its shutdown and one batch's write, dead-letter and ack
+(Over 300 lines on purpose: the loop, its shutdown and one batch's write, dead-letter and ack
 steps stay in one file, because the guarantee is the order of those steps.)
 """
 
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psycopg
 from nats.aio.client import Client as NATS
@@ -40,18 +50,20 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from audit_consumer import metrics
+from audit_consumer.accounting import Epoch, ack_floor, register_epoch
 from audit_consumer.batch import Batch, Checks, decode_batch
 from audit_consumer.deadletter import Publisher, dead_letter
-from audit_consumer.puller import Puller, Source
+from audit_consumer.puller import Puller, Source, delivery
 from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
 from audit_consumer.spans import batch_span, consume_spans
 from audit_consumer.trimming import Trimmer
-from audit_consumer.writer import BatchWriter, WriteResult, WriterPool
+from audit_consumer.writer import BatchWriter, WriteResult, WriterPool, record_letters
 from audit_events.broker import CONSUMER, connect_until
-from audit_events.seals import SealKey
+from audit_events.seals import Floor, SealKey, SealKeys
 
 log = logging.getLogger("audit.consumer")
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,7 +88,17 @@ class Consumer:
             settings.db_connections, lambda: BatchWriter.connect(url)
         )
         self.checks = Checks(settings.keys, settings.accept_unsigned_until, settings.names)
-        self.sealer = Sealer(url, SealKey(settings.seal_key), settings.seal_interval_seconds)
+        self.epoch: Epoch | None = None  # the durable's incarnation (accounting.py)
+        self.floor = 0  # its ack floor, as last read
+        key = SealKey(settings.seal_key)
+        trusted = settings.seal_public_keys
+        self.sealer = Sealer(
+            url,
+            key,
+            settings.seal_interval_seconds,
+            SealKeys([key.public_text(), *trusted.split(",")]) if trusted else None,
+            self.current_floor,
+        )
         self.db_ok = False
         self.durable_ok = True  # until the first check says otherwise
         self.last_progress = time.monotonic()
@@ -105,6 +127,12 @@ class Consumer:
     def nats_connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
+    def current_floor(self) -> Floor | None:
+        """What the sealer puts into its next seal: every sequence of this epoch up to the
+        durable's ack floor was acknowledged, so must be accounted for."""
+        epoch = self.epoch
+        return Floor(epoch.id, epoch.first_seq, self.floor) if epoch else None
+
     async def run(self) -> None:
         """Connect (waiting for NATS as long as it takes), then consume until stopped."""
         self.nc = await self._connect_nats()
@@ -121,6 +149,8 @@ class Consumer:
             asyncio.create_task(self.sealer.run()),
         ]
         try:
+            while self.epoch is None and not self.stopping:  # rows must carry their epoch
+                await self._sleep(0.1)
             await self.consume(puller, js)
         finally:
             for task in background:
@@ -148,7 +178,8 @@ class Consumer:
                 if not stop:
                     pending = asyncio.create_task(self._fetch(source))
                 if msgs:
-                    batch = decode_batch(msgs, self.checks)
+                    epoch = self.epoch.id if self.epoch else None
+                    batch = decode_batch(msgs, self.checks, epoch)
                     if len(storing) == self.writers.size:  # wait for the slot to be free
                         await storing.popleft()
                     storing.append(asyncio.create_task(self.store(js, batch, slot)))
@@ -176,6 +207,13 @@ class Consumer:
         while True:
             try:
                 info = await js.consumer_info(names.stream, names.durable)
+                if self.epoch is None or self.epoch.created != info.created:
+                    self.epoch = await register_epoch(
+                        self.settings.consumer_database_url, names, info
+                    )
+                    log.info("epoch %d (accounting from stream sequence %d)",
+                             self.epoch.id, self.epoch.first_seq)  # fmt: skip
+                self.floor = ack_floor(info)
                 metrics.LAG.set(info.num_pending + info.num_ack_pending)
                 await trimmer.trim(info)
                 if not self.durable_ok:
@@ -274,10 +312,28 @@ class Consumer:
                 self.stats.duplicates += result.duplicates
                 metrics.MESSAGES.labels("stored").inc(result.inserted)
                 metrics.MESSAGES.labels("duplicate").inc(result.duplicates)
+                if result.missing:
+                    metrics.ROWS_MISSING.inc(result.missing)
+                    log.error(
+                        "PostgreSQL accepted %d rows of a batch without inserting them: a"
+                        " trigger or rule dropped acknowledged events (audit-verify names them)",
+                        result.missing,
+                    )
                 dead += [(valid[i], "rejected", reason) for i, reason in result.rejected]
                 for msg, kind, reason in dead:
                     if await dead_letter(js, self.settings.names, msg, kind, reason):
                         self.stats.dead_lettered += 1
+                if dead and batch.epoch is not None:
+                    letters = [
+                        (delivery(m)[0], m.subject, kind, reason, hashlib.sha256(m.data).digest())
+                        for m, kind, reason in dead
+                    ]
+                    epoch = batch.epoch
+                    done = await self._until_stored(
+                        slot, lambda w: record_letters(w, epoch, letters)
+                    )
+                    if done is None:
+                        return  # stopping while PostgreSQL is down: unacked, redelivered
                 for msg in msgs:
                     await msg.ack()
         except Exception as exc:
@@ -296,12 +352,23 @@ class Consumer:
         stop."""
         if not batch.rows:
             return WriteResult()
+
+        async def write(writer: BatchWriter) -> WriteResult:
+            with metrics.WRITE_SECONDS.time():
+                return await writer.write(batch.rows)
+
+        return await self._until_stored(slot, write)
+
+    async def _until_stored(
+        self, slot: int, write: Callable[[BatchWriter], Awaitable[T]]
+    ) -> T | None:
+        """``write`` over the slot's connection, retried through any PostgreSQL outage; ``None``
+        if asked to stop meanwhile."""
         delay = 0.1
         while True:
             try:
                 writer = await self.writers.get(slot)
-                with metrics.WRITE_SECONDS.time():
-                    result = await writer.write(batch.rows)
+                result = await write(writer)
                 metrics.LAST_WRITE.set_to_current_time()
                 if not self.db_ok:
                     log.info("PostgreSQL writes ok")

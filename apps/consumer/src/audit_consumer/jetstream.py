@@ -14,6 +14,7 @@ import nats
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
@@ -138,8 +139,9 @@ async def ensure_durable(js: JetStreamContext, stream: str, want: ConsumerConfig
     return "unchanged"
 
 
-async def provision(settings: Settings) -> None:
-    """Streams ``AUDIT``, ``AUDIT_DLQ`` and the durable ``audit-writer``, created or updated."""
+async def provision(settings: Settings) -> ConsumerInfo:
+    """Streams ``AUDIT``, ``AUDIT_DLQ`` and the durable ``audit-writer``, created or updated;
+    the durable as it now is."""
     nc = await until_up(
         "NATS",
         lambda: nats.connect(**settings.connect_options(SETUP), max_reconnect_attempts=1),
@@ -152,5 +154,7 @@ async def provision(settings: Settings) -> None:
         names = settings.names
         state = await ensure_durable(js, names.stream, consumer_config(settings))
         log.info("durable %s on %s: %s", names.durable, names.stream, state)
+        info: ConsumerInfo = await js.consumer_info(names.stream, names.durable)
+        return info
     finally:
         await nc.close()

@@ -58,3 +58,19 @@ SEAL_HEAD = Info(
     "audit_consumer_seal_head",
     "The last seal this process wrote: its number and hash (pin it: audit-verify --head)",
 )
+SEAL_CHAIN_OK = Gauge(
+    "audit_consumer_seal_chain_ok",
+    "0 while the newest seal cannot be extended (its signature fails, or it claims rows that"
+    " cannot exist yet): sealing has stopped; see the log for why",
+)
+SEAL_CHAIN_OK.set(1)
+ROWS_MISSING = Counter(
+    "audit_consumer_rows_missing_total",
+    "Rows PostgreSQL did not insert although it accepted the batch (a trigger or rule dropped"
+    " them): acknowledged events not stored; audit-verify names their sequences",
+)
+HORIZON_HOLDER = Gauge(
+    "audit_consumer_horizon_holder_age_seconds",
+    "Age of the oldest transaction holding back sealing and the feed (0 when none does)",
+    ["pid", "user", "database", "application"],
+)

@@ -4,19 +4,28 @@ batches committed since the last seal (``audit_events/seals.py`` says what a sea
 Why every row is sealed exactly once, with any number of consumers, crashes, out-of-order
 commits and redeliveries:
 
-- a seal covers the rows whose ``tx_id`` lies in ``[previous seal's upto_tx, horizon)``; the
-  horizon (``audit_events/horizon.py``) is read in the same REPEATABLE READ snapshot as those
-  rows, so no row can join that range later, and the next seal starts where this one ends;
+- a seal covers the rows (and dead-letter and duplicate records) whose ``tx_id`` lies in
+  ``[previous seal's upto_tx, horizon)``; the horizon (``audit_events/horizon.py``) is read in the
+  same REPEATABLE READ snapshot as those rows, so no row can join that range later, and the next
+  seal starts where this one ends;
 - a redelivered message inserts no row (``writer.py``), so there is nothing twice to seal;
 - one sealer at a time: a transaction-scoped advisory lock (a consumer that cannot take it skips
   this round), and ``seq`` is the primary key, so even a sealer that read a stale chain cannot
   add a second seal with the same number: its insert fails, nothing is written;
 - a crash before COMMIT leaves no seal; the next round covers the same range.
+
+Why sealing cannot be stopped quietly: the sealer extends only a head it can check — signed by a
+key it trusts, claiming no transaction beyond the current horizon. A head that fails (a seal the
+writer login forged, say with a huge ``upto_tx``) stops sealing *loudly*: ``seal_chain_ok`` 0,
+an error line, the ``AuditSealChainBroken`` alert; the seal lag is measured from the newest seal
+that checks, so it grows as it should. When the horizon is held back, the session holding it is
+named (log line and ``horizon_holder_age_seconds``).
 """
 
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,34 +34,73 @@ from psycopg import IsolationLevel
 
 from audit_consumer import metrics
 from audit_events.horizon import horizon
-from audit_events.seals import ENTRY_BYTES, GENESIS, Seal, SealKey
+from audit_events.seals import (
+    DUPLICATE_HASH,
+    ENTRY_BYTES,
+    GENESIS,
+    LETTER_HASH,
+    RECORD_KEY,
+    ROW_BINDING,
+    SEAL_COLUMNS,
+    Floor,
+    Seal,
+    SealKey,
+    SealKeys,
+    seal_of,
+)
 
 log = logging.getLogger("audit.sealer")
 
 LOCK = 0x61756469745F7365  # "audit_se": one sealer at a time, per database
-_LAST = "SELECT seq, upto_tx::text::bigint, hash FROM audit_seals ORDER BY seq DESC LIMIT 1"
-_ENTRIES = (  # flag, id, digest of each row, in (tx_id, id) order, built by PostgreSQL
-    "SELECT string_agg(CASE WHEN signature IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea END"
-    " || uuid_send(id) || digest, ''::bytea ORDER BY tx_id, id) FROM audit_events"
-    " WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
+HOLDER_AFTER_SECONDS = 10.0  # name the session holding the horizon once sealing lags this much
+_SEALS = (  # the newest seals, newest first: the head, and what to fall back to if it fails
+    f"SELECT {SEAL_COLUMNS} FROM audit_seals ORDER BY seq DESC LIMIT 100"  # noqa: S608
+)
+_RANGE = "tx_id >= %(start)s::text::xid8 AND tx_id < %(upto)s::text::xid8"
+_ENTRIES = (  # flag, key, hash of each row and record, built by PostgreSQL
+    "SELECT string_agg(entry, ''::bytea ORDER BY tx, entry) FROM ("  # noqa: S608 (constants)
+    " SELECT tx_id AS tx, CASE WHEN signature IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea"
+    f" END || uuid_send(id) || sha256(digest || {ROW_BINDING}) AS entry"
+    f" FROM audit_events WHERE {_RANGE}"
+    f" UNION ALL SELECT tx_id, '\\x02'::bytea || {RECORD_KEY} || {LETTER_HASH}"
+    f" FROM audit_dead_letters WHERE {_RANGE}"
+    f" UNION ALL SELECT tx_id, '\\x03'::bytea || {RECORD_KEY} || {DUPLICATE_HASH}"
+    f" FROM audit_duplicates WHERE {_RANGE}) e"
 )
 _LAG = (
     "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(recorded_at)), 0)::float8"
     " FROM audit_events WHERE tx_id >= %s::text::xid8"
 )
+_HOLDER = (  # the oldest transaction with an id, anywhere on the server
+    "SELECT pid, coalesce(usename, '?'), coalesce(datname, '?'), coalesce(application_name, ''),"
+    " extract(epoch FROM clock_timestamp() - xact_start)::float8 FROM pg_stat_activity"
+    " WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+    " ORDER BY age(backend_xid) DESC LIMIT 1"
+)
 _INSERT = (
     "INSERT INTO audit_seals (seq, from_tx, upto_tx, row_count, rows_digest, prev_hash,"
-    " sealed_at, key_id, signature, hash, entries)"
-    " VALUES (%s, %s::text::xid8, %s::text::xid8, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " sealed_at, key_id, signature, hash, entries, version, kind, scope, floor_epoch,"
+    " floor_first, floor_seq, body) VALUES (%s, %s::text::xid8, %s::text::xid8, %s, %s, %s, %s,"
+    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 
 class Sealer:
-    """Seals from one consumer process, over its own connection (the writer login)."""
+    """Seals from one consumer process, over its own connection (the writer login).
+    ``floor`` tells it the ack floor the consumer last read (``None`` until it knows one)."""
 
-    def __init__(self, url: str, key: SealKey, interval: float) -> None:
-        self.url, self.key, self.interval = url, key, interval
+    def __init__(
+        self,
+        url: str,
+        key: SealKey,
+        interval: float,
+        trusted: SealKeys | None = None,
+        floor: Callable[[], Floor | None] = lambda: None,
+    ) -> None:
+        self.url, self.key, self.interval, self.floor = url, key, interval, floor
+        self.trusted = trusted or SealKeys([key.public_text()])
         self.conn: psycopg.AsyncConnection[Any] | None = None
+        self._broken: str | None = None  # why the head cannot be extended (said once)
 
     async def run(self) -> None:
         """Seal every ``interval`` seconds until cancelled; errors are logged and retried."""
@@ -87,9 +135,14 @@ class Sealer:
             async with conn.transaction():
                 seal, lag_from = await self._seal(conn)
                 lag = await (await conn.execute(_LAG, (lag_from,))).fetchone()
+                lag_seconds = lag[0] if lag else 0.0
+                if lag_seconds >= HOLDER_AFTER_SECONDS:
+                    await self._name_holder(conn)
+                else:
+                    metrics.HORIZON_HOLDER.clear()
         except psycopg.errors.UniqueViolation:  # another sealer was faster: it sealed this range
             return None
-        metrics.SEAL_LAG.set(lag[0] if lag else 0.0)
+        metrics.SEAL_LAG.set(lag_seconds)
         if seal is not None:
             metrics.SEALS.inc()
             metrics.SEALED_ROWS.inc(seal.row_count)
@@ -103,41 +156,76 @@ class Sealer:
         locked = await (
             await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK,))
         ).fetchone()
-        last = await (await conn.execute(_LAST)).fetchone()
-        seq, start, prev = (last[0], last[1], bytes(last[2])) if last else (0, 0, GENESIS)
+        upto = await horizon(conn)
+        newest = [seal_of(r) for r in await (await conn.execute(_SEALS)).fetchall()]
+        valid = next((s for s in newest if self._why_not(s, upto) is None), None)
+        head = newest[0] if newest else None
+        if head is not None and (why := self._why_not(head, upto)):
+            self._chain(f"seal #{head.seq} cannot be extended: {why}")
+            return None, valid.upto_tx if valid else 0
+        self._chain(None)
+        seq, start, prev = (head.seq, head.upto_tx, head.hash) if head else (0, 0, GENESIS)
         if not (locked and locked[0]):
             return None, start
-        upto = await horizon(conn)
-        found = await (await conn.execute(_ENTRIES, (start, upto))).fetchone()
+        found = await (await conn.execute(_ENTRIES, {"start": start, "upto": upto})).fetchone()
         entries = bytes(found[0] or b"") if found else b""
-        if not entries:
-            return None, start
+        floor = self.floor()
+        if not entries and (floor is None or (head is not None and head.floor == floor)):
+            return None, start  # nothing new: no rows, no records, no new floor
         seal = self.key.sign(
             Seal(
                 seq=seq + 1,
                 from_tx=start,
-                upto_tx=upto,
+                upto_tx=max(upto, start),
                 row_count=len(entries) // ENTRY_BYTES,
                 rows_digest=hashlib.sha256(entries).digest(),
                 prev_hash=prev,
                 sealed_at=datetime.now(UTC),
                 key_id=self.key.id,
+                floor=floor,
             )
         )
+        f = seal.floor
         await conn.execute(
             _INSERT,
             (
-                seal.seq,
-                seal.from_tx,
-                seal.upto_tx,
-                seal.row_count,
-                seal.rows_digest,
-                seal.prev_hash,
-                seal.sealed_at,
-                seal.key_id,
-                seal.signature,
-                seal.hash,
-                entries,
+                seal.seq, seal.from_tx, seal.upto_tx, seal.row_count, seal.rows_digest,
+                seal.prev_hash, seal.sealed_at, seal.key_id, seal.signature, seal.hash, entries,
+                seal.version, seal.kind, seal.scope, f and f.epoch, f and f.first, f and f.seq,
+                seal.body,
             ),
-        )
-        return seal, upto
+        )  # fmt: skip
+        return seal, seal.upto_tx
+
+    def _why_not(self, seal: Seal, upto: int) -> str | None:
+        """Why ``seal`` is no head to extend, or None: a trusted key signed it, and it claims no
+        transaction that cannot have ended yet."""
+        if why := self.trusted.check(seal):
+            return why
+        if seal.upto_tx > upto:
+            return f"it claims transactions up to {seal.upto_tx}, beyond the horizon {upto}"
+        return None
+
+    def _chain(self, why: str | None) -> None:
+        """Say once when sealing stops, and when it works again."""
+        if why and why != self._broken:
+            log.error("sealing stopped: %s (remove that seal as the owner: README, Integrity)", why)
+        elif why is None and self._broken:
+            log.info("the seal chain can be extended again")
+        self._broken = why
+        metrics.SEAL_CHAIN_OK.set(0 if why else 1)
+
+    async def _name_holder(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The session whose transaction holds the horizon back, as far as this login may see
+        (another database's sessions on a shared server included)."""
+        row = await (await conn.execute(_HOLDER)).fetchone()
+        metrics.HORIZON_HOLDER.clear()
+        if row is None:
+            return
+        pid, user, database, application, age = row
+        metrics.HORIZON_HOLDER.labels(str(pid), user, database, application).set(age or 0.0)
+        log.warning(
+            "sealing and the feed are held back by pid %s (user %s, database %s, application %r),"
+            " in a transaction for %.0f s",
+            pid, user, database, application, age or 0.0,
+        )  # fmt: skip

@@ -41,6 +41,8 @@ class Settings(BrokerSettings, EventKeySettings):
 
     # integrity (README, "Integrity")
     seal_key: str = Field("", alias="AUDIT_SEAL_KEY", repr=False)
+    # Keys besides its own whose seals the sealer extends (while rotating the sealing key).
+    seal_public_keys: str = Field("", alias="AUDIT_SEAL_PUBLIC_KEYS")
     seal_interval_seconds: float = Field(1.0, gt=0, le=60, alias="AUDIT_SEAL_INTERVAL_SECONDS")
     accept_unsigned_until: AwareDatetime | None = Field(None, alias="AUDIT_ACCEPT_UNSIGNED_UNTIL")
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from audit_consumer.accounting import register_epoch
 from audit_consumer.database import migrate
 from audit_consumer.jetstream import provision
 from audit_consumer.settings import Settings
@@ -14,11 +15,15 @@ log = logging.getLogger("audit.setup")
 
 
 async def run(what: str, settings: Settings) -> None:
-    """``all`` = migrate then provision."""
+    """``all`` = migrate, provision, then register the durable's epoch (``accounting.py``), so
+    the accounting of a new stream starts at its first sequence."""
     if what in ("all", "migrate"):
         await migrate(settings)
     if what in ("all", "provision"):
-        await provision(settings)
+        info = await provision(settings)
+        if what == "all":
+            epoch = await register_epoch(settings.database_url, settings.names, info)
+            log.info("epoch %d: accounting from stream sequence %d", epoch.id, epoch.first_seq)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""The repository: store a batch of audit rows in one transaction, isolating rows PostgreSQL
-rejects.
+"""The batch writer: store a batch of audit rows in one transaction, isolating rows PostgreSQL
+rejects, and report what PostgreSQL really inserted.
 
 Fast path: the batch is formatted once as COPY text and copied straight into ``audit_events``
 in one statement (autocommit: the COPY is its own transaction, one round trip per batch). Each
@@ -9,8 +9,10 @@ row carries the SHA-256 of its canonical bytes (``digest``), which the sealer la
 Why nothing is doubled: ``id`` is the primary key. If any row of the batch is already stored
 (a redelivery after a crash between commit and ack, or the same event published twice), the
 COPY fails as a whole with a unique violation, nothing of it is kept, and the batch is written
-again the slow way: COPY into a temp table, then ``INSERT … SELECT … ON CONFLICT (id) DO
-NOTHING``, which skips exactly the rows already there.
+again the slow way: COPY into a temp table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``,
+which skips exactly the rows already there (and records their sequences as duplicates).
+Why a loss is seen: the fast path compares the count PostgreSQL reports for the COPY with the
+rows sent; a shortfall (a trigger that silently dropped rows) is reported as ``missing``.
 Why nothing is lost: the caller acks a message only after :meth:`BatchWriter.write` returned,
 i.e. after COMMIT; any error before that leaves every message unacked in the stream.
 """
@@ -43,8 +45,19 @@ _STAGE = sql.SQL(
     " (LIKE audit_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _COPY_STAGE = sql.SQL("COPY audit_stage ({}) FROM STDIN").format(_COLS)
+# No conflict target: a key of (id) today, (id, occurred_at) once the table is partitioned
+# (retention); consumers of this version work with both. A row that inserts nothing repeats an
+# event already stored: its sequence is recorded as a duplicate in the same transaction, so the
+# broker's numbering stays accounted for (a trigger that drops rows shows up as a duplicate of
+# an event that does not exist: audit-verify names it).
 _INSERT = sql.SQL(
-    "INSERT INTO audit_events ({cols}) SELECT {cols} FROM audit_stage ON CONFLICT (id) DO NOTHING"
+    "WITH ins AS (INSERT INTO audit_events ({cols}) SELECT {cols} FROM audit_stage"
+    " ON CONFLICT DO NOTHING RETURNING id),"
+    " dup AS (INSERT INTO audit_duplicates (epoch, stream_seq, event_id)"
+    " SELECT s.epoch, s.stream_seq, s.id FROM audit_stage s"
+    " WHERE s.epoch IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = s.id)"
+    " ON CONFLICT DO NOTHING)"
+    " SELECT count(*) FROM ins"
 ).format(cols=_COLS)
 
 TRACER = trace.get_tracer("audit_consumer")
@@ -58,6 +71,7 @@ class WriteResult:
     inserted: int = 0
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
+    missing: int = 0  # accepted by PostgreSQL, yet not inserted (a trigger dropped them)
 
 
 class BatchWriter:
@@ -106,14 +120,19 @@ class BatchWriter:
                 await self._write(lines[middle:], result, dedupe)
             return
         result.inserted += inserted
-        result.duplicates += len(lines) - inserted
+        if dedupe:
+            result.duplicates += len(lines) - inserted
+        else:
+            result.missing += len(lines) - inserted
 
     async def _copy(self, data: bytes, count: int) -> int:
-        """All rows are new (the usual case): one COPY, committed when it ends."""
+        """All rows are new (the usual case): one COPY, committed when it ends. What PostgreSQL
+        says it inserted is what counts, not what was sent (:meth:`_write` compares)."""
         with _db_span("COPY", count):  # the psycopg instrumentation does not see COPY
-            async with self.conn.cursor() as cur, cur.copy(_COPY) as copy:
-                await copy.write(data)
-        return count
+            async with self.conn.cursor() as cur:
+                async with cur.copy(_COPY) as copy:
+                    await copy.write(data)
+                return cur.rowcount
 
     async def _insert_new(self, data: bytes, count: int) -> int:
         """Some rows may be stored already: stage them, insert only the new ones."""
@@ -125,7 +144,33 @@ class BatchWriter:
                 async with cur.copy(_COPY_STAGE) as copy:
                     await copy.write(data)
             await cur.execute(_INSERT)
-            return cur.rowcount
+            inserted = await cur.fetchone()
+            return int(inserted[0]) if inserted else 0
+
+
+_LETTERS = (
+    "INSERT INTO audit_dead_letters (epoch, stream_seq, subject, kind, reason, digest)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+
+
+async def record_letters(
+    writer: "BatchWriter", epoch: int, letters: Sequence[tuple[int, str, str, str, bytes]]
+) -> int:
+    """The durable record of dead letters ``(stream_seq, subject, kind, reason, sha256 of the
+    bytes)``, written before they are acked: the DLQ stream's own limits never erase the
+    accounting. A redelivered letter is recorded once (the key is its sequence)."""
+    async with writer.conn.transaction(), writer.conn.cursor() as cur:
+        await cur.executemany(
+            _LETTERS, [(epoch, seq, subject, kind, _storable(reason), digest)
+                       for seq, subject, kind, reason, digest in letters]
+        )  # fmt: skip
+    return len(letters)
+
+
+def _storable(text: str) -> str:
+    """A reason as PostgreSQL's text holds it (a decoder's message may quote a NUL)."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode()
 
 
 class WriterPool:

@@ -182,7 +182,7 @@ EVENT_COLUMNS = (
     "metadata",
 )
 """The event's fields stored as they are, in row order (``schema_version`` is not stored)."""
-COLUMNS = (*EVENT_COLUMNS, "stream_seq", "signature", "digest")
+COLUMNS = (*EVENT_COLUMNS, "stream_seq", "signature", "digest", "epoch")
 """The ``audit_events`` columns the consumer writes, in the order of :func:`row`'s values: the
 COPY column list is this tuple. ``recorded_at`` and ``tx_id`` are the database's own (the writer
 login may not set them)."""
@@ -191,10 +191,17 @@ event_values: "operator.attrgetter[tuple[Any, ...]]" = operator.attrgetter(*EVEN
 """The event's values in :data:`EVENT_COLUMNS` order (what :func:`canonical` takes)."""
 
 
-def row(event: AuditEvent, stream_seq: int, signature: str | None, digest: bytes) -> Row:
+def row(
+    event: AuditEvent,
+    stream_seq: int,
+    signature: str | None,
+    digest: bytes,
+    epoch: int | None = None,
+) -> Row:
     """The event as an ``audit_events`` row, in :data:`COLUMNS` order: with its producer's
-    signature and the SHA-256 of its :func:`canonical` bytes (what the sealer seals)."""
-    return (*event_values(event), stream_seq, signature, digest)
+    signature, the SHA-256 of its :func:`canonical` bytes (what the sealer seals), and the
+    broker sequence and stream incarnation (epoch) it was delivered with."""
+    return (*event_values(event), stream_seq, signature, digest, epoch)
 
 
 def read_expr(column: str) -> str:

@@ -17,9 +17,10 @@ A key's id is derived from its public key.
 
 import base64
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from cryptography import x509
@@ -29,9 +30,44 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from audit_events.model import utc_text
 
-AUTHORED, UNSIGNED = 0, 1
-"""Entry flags: the row has a producer signature (checked by the consumer), or none (rows from
-before this feature, or schema_version 1 while ``AUDIT_ACCEPT_UNSIGNED_UNTIL``)."""
+AUTHORED, UNSIGNED, LETTER, DUPLICATE = 0, 1, 2, 3
+"""Entry flags: a row with a producer signature (checked by the consumer), or without one (rows
+from before authorship, or schema_version 1 while ``AUDIT_ACCEPT_UNSIGNED_UNTIL``); a dead-letter
+record; a duplicate record (version 2 seals only)."""
+VERSION = 2
+"""Version 1 seals list each row's ``digest`` (the canonical event bytes' SHA-256) and cover
+only ``audit_events``. Version 2 (this one) binds every column of a row — the database's own
+too: an entry's hash is ``sha256(digest || ROW_BINDING)`` — covers the dead-letter and duplicate
+records of its transaction range, and carries the ack floor the sealing consumer last read.
+Both versions verify; a consumer of this version writes only version 2."""
+
+ROW_BINDING = (
+    "int8send(tx_id::text::bigint) || timestamptz_send(recorded_at) || int8send(stream_seq)"
+    " || int4send(coalesce(epoch, -1)) || coalesce(inet_send(source_ip), ''::bytea)"
+)
+"""SQL over an ``audit_events`` row: the bytes of what the database assigned or holds beyond the
+event's canonical form — its transaction, its time, its broker sequence and epoch, and the
+address exactly as stored (family, mask and all: ``host()`` would hide a mask)."""
+LETTER_HASH = (
+    "sha256(int8send(tx_id::text::bigint) || timestamptz_send(recorded_at) || digest"
+    " || convert_to(subject || E'\\n' || kind || E'\\n' || reason, 'UTF8'))"
+)
+DUPLICATE_HASH = (
+    "sha256(int8send(tx_id::text::bigint) || timestamptz_send(recorded_at) || uuid_send(event_id))"
+)
+RECORD_KEY = "int4send(epoch) || int8send(stream_seq) || '\\x00000000'::bytea"
+"""The 16-byte key of a dead-letter or duplicate entry: its epoch and sequence."""
+
+
+def record_key(epoch: int, stream_seq: int) -> bytes:
+    return epoch.to_bytes(4, "big", signed=True) + stream_seq.to_bytes(8, "big") + bytes(4)
+
+
+def bound(digest: bytes, binding: bytes) -> bytes:
+    """A version 2 row entry's hash: the row's canonical digest bound to its stored values."""
+    return hashlib.sha256(digest + binding).digest()
+
+
 ENTRY_BYTES = 1 + 16 + 32
 GENESIS = bytes(32)
 """``prev_hash`` of the first seal."""
@@ -41,6 +77,16 @@ def entries(blob: bytes) -> Iterator[tuple[int, UUID, bytes]]:
     """The ``(flag, id, digest)`` of each entry in ``blob``."""
     for at in range(0, len(blob) - ENTRY_BYTES + 1, ENTRY_BYTES):
         yield blob[at], UUID(bytes=blob[at + 1 : at + 17]), blob[at + 17 : at + ENTRY_BYTES]
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Every sequence of ``epoch`` from ``first`` to ``seq`` was acknowledged by the durable: each
+    must be a row, a dead-letter or duplicate record (or, after retention, in a cut)."""
+
+    epoch: int
+    first: int
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -56,20 +102,35 @@ class Seal:
     sealed_at: datetime
     key_id: str
     signature: bytes = b""
+    version: int = VERSION
+    kind: str = "rows"  # or "cut" (retention)
+    scope: str = ""  # a partition (retention); empty: the whole table
+    floor: Floor | None = None
+    body: bytes = b""  # a cut's details (retention)
 
     def payload(self) -> bytes:
         """The signed bytes: every field but the signature, one per line."""
+        common = (
+            str(self.seq),
+            str(self.from_tx),
+            str(self.upto_tx),
+            str(self.row_count),
+            self.rows_digest.hex(),
+            self.prev_hash.hex(),
+            utc_text(self.sealed_at),
+            self.key_id,
+        )
+        if self.version == 1:
+            return "\n".join(("audit-seal:1", *common)).encode()
+        floor = self.floor
         return "\n".join(
             (
-                "audit-seal:1",
-                str(self.seq),
-                str(self.from_tx),
-                str(self.upto_tx),
-                str(self.row_count),
-                self.rows_digest.hex(),
-                self.prev_hash.hex(),
-                utc_text(self.sealed_at),
-                self.key_id,
+                "audit-seal:2",
+                *common,
+                self.kind,
+                self.scope,
+                f"{floor.epoch}:{floor.first}:{floor.seq}" if floor else "-",
+                hashlib.sha256(self.body).hexdigest(),
             )
         ).encode()
 
@@ -83,6 +144,24 @@ class Seal:
         """``<seq>:<hash hex>``: give it to ``audit-verify --head`` to prove that the chain
         still extends this seal."""
         return f"{self.seq}:{self.hash.hex()}"
+
+
+SEAL_COLUMNS = (
+    "seq, from_tx::text::bigint, upto_tx::text::bigint, row_count, rows_digest, prev_hash,"
+    " sealed_at, key_id, signature, version, kind, scope, floor_epoch, floor_first, floor_seq,"
+    " coalesce(body, ''::bytea)"
+)
+"""The ``audit_seals`` columns :func:`seal_of` takes, in its order (a select list)."""
+
+
+def seal_of(row: Sequence[Any]) -> Seal:
+    """A :class:`Seal` from a row of :data:`SEAL_COLUMNS`."""
+    seq, start, upto, count, digest, prev, at, key_id, signature = row[:9]
+    floor = Floor(row[12], row[13], row[14]) if row[12] is not None else None
+    return Seal(
+        seq, start, upto, count, bytes(digest), bytes(prev), at, key_id, bytes(signature),
+        version=row[9], kind=row[10], scope=row[11], floor=floor, body=bytes(row[15]),
+    )  # fmt: skip
 
 
 def _public_raw(key: Ed25519PublicKey) -> bytes:
