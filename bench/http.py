@@ -9,8 +9,10 @@ from typing import Any
 import psycopg
 
 from audit_devservers import free_port
+from audit_events.seals import SealKey, SealKeys
 from audit_query.store import feed
-from bench.common import BIN, ROOT, CpuMeter
+from audit_query.trust import SealTrust
+from bench.common import BIN, ROOT, SEAL_KEY, CpuMeter
 from bench.rig import Bench
 from bench.stats import percentiles
 
@@ -123,9 +125,9 @@ async def end_to_end(bench: Bench, workers: int) -> None:
         async def follow() -> None:  # when does the feed hand each row out?
             async with await psycopg.AsyncConnection.connect(bench.pg.url) as c:
                 await c.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-                after = None
+                after, trust = None, SealTrust(SealKeys([SealKey(SEAL_KEY).public_text()]))
                 while not stop.is_set():
-                    page = await feed(c, after, 1000)
+                    page = await feed(c, after, 1000, trust)
                     now = time.time()
                     for item in page.items:
                         fed.setdefault(str(item["id"]), now)

@@ -134,6 +134,7 @@ def main() -> None:
             "AUDIT_JWT_SECRET": keys["AUDIT_JWT_SECRET"],
             "AUDIT_EVENT_KEYS": keys["AUDIT_QUERY_EVENT_KEY"],
             "AUDIT_NATS_PASSWORD": keys[PASSWORD_VARS[QUERY]],
+            "AUDIT_SEAL_PUBLIC_KEYS": keys["AUDIT_SEAL_PUBLIC_KEYS"],
             "AUDIT_QUERY_PORT": str(query_port),
             "AUDIT_QUERY_HOST": "127.0.0.1",
         }

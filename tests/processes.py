@@ -7,6 +7,7 @@ from pathlib import Path
 
 from audit_devservers import Child, free_port
 from audit_events.broker import API, CONSUMER, QUERY
+from audit_events.seals import SealKey
 from tests.env import BIN, SEAL_KEY, identity_env
 
 
@@ -70,6 +71,7 @@ def query(env: dict[str, str], logs: Path, reader_url: str) -> Service:
         **identity_env(QUERY),
         **env,
         "AUDIT_READER_DATABASE_URL": reader_url,
+        "AUDIT_SEAL_PUBLIC_KEYS": SealKey(SEAL_KEY).public_text(),
         "AUDIT_QUERY_PORT": str(port),
         "AUDIT_QUERY_HOST": "127.0.0.1",
     }

@@ -242,6 +242,7 @@ def test_each_workload_gets_only_the_credentials_its_job_needs(render: Render, v
         "AUDIT_JWT_SECRET",
         "AUDIT_QUERY_EVENT_KEY",
         "AUDIT_NATS_QUERY_PASSWORD",
+        "AUDIT_SEAL_PUBLIC_KEYS",  # public: which seals check
     }
     (reader,) = [e for e in pod_spec(query)["containers"][0]["env"] if "READER" in e["name"]]
     assert reader["valueFrom"]["secretKeyRef"]["key"] == "AUDIT_QUERY_DATABASE_URL"

@@ -19,7 +19,7 @@ from audit_events.authorship import SIGNATURE_HEADER
 from audit_events.broker import QUERY
 from audit_query.main import create_app, pool_for
 from audit_query.settings import Settings
-from tests.env import EVENT_KEY, JWT_SECRET, identity_env, without_credentials
+from tests.env import EVENT_KEY, JWT_SECRET, SEAL_PUBLIC_KEY, identity_env, without_credentials
 from tests.helpers import make_event, signed_row, wait_for, write
 
 READ = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'auditor', scope='audit:read')}"}
@@ -41,6 +41,7 @@ def query_settings(reader: str, streams: ConsumerSettings, **extra: Any) -> Sett
             "AUDIT_READER_DATABASE_URL": reader,
             "AUDIT_JWT_SECRET": JWT_SECRET,
             "AUDIT_EVENT_KEYS": EVENT_KEY,
+            "AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY,
             "NATS_URL": without_credentials(streams.nats_url),
             **identity_env(QUERY),
             **extra,

@@ -15,6 +15,7 @@ import pytest
 from alembic import command
 from psycopg.conninfo import make_conninfo
 
+from audit_consumer import metrics
 from audit_consumer.database import alembic_config, ensure_logins, migrate
 from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
@@ -71,6 +72,19 @@ async def test_an_untouched_table_is_intact(sealed: list[AuditEvent], migrated: 
         ),
         ("DELETE FROM audit_events WHERE resource_id = 'acc-7'", "deleted"),
         ("UPDATE audit_events SET tx_id = '1' WHERE resource_id = 'acc-7'", "altered"),
+        # The database's own columns and the stored form, bound by version 2 seals:
+        (
+            "UPDATE audit_events SET recorded_at = recorded_at - interval '1 hour'"
+            " WHERE resource_id = 'acc-7'",
+            "altered",
+        ),
+        ("UPDATE audit_events SET stream_seq = 1000 WHERE resource_id = 'acc-7'", "altered"),
+        ("UPDATE audit_events SET epoch = 9 WHERE resource_id = 'acc-7'", "altered"),
+        (
+            "UPDATE audit_events SET source_ip = set_masklen(source_ip, 8)"
+            " WHERE resource_id = 'acc-7'",
+            "altered",
+        ),
     ],
 )
 async def test_each_change_to_a_sealed_row_is_named(
@@ -301,3 +315,58 @@ async def test_since_checks_recent_seals_rows_and_the_whole_chain(
     assert chain.findings[0] == "seal #1: bad signature"  # the chain: always checked whole
     whole = await check(migrated)
     assert f"row {sealed[1].id}: altered (differs from seal #1)" in whole.findings
+
+
+async def test_a_row_with_a_transaction_id_from_the_future_is_named_at_once(
+    sealed: list[AuditEvent], db: Any, migrated: str
+) -> None:
+    """A forged tx_id beyond any transaction would wait "for a seal" for ever: named now, with
+    any grace."""
+    fake = make_event(actor_id="mallory")
+    await write(BatchWriter(db), [signed_row(fake, 99)])
+    await db.execute("UPDATE audit_events SET tx_id = '9000000000' WHERE id = %s", (fake.id,))
+    report = await check(migrated, grace=timedelta(hours=1))
+    assert report.findings == [
+        f"row {fake.id}: inserted (tx_id 9000000000: no transaction has had it yet)"
+    ]
+
+
+async def test_a_masked_address_is_named_before_any_seal(db: Any, migrated: str) -> None:
+    """``127.0.0.1/8`` drops the row out of address searches while ``host()`` shows
+    ``127.0.0.1``: a stored mask is named even on an unsealed row."""
+    event = make_event(source_ip="127.0.0.1")
+    await write(BatchWriter(db), [signed_row(event, 1)])
+    await db.execute("UPDATE audit_events SET source_ip = '127.0.0.1/8'")
+    report = await check(migrated, grace=timedelta(hours=1))
+    assert report.findings == [f"row {event.id}: altered (source_ip stored with a mask)"]
+
+
+async def test_a_fake_seal_by_the_writer_stops_sealing_loudly_and_is_named(
+    sealed: list[AuditEvent], db: Any, settings: Settings, migrated: str
+) -> None:
+    """The writer login may insert seals: one claiming every transaction to come would have
+    stopped sealing at 0 lag. The sealer refuses to extend it, says so (metric, log), the lag
+    grows from the last seal that checks, and audit-verify names the seal."""
+    url = make_conninfo(settings.database_url, user="audit_consumer", password="pw-1")
+    await ensure_logins(Settings(DATABASE_URL=settings.database_url, AUDIT_WRITER_DATABASE_URL=url))
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as writer:
+        await writer.execute(
+            "INSERT INTO audit_seals (seq, from_tx, upto_tx, row_count, rows_digest, prev_hash,"
+            " sealed_at, key_id, signature, hash, entries) SELECT 4, upto_tx, '9000000000', 0,"
+            " '', hash, now(), key_id, '', '', '' FROM audit_seals WHERE seq = 3"
+        )
+    late = make_event(resource_id="late")
+    await write(BatchWriter(db), [signed_row(late, 50)])
+    sealer = Sealer(migrated, SealKey(SEAL_KEY), 1.0)
+    assert await sealer.seal() is None  # the head cannot be extended
+    await sealer.close()
+    assert metrics.SEAL_CHAIN_OK._value.get() == 0
+    assert metrics.SEAL_LAG._value.get() > 0  # measured from seal #3, not from the fake
+    report = await check(migrated, grace=timedelta(hours=1))
+    assert report.findings[0] == "seal #4: bad signature"
+    await db.execute("DELETE FROM audit_seals WHERE seq = 4")  # the owner's repair (README)
+    sealer = Sealer(migrated, SealKey(SEAL_KEY), 1.0)
+    assert await sealer.seal() is not None
+    await sealer.close()
+    assert metrics.SEAL_CHAIN_OK._value.get() == 1
+    assert (await check(migrated)).findings == []

@@ -16,14 +16,16 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from audit_consumer.database import ensure_logins
+from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings as ConsumerSettings
 from audit_consumer.writer import BatchWriter
 from audit_devservers import Child, free_port
 from audit_events.auth import issue_token
 from audit_events.authorship import EventKeys
 from audit_events.broker import QUERY
+from audit_events.seals import SealKey
 from audit_query import store as store_module
-from tests.env import BIN, EVENT_KEY, JWT_SECRET, identity_env, without_credentials
+from tests.env import BIN, EVENT_KEY, JWT_SECRET, SEAL_KEY, identity_env, without_credentials
 from tests.helpers import make_event, metric, signed_row, wait_for, write
 from tests.integration.reading import (
     READ,
@@ -414,3 +416,22 @@ async def test_without_the_broker_a_read_is_refused_not_answered_off_the_record(
     assert "items" not in response.json()
     assert metric(scraped, "audit_query_unrecorded_total") == before + 1  # AuditQueryUnrecorded
     assert metric(scraped, "audit_query_nats_connected") == 0
+
+
+async def test_sealed_means_covered_by_a_seal_that_checks(
+    client: httpx.AsyncClient, db: Any, migrated: str
+) -> None:
+    """A seal the writer login forged (claiming every transaction to come) marks nothing
+    sealed: only rows under a seal whose signature checks are reported so."""
+    await store(db, [event(i) for i in range(3)])
+    sealer = Sealer(migrated, SealKey(SEAL_KEY), 1.0)
+    assert await sealer.seal() is not None
+    await sealer.close()
+    await store(db, [event(i) for i in range(3, 5)])
+    await db.execute(
+        "INSERT INTO audit_seals (seq, from_tx, upto_tx, row_count, rows_digest, prev_hash,"
+        " sealed_at, key_id, signature, hash, entries) SELECT 2, upto_tx, '9000000000', 0, '',"
+        " hash, now(), key_id, '', '', '' FROM audit_seals WHERE seq = 1"
+    )
+    items = (await client.get("/audit-events", headers=READ)).json()["items"]
+    assert sorted(i["sealed"] for i in items) == [False, False, True, True, True]

@@ -57,17 +57,41 @@ async def ensure_logins(settings: Settings) -> None:
     revoked alone) join ``audit_reader`` (SELECT only). Roles are created by the migrations;
     each login is created or its password refreshed. A URL that is not given, or names the
     owner itself, is left alone."""
-    for url, role in (
-        (settings.writer_database_url, "audit_writer"),
-        (settings.reader_database_url, "audit_reader"),
-        (settings.query_database_url, "audit_reader"),
+    for url, role, timeouts in (
+        (settings.writer_database_url, "audit_writer", WRITER_TIMEOUTS),
+        (settings.reader_database_url, "audit_reader", VERIFY_TIMEOUTS),
+        (settings.query_database_url, "audit_reader", QUERY_TIMEOUTS),
     ):
         if url:
-            await ensure_login(settings.database_url, url, role)
+            await ensure_login(settings.database_url, url, role, timeouts)
 
 
-async def ensure_login(owner_url: str, url: str, role: str) -> None:
-    """Make the user of ``url`` a login that is a member of ``role``."""
+# Per login, what a stuck or forgotten session may hold. Any open transaction with an id holds
+# back sealing and the feed for everyone (the commit horizon is the server's); these end the
+# project's own. The role's holder can SET them away: they guard against accidents, not it.
+# ``transaction_timeout`` exists from PostgreSQL 17 on.
+WRITER_TIMEOUTS = {  # a batch or a seal takes milliseconds; a seal after an outage, longer
+    "idle_in_transaction_session_timeout": "60s",
+    "statement_timeout": "300s",
+    "transaction_timeout": "600s",
+}
+QUERY_TIMEOUTS = {  # the service sets a 5 s statement timeout; an export runs up to ~6 min
+    "idle_in_transaction_session_timeout": "60s",
+    "statement_timeout": "900s",
+    "transaction_timeout": "900s",
+}
+VERIFY_TIMEOUTS = {  # its parent holds an exported snapshot idle while its workers read
+    "idle_in_transaction_session_timeout": "6h",
+    "statement_timeout": "6h",
+    "transaction_timeout": "6h",
+}
+
+
+async def ensure_login(
+    owner_url: str, url: str, role: str, timeouts: dict[str, str] | None = None
+) -> None:
+    """Make the user of ``url`` a login that is a member of ``role``, with ``timeouts`` (those
+    this server knows) as the login's defaults."""
     login = conninfo_to_dict(url)
     user, password = login.get("user"), login.get("password")
     if not user or user == conninfo_to_dict(owner_url).get("user"):
@@ -79,4 +103,13 @@ async def ensure_login(owner_url: str, url: str, role: str) -> None:
         verb = sql.SQL("ALTER" if await cur.fetchone() else "CREATE")
         await conn.execute(sql.SQL("{} ROLE {} LOGIN{}").format(verb, name, secret))
         await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), name))
+        version = int((await (await conn.execute("SHOW server_version_num")).fetchone())[0])  # type: ignore[index]
+        for setting, value in (timeouts or {}).items():
+            if setting == "transaction_timeout" and version < 170000:
+                continue
+            await conn.execute(
+                sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                    name, sql.Identifier(setting), sql.Literal(value)
+                )
+            )
     log.info("login %s: member of %s", user, role)

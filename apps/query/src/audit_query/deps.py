@@ -22,6 +22,7 @@ from audit_events.publishing import JetStreamPublisher
 from audit_query import pages, store
 from audit_query.recording import record
 from audit_query.settings import Settings
+from audit_query.trust import SealTrust
 from audit_web.client import MAX_PATH_CHARS, clean, peer
 
 SCOPE = "audit:read"
@@ -63,6 +64,7 @@ class Parts:
     denials: Folding  # denied reads, per source address and reason
     export_pool: AsyncConnectionPool  # exports only: listings keep the main pool
     exports: ExportGate
+    trust: SealTrust  # which rows a seal that checks covers
 
 
 def parts(request: Request) -> Parts:

@@ -28,11 +28,13 @@ from audit_events import tracing
 from audit_events.broker import QUERY
 from audit_events.folding import Folding
 from audit_events.publishing import JetStreamPublisher
+from audit_events.seals import SealKeys
 from audit_query import metrics
 from audit_query.deps import ExportGate, Parts
 from audit_query.recording import publish_folded
 from audit_query.routes import events, export, feed, probes, viewer
 from audit_query.settings import Settings
+from audit_query.trust import SealTrust
 from audit_web.edges import bounded_http
 
 log = logging.getLogger("audit.query")
@@ -79,6 +81,7 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         denials=Folding(settings.fold_seconds, events=1),
         export_pool=pool_for(settings, settings.max_exports),
         exports=ExportGate(settings.max_exports, settings.max_exports_per_reader),
+        trust=SealTrust(SealKeys.parse(keys) if (keys := settings.seal_public_keys) else None),
     )
 
     @asynccontextmanager

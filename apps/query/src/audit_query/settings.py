@@ -24,6 +24,8 @@ class Settings(ProducerSettings):
     max_exports_per_reader: int = Field(1, ge=1, alias="AUDIT_QUERY_MAX_EXPORTS_PER_READER")
     fold_seconds: float = Field(60, gt=0, alias="AUDIT_QUERY_FOLD_SECONDS")
     jaeger_url: str | None = Field(None, alias="AUDIT_JAEGER_URL")  # the viewer links traces
+    # The seals' public keys: "sealed" means covered by a seal that checks (trust.py).
+    seal_public_keys: str = Field("", alias="AUDIT_SEAL_PUBLIC_KEYS")
 
     @model_validator(mode="after")
     def _required(self) -> "Settings":

@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from audit_events.horizon import HORIZON
 from audit_events.model import read_as, read_expr
+from audit_query.trust import SealTrust
 
 ITEM_COLUMNS = (
     "id", "occurred_at", "recorded_at", "actor_type", "actor_id", "action", "resource_type",
@@ -40,7 +41,6 @@ ITEM_COLUMNS = (
 _SELECT = sql.SQL(", ").join(
     [*(sql.SQL(read_as(c)) for c in ITEM_COLUMNS), sql.SQL("tx_id::text::bigint AS tx_id")]
 )
-_SEALED_UPTO = "SELECT coalesce(max(upto_tx), '0')::text::bigint FROM audit_seals"
 
 
 class BadCursor(ValueError):
@@ -156,14 +156,18 @@ def page_query(
 
 
 async def page(
-    conn: psycopg.AsyncConnection[Any], filters: Filters, limit: int, cursor: str | None
+    conn: psycopg.AsyncConnection[Any],
+    filters: Filters,
+    limit: int,
+    cursor: str | None,
+    trust: SealTrust,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Up to ``limit`` matching rows, newest first, after ``cursor``; and the next cursor."""
     query, params = page_query(filters, limit + 1, cursor)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
         rows = await cur.fetchall()
-        upto = await _sealed_upto(conn)
+        upto = await trust.sealed_upto(conn)
     more = len(rows) > limit
     rows = rows[:limit]
     last = rows[-1] if rows else None
@@ -173,12 +177,14 @@ async def page(
     return [_item(r, upto) for r in rows], token
 
 
-async def one(conn: psycopg.AsyncConnection[Any], event_id: UUID) -> dict[str, Any] | None:
+async def one(
+    conn: psycopg.AsyncConnection[Any], event_id: UUID, trust: SealTrust
+) -> dict[str, Any] | None:
     query = sql.SQL("SELECT {} FROM audit_events WHERE id = %s").format(_SELECT)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, [event_id])
         row = await cur.fetchone()
-        return _item(row, await _sealed_upto(conn)) if row else None
+        return _item(row, await trust.sealed_upto(conn)) if row else None
 
 
 FEED = sql.SQL(
@@ -196,7 +202,9 @@ class FeedPage:
     session: str  # names one client's run through the feed (kept in its cursors)
 
 
-async def feed(conn: psycopg.AsyncConnection[Any], after: str | None, limit: int) -> FeedPage:
+async def feed(
+    conn: psycopg.AsyncConnection[Any], after: str | None, limit: int, trust: SealTrust
+) -> FeedPage:
     """Rows in commit-horizon order after ``after`` (from the start without it), only those no
     older transaction can still join; and the cursor to poll with next. A feed started without
     ``after`` gets a new session name, carried in every cursor that follows from it, so the
@@ -211,17 +219,12 @@ async def feed(conn: psycopg.AsyncConnection[Any], after: str | None, limit: int
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(FEED, [max(tx_id, 0), event_id, horizon, limit])
             rows = await cur.fetchall()
-        upto = await _sealed_upto(conn)
+        upto = await trust.sealed_upto(conn)
     if rows:
         tx_id, event_id = rows[-1]["tx_id"], rows[-1]["id"]
     return FeedPage(
         [_item(r, upto) for r in rows], encode_cursor(tx_id, str(event_id), session), session
     )
-
-
-async def _sealed_upto(conn: psycopg.AsyncConnection[Any]) -> int:
-    row = await (await conn.execute(_SEALED_UPTO)).fetchone()
-    return int(row[0]) if row else 0
 
 
 CHUNK_BYTES = 64 * 1024  # what is written to the client at a time
@@ -280,7 +283,12 @@ def export_statement(
 
 
 async def export(
-    pool: AsyncConnectionPool, filters: Filters, format: str, seconds: float, raw: bool = False
+    pool: AsyncConnectionPool,
+    filters: Filters,
+    format: str,
+    seconds: float,
+    trust: SealTrust,
+    raw: bool = False,
 ) -> AsyncIterator[bytes]:
     """The matching rows, newest first, as NDJSON or CSV, formatted by PostgreSQL and streamed
     by ``COPY … TO STDOUT`` (nothing accumulates: rows leave as the scan produces them).
@@ -289,7 +297,7 @@ async def export(
     ``{"error": …}`` line (a client that stops reading is cut off by the route)."""
     deadline = time.monotonic() + seconds
     async with pool.connection() as conn:
-        statement = export_statement(filters, format, await _sealed_upto(conn), raw)
+        statement = export_statement(filters, format, await trust.sealed_upto(conn), raw)
         # The pool's statement timeout is for queries; a streamed export may take as long as
         # its own bound (plus a margin: the bound is checked between chunks, with a clean end).
         limit = f"{int((seconds + 30) * 1000)}ms"

@@ -29,7 +29,7 @@ async def list_events(
     """Matching events, newest first; follow ``next_cursor`` to page to the end."""
     async with app.pool.connection() as conn:
         try:
-            items, next_cursor = await store.page(conn, filters, limit, cursor)
+            items, next_cursor = await store.page(conn, filters, limit, cursor, app.trust)
         except store.BadCursor as exc:
             raise bad_cursor(exc) from None
     asked = {"filters": filters.given(), "limit": limit, "cursor": cursor is not None}
@@ -41,7 +41,7 @@ async def list_events(
 async def get_event(request: Request, actor: Reader, app: Services, event_id: UUID) -> Any:
     """One event with every column, and whether a seal covers it yet."""
     async with app.pool.connection() as conn:
-        item = await store.one(conn, event_id)
+        item = await store.one(conn, event_id, app.trust)
     found = {"found": item is not None}
     await record(request, app.publisher, actor, "audit.read", found, resource_id=str(event_id))
     if item is None:

@@ -85,7 +85,9 @@ async def export(
         gate.leave(actor)
         raise
     seconds = app.settings.export_seconds
-    lines = store.export(app.export_pool, filters, format, seconds, raw and format == "csv")
+    lines = store.export(
+        app.export_pool, filters, format, seconds, app.trust, raw and format == "csv"
+    )
     media = "application/x-ndjson" if format == "ndjson" else "text/csv"
     return BoundedStream(
         lines,

@@ -21,7 +21,7 @@ async def follow(
     """Every stored event exactly once, in commit-horizon order; poll with ``next_cursor``."""
     async with app.pool.connection() as conn:
         try:
-            page = await store.feed(conn, after, limit)
+            page = await store.feed(conn, after, limit, app.trust)
         except store.BadCursor as exc:
             raise bad_cursor(exc, "after") from None
     polled = {"polls": 1, "rows": len(page.items)}

@@ -46,7 +46,7 @@ async def view_list(
     given = form_values(request)
     async with app.pool.connection() as conn:
         try:
-            items, next_cursor = await store.page(conn, filters, limit, cursor)
+            items, next_cursor = await store.page(conn, filters, limit, cursor, app.trust)
         except store.BadCursor as exc:
             return html(pages.list_page(actor, given, None, None, str(exc)), 422)
     asked = {"filters": filters.given(), "limit": limit, "cursor": cursor is not None}
@@ -61,7 +61,7 @@ async def view_event(request: Request, app: Services, event_id: UUID) -> Respons
     if actor is None:
         return html(pages.sign_in_page(), 401)
     async with app.pool.connection() as conn:
-        item = await store.one(conn, event_id)
+        item = await store.one(conn, event_id, app.trust)
     found = {"found": item is not None, "via": "viewer"}
     await record(request, app.publisher, actor, "audit.read", found, resource_id=str(event_id))
     if item is None:
