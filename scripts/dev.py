@@ -103,6 +103,9 @@ def main() -> None:
         "AUDIT_NATS_PASSWORD": keys[PASSWORD_VARS[API]],
         "AUDIT_API_PORT": str(api_port),
         "AUDIT_API_HOST": "127.0.0.1",
+        # Every client here is local: trusting 127.0.0.1 as a proxy would let any of them
+        # choose its recorded address with X-Forwarded-For (and a fresh denial budget each).
+        "AUDIT_FORWARDED_ALLOW_IPS": "",
     }
     procs: list[Child] = []
     logging.basicConfig(level=logging.INFO, format="     setup | %(message)s")

@@ -201,6 +201,7 @@ REASONS = {
     "malformed_token",
     "invalid_token",
     "bad_subject",
+    "token_lifetime",
 }
 BAD_CREDENTIALS = [
     (None, "missing_token"),
@@ -221,6 +222,7 @@ BAD_CREDENTIALS = [
     (lambda: bearer(jwt.encode({"sub": "a\x00b", "exp": 2**40}, SECRET, "HS256")), "bad_subject"),
     (lambda: bearer(jwt.encode({"sub": "x" * 300, "exp": 2**40}, SECRET, "HS256")), "bad_subject"),
     (lambda: bearer(raw_token('{"sub": "\\ud800", "exp": 1099511627776}')), "bad_subject"),
+    (lambda: bearer(jwt.encode({"sub": "eve", "exp": 10**11}, SECRET, "HS256")), "token_lifetime"),
     (lambda: bearer(_crit_token()), "invalid_token"),
     (lambda: bearer("a" * 9000), "token_too_large"),
     (lambda: bearer("not.a.jwt"), "malformed_token"),

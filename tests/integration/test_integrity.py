@@ -3,6 +3,7 @@ tampered with as the database owner (or the writer login), and ``audit-verify`` 
 change — and find nothing when nothing was changed."""
 
 import asyncio
+import hashlib
 import os
 import secrets
 import subprocess
@@ -22,7 +23,8 @@ from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter
 from audit_events import AuditEvent, encode
 from audit_events.authorship import READS, EventKeys, bound, key_id
-from audit_events.seals import SealKey
+from audit_events.horizon import HORIZON
+from audit_events.seals import GENESIS, Seal, SealKey
 from audit_verify import checker as verify_module
 from audit_verify.checker import Report, verify
 from tests.env import BIN, EVENT_KEY, SEAL_KEY, SEAL_PUBLIC_KEY
@@ -370,3 +372,44 @@ async def test_a_fake_seal_by_the_writer_stops_sealing_loudly_and_is_named(
     await sealer.close()
     assert metrics.SEAL_CHAIN_OK._value.get() == 1
     assert (await check(migrated)).findings == []
+
+
+V1_ENTRIES = (  # what the previous release's sealer listed: flag, id, the event digest only
+    "SELECT string_agg(CASE WHEN signature IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea END"
+    " || uuid_send(id) || digest, ''::bytea ORDER BY tx_id, id) FROM audit_events"
+)
+
+
+async def test_the_previous_versions_seals_verify_and_the_chain_goes_on(
+    db: Any, migrated: str
+) -> None:
+    """The rolling-upgrade rule: rows and version 1 seals already stored stay as they are and
+    verify as before (they bind the event, not the database's columns); the first consumer of
+    this version extends the same chain with version 2 seals; rows stored before carry no epoch
+    and are outside the completeness accounting."""
+    old = [make_event(resource_id=f"old-{i}") for i in range(3)]
+    await write(BatchWriter(db), [signed_row(e, i) for i, e in enumerate(old)])
+    entries = bytes((await (await db.execute(V1_ENTRIES)).fetchone())[0])
+    upto = int((await (await db.execute(HORIZON)).fetchone())[0])
+    v1 = SealKey(SEAL_KEY).sign(
+        Seal(1, 0, upto, 3, hashlib.sha256(entries).digest(), GENESIS, datetime.now(UTC), "",
+             version=1)
+    )  # fmt: skip
+    await db.execute(
+        "INSERT INTO audit_seals (seq, from_tx, upto_tx, row_count, rows_digest, prev_hash,"
+        " sealed_at, key_id, signature, hash, entries, version) VALUES (1, '0', %s::text::xid8,"
+        " 3, %s, %s, %s, %s, %s, %s, %s, 1)",
+        (upto, v1.rows_digest, v1.prev_hash, v1.sealed_at, v1.key_id, v1.signature, v1.hash,
+         entries),
+    )  # fmt: skip
+    await write(BatchWriter(db), [signed_row(make_event(resource_id="new"), 9)])
+    sealer = Sealer(migrated, SealKey(SEAL_KEY), 1.0)
+    second = await sealer.seal()
+    await sealer.close()
+    assert second is not None
+    assert second.version == 2
+    assert second.prev_hash == v1.hash
+    report = await check(migrated)
+    assert (report.findings, report.seals, report.rows) == ([], 2, 4)
+    await db.execute("UPDATE audit_events SET actor_id = 'mallory' WHERE resource_id = 'old-1'")
+    assert (await check(migrated)).findings == [f"row {old[1].id}: altered (differs from seal #1)"]

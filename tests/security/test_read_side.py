@@ -237,3 +237,33 @@ async def _not(check: Any) -> bool:
 
 def auth_line() -> str:
     return f"Authorization: {READ['Authorization']}"
+
+
+async def test_docs_refuse_framing_and_foreign_scripts_and_sign_in_reads_a_bounded_body(
+    service: Service,
+) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", timeout=30) as http:
+        docs = await http.get("/docs")
+        assert docs.status_code == 200
+        assert docs.headers["x-frame-options"] == "DENY"
+        csp = docs.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp
+        assert "script-src 'self' 'sha256-" in csp  # its inline script by hash, nothing else
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        sized = await http.post("/session", content=b"token=" + b"a" * (1 << 20), headers=form)
+        assert sized.status_code == 413
+
+        async def endless() -> AsyncIterator[bytes]:  # no Content-Length: read, but bounded
+            for _ in range(64):
+                yield b"a" * 65536
+
+        try:  # answered 413 (or cut off) while the client is still sending
+            streamed = await http.post("/session", content=endless(), headers=form)
+            assert streamed.status_code == 413
+        except httpx.TransportError:
+            pass
+        assert service.probe("/readyz") == 200
+        token = READ["Authorization"].split()[1]
+        signed_in = await http.post("/session", data={"token": token})
+        assert signed_in.status_code == 303
+        assert "Max-Age=28800" in signed_in.headers["set-cookie"]

@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from audit_events.auth import PUBLISHED_SECRETS, AuthError, ScopeError, authenticate, issue_token
+from audit_events.folding import source_key
 from audit_query.settings import Settings as QuerySettings
 from tests.helpers import BAD_CREDENTIALS, REASONS, SECRET, bearer
 
@@ -30,7 +31,8 @@ def test_a_scope_is_checked_only_when_asked_and_missing_it_is_not_a_401() -> Non
     assert authenticate(bearer(reader), SECRET, "audit:read") == "auditor"
     plain = issue_token(SECRET, "dave")
     assert authenticate(bearer(plain), SECRET) == "dave"  # the API asks for no scope
-    for token in (plain, issue_token(SECRET, "dave", scope="audit:readx audit")):
+    spaced = issue_token(SECRET, "dave", scope="profile\u00a0audit:read")  # no-break space
+    for token in (plain, issue_token(SECRET, "dave", scope="audit:readx audit"), spaced):
         with pytest.raises(ScopeError) as refused:
             authenticate(bearer(token), SECRET, "audit:read")
         assert refused.value.subject == "dave"  # known, just not allowed: 403
@@ -44,3 +46,21 @@ def test_the_query_service_refuses_guessable_secrets_like_the_api(secret: str) -
             AUDIT_JWT_SECRET=secret,
             AUDIT_EVENT_KEYS="k" * 32,
         )
+
+
+def test_a_token_living_longer_than_allowed_is_refused() -> None:
+    """An ``exp`` in the year 10^11 was accepted: a leaked token lived for ever."""
+    day = issue_token(SECRET, "eve", ttl_seconds=23 * 3600)
+    assert authenticate(bearer(day), SECRET) == "eve"
+    long = issue_token(SECRET, "eve", ttl_seconds=30 * 24 * 3600)
+    with pytest.raises(AuthError, match="token_lifetime"):
+        authenticate(bearer(long), SECRET)
+    assert authenticate(bearer(long), SECRET, max_lifetime=31 * 24 * 3600) == "eve"
+
+
+def test_denials_from_one_ipv6_network_share_a_budget() -> None:
+    assert source_key("2001:db8:1:2:aaaa::1") == source_key("2001:db8:1:2:ffff::9")
+    assert source_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
+    assert source_key("203.0.113.7") == "203.0.113.7"
+    assert source_key("2001:db8::1", 128) == "2001:db8::1/128"

@@ -23,6 +23,7 @@ from audit_api.routes import router
 from audit_api.settings import Settings
 from audit_events import tracing
 from audit_events.folding import Folding
+from audit_web.docs import DocsHeaders
 from audit_web.edges import bounded_http
 
 BOUNDED_HTTP = bounded_http("AUDIT_API_")
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.denials = denials
     app.include_router(router)
     app.add_middleware(metrics.RequestMetrics)
+    app.add_middleware(DocsHeaders)
     if tracing.enabled():
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     # An APIRoute (not a bare Starlette route) so scrapes are counted under "/metrics".
@@ -149,7 +151,7 @@ def main() -> None:
         workers=settings.workers,
         loop="uvloop",
         http="audit_api.main:BOUNDED_HTTP",  # httptools with head timeout and size caps
-        proxy_headers=True,
+        proxy_headers=bool(settings.forwarded_allow_ips.strip()),  # empty: trust no proxy
         forwarded_allow_ips=settings.forwarded_allow_ips,
         access_log=False,
         timeout_graceful_shutdown=10,

@@ -23,7 +23,7 @@ from audit_events import (
     uuid7,
 )
 from audit_events.auth import AuthError, authenticate
-from audit_events.folding import Folding
+from audit_events.folding import Folding, source_key
 from audit_web.client import MAX_PATH_CHARS, clean, header, peer
 
 ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
@@ -98,13 +98,16 @@ async def current_actor(request: Request) -> str:
     """The authenticated actor; otherwise record a ``denied`` event (one of its own, or folded
     with others from the same source: ``audit_events.folding``), then answer 401 — or 429
     past the budget."""
+    settings = request.app.state.settings
     try:
         return authenticate(
-            request.headers.get("authorization"), request.app.state.settings.jwt_secret
+            request.headers.get("authorization"),
+            settings.jwt_secret,
+            max_lifetime=settings.jwt_max_lifetime_seconds,
         )
     except AuthError as exc:
         denials: Folding = request.app.state.denials
-        source = peer(request)
+        source = source_key(peer(request), settings.denied_ipv6_prefix)
         verdict = denials.verdict(source)
         status = 429 if verdict == "refuse" else 401
         event = build_event(

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConst
 
 from audit_events import model
 from audit_events.auth import AuthError, ScopeError, authenticate
-from audit_events.folding import Folding
+from audit_events.folding import Folding, source_key
 from audit_events.publishing import JetStreamPublisher
 from audit_query import pages, store
 from audit_query.recording import record
@@ -80,13 +80,17 @@ async def identify(request: Request, authorization: str | None) -> str:
     read recorded, or folded with others from its source)."""
     app: Parts = request.app.state.parts
     try:
-        return authenticate(authorization, app.settings.jwt_secret, SCOPE)
+        settings = app.settings
+        return authenticate(
+            authorization, settings.jwt_secret, SCOPE, settings.jwt_max_lifetime_seconds
+        )
     except AuthError as exc:
         actor = exc.subject if isinstance(exc, ScopeError) else None
         refused = {"reason": exc.code, "path": clean(request.url.path, MAX_PATH_CHARS)}
+        source = source_key(peer(request), app.settings.denied_ipv6_prefix)
         await record(
             request, app.publisher, actor, "audit.query", refused, outcome="denied",
-            fold=(app.denials, (peer(request), exc.code), {"denied_requests": 1}),
+            fold=(app.denials, (source, exc.code), {"denied_requests": 1}),
         )  # fmt: skip
         raise
 

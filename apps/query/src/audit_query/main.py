@@ -35,6 +35,7 @@ from audit_query.recording import publish_folded
 from audit_query.routes import events, export, feed, probes, viewer
 from audit_query.settings import Settings
 from audit_query.trust import SealTrust
+from audit_web.docs import DocsHeaders
 from audit_web.edges import bounded_http
 
 log = logging.getLogger("audit.query")
@@ -115,6 +116,7 @@ def create_app(settings: Settings, pool: AsyncConnectionPool | None = None) -> F
         redirect_slashes=False,
     )
     app.state.parts = parts
+    app.add_middleware(DocsHeaders)
     for routes in (probes, feed, export, events, viewer):  # /feed, /export before /{event_id}
         app.include_router(routes.router)
 

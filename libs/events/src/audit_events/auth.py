@@ -13,6 +13,8 @@ import time
 import unicodedata
 
 import jwt
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_events import MAX_ID_CHARS
 
@@ -55,7 +57,15 @@ def check_secret(secret: str) -> None:
         )
 
 
-def authenticate(authorization: str | None, secret: str, scope: str | None = None) -> str:
+MAX_LIFETIME_SECONDS = 24 * 3600
+
+
+def authenticate(
+    authorization: str | None,
+    secret: str,
+    scope: str | None = None,
+    max_lifetime: float = MAX_LIFETIME_SECONDS,
+) -> str:
     """The actor (``sub``) of a valid ``Authorization: Bearer <jwt>``, else :class:`AuthError`;
     with ``scope``, the token's ``scope`` claim (space-separated, RFC 8693 style) must hold it,
     else ``AuthError("missing_scope")`` (a 403, not a 401: the caller is known)."""
@@ -78,10 +88,29 @@ def authenticate(authorization: str | None, secret: str, scope: str | None = Non
         raise AuthError("bad_subject")
     if not subject.isprintable() and any(unicodedata.category(c) in ("Cc", "Cs") for c in subject):
         raise AuthError("bad_subject")  # control characters, lone surrogates
-    granted = claims.get("scope")
-    if scope is not None and not (isinstance(granted, str) and scope in granted.split()):
+    if claims["exp"] - time.time() > max_lifetime:  # a leaked token must not live for ever
+        raise AuthError("token_lifetime")
+    granted = claims.get("scope")  # space-separated (RFC 8693): not any Unicode white space
+    if scope is not None and not (isinstance(granted, str) and scope in granted.split(" ")):
         raise ScopeError(subject)
     return subject
+
+
+class TokenSettings(BaseSettings):
+    """How a service checks tokens: the issuer's secret (refused when guessable) and the longest
+    lifetime a token may still have (``exp`` further ahead: refused)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    jwt_secret: str = Field("", alias="AUDIT_JWT_SECRET", repr=False)
+    jwt_max_lifetime_seconds: float = Field(
+        MAX_LIFETIME_SECONDS, gt=0, alias="AUDIT_JWT_MAX_LIFETIME_SECONDS"
+    )
+
+    @model_validator(mode="after")
+    def _secret_is_real(self) -> "TokenSettings":
+        check_secret(self.jwt_secret)
+        return self
 
 
 class ScopeError(AuthError):

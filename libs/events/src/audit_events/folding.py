@@ -24,6 +24,7 @@ into another's record), get records of their own.
 """
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -66,6 +67,18 @@ class Fold:
 
 
 Publish = Callable[[AuditEvent], Awaitable[None]]
+
+
+def source_key(address: str | None, ipv6_prefix: int = 64) -> str | None:
+    """Whom a denied request is charged to: its IPv4 address, or the IPv6 network of
+    ``ipv6_prefix`` bits around its address — one party usually holds a whole /64, and would
+    otherwise get a fresh budget from each of its 2**64 addresses."""
+    if address is None or ":" not in address:
+        return address
+    try:
+        return str(ipaddress.ip_network(f"{address}/{ipv6_prefix}", strict=False))
+    except ValueError:
+        return address
 
 
 class Folding:

@@ -15,6 +15,7 @@ from audit_query.recording import record
 
 router = APIRouter(include_in_schema=False)
 MAX_FORM_BYTES = 16384  # a sign-in form holds one token
+SESSION_SECONDS = 8 * 3600  # the cookie's life; the token's own expiry still applies
 
 
 def html(page: str, status: int = 200) -> HTMLResponse:
@@ -74,7 +75,10 @@ async def sign_in(request: Request) -> Response:
     """Keep a pasted token in the session cookie, if it may read (else say why not)."""
     if not _same_origin(request):
         return html(pages.sign_in_page("cross-site sign-in refused"), 403)
-    form = parse_qs((await request.body())[:MAX_FORM_BYTES].decode(errors="replace"))
+    body = await _bounded_body(request)
+    if body is None:
+        return html(pages.sign_in_page("the form is too large"), 413)
+    form = parse_qs(body.decode(errors="replace"))
     token = (form.get("token") or [""])[0].strip()
     try:
         await identify(request, f"Bearer {token}")
@@ -89,8 +93,22 @@ async def sign_in(request: Request) -> Response:
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
+        max_age=SESSION_SECONDS,
     )
     return response
+
+
+async def _bounded_body(request: Request) -> bytes | None:
+    """The body, read no further than :data:`MAX_FORM_BYTES` (``None`` beyond): a 1 GiB body
+    is refused after 16 KiB, not read whole."""
+    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    return body
 
 
 @router.post("/session/end")
