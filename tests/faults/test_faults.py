@@ -217,7 +217,7 @@ async def test_duplicate_publish_and_redelivery_after_ack_wait(rig: Rig, db_url:
     from audit_consumer.batch import Checks, decode_batch
     from audit_consumer.writer import BatchWriter
 
-    stored = decode_batch(msgs, Checks(EventKeys([EVENT_KEY])))
+    stored = decode_batch(msgs, Checks(EventKeys([EVENT_KEY])), None)
     writer = await BatchWriter.connect(rig.pg.url)
     first = await writer.write(stored.rows)
     await writer.close()

@@ -54,7 +54,7 @@ def batch_of(*msgs_data: tuple[bytes, str | None], until: datetime | None = None
         msg = message(log, seq, data, signed=False)
         msg.headers = {SIGNATURE_HEADER: signature} if signature else None
         msgs.append(msg)
-    return decode_batch(msgs, Checks(EventKeys([EVENT_KEY]), until))
+    return decode_batch(msgs, Checks(EventKeys([EVENT_KEY]), until), None)
 
 
 def test_only_authentic_canonical_events_become_rows() -> None:

@@ -48,7 +48,7 @@ class Checks:
         return until is not None and datetime.now(UTC) < until
 
 
-def decode_batch(msgs: list[Msg], checks: Checks, epoch: int | None = None) -> Batch:
+def decode_batch(msgs: list[Msg], checks: Checks, epoch: int | None) -> Batch:
     """Check and decode a batch: rows for the authentic events, a reason for each other one."""
     batch = Batch(msgs, epoch=epoch)
     unsigned_ok = checks.accepting_unsigned()

@@ -178,8 +178,7 @@ class Consumer:
                 if not stop:
                     pending = asyncio.create_task(self._fetch(source))
                 if msgs:
-                    epoch = self.epoch.id if self.epoch else None
-                    batch = decode_batch(msgs, self.checks, epoch)
+                    batch = self._decode(msgs)
                     if len(storing) == self.writers.size:  # wait for the slot to be free
                         await storing.popleft()
                     storing.append(asyncio.create_task(self.store(js, batch, slot)))
@@ -197,6 +196,11 @@ class Consumer:
             for task in (pending, *storing):  # only when cancelled: unacked means redelivered
                 if not task.done():
                     task.cancel()
+
+    def _decode(self, msgs: list[Msg]) -> Batch:
+        """Check and decode a fetched batch, its rows carrying the durable's epoch (every
+        path that stores goes through here: rows without it would be unaccounted)."""
+        return decode_batch(msgs, self.checks, self.epoch.id if self.epoch else None)
 
     async def _watch_durable(self, js: JetStreamContext, every: float = 1.0) -> None:
         """Keep the lag metric current (what KEDA sees), trim the stream below the ack floor
@@ -292,7 +296,7 @@ class Consumer:
     async def handle(self, js: Publisher, msgs: list[Msg]) -> None:
         """Store, dead-letter and ack one fetched batch (the order is the guarantee)."""
         if msgs:
-            await self.store(js, decode_batch(msgs, self.checks))
+            await self.store(js, self._decode(msgs))
 
     async def store(self, js: Publisher, batch: Batch, slot: int = 0) -> None:
         """Write the rows and COMMIT, dead-letter what cannot be stored, then ack everything."""
