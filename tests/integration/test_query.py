@@ -24,6 +24,7 @@ from audit_events.auth import issue_token
 from audit_events.authorship import EventKeys
 from audit_events.broker import QUERY
 from audit_events.seals import SealKey
+from audit_query import main as query_main
 from audit_query import store as store_module
 from tests.env import BIN, EVENT_KEY, JWT_SECRET, SEAL_KEY, identity_env, without_credentials
 from tests.helpers import make_event, metric, signed_row, wait_for, write
@@ -435,3 +436,19 @@ async def test_sealed_means_covered_by_a_seal_that_checks(
     )
     items = (await client.get("/audit-events", headers=READ)).json()["items"]
     assert sorted(i["sealed"] for i in items) == [False, False, True, True, True]
+
+
+async def test_a_busy_pool_is_503_with_retry_after_never_a_500(
+    db: Any, settings: ConsumerSettings, streams: ConsumerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection taken (eight slow exports once did it): the next read is told to come
+    back, not answered 500 with a traceback."""
+    monkeypatch.setattr(query_main, "POOL_WAIT_SECONDS", 0.5)
+    config = query_settings(await reader_url(settings), streams, AUDIT_QUERY_DB_CONNECTIONS="1")
+    async with serving(config) as http:
+        app = http._transport.app  # type: ignore[attr-defined]
+        async with app.state.parts.pool.connection():  # the only one
+            busy = await http.get("/audit-events", headers=READ)
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        assert (await http.get("/audit-events", headers=READ)).status_code == 200
