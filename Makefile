@@ -17,8 +17,10 @@ export AUDIT_STREAM_REPLICAS := 3
 endif
 
 .PHONY: help
-help: ## List every target with its description
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+help: ## List every target with its description (colour only on a terminal)
+	@if [ -t 1 ]; then c='\033[36m'; r='\033[0m'; else c=; r=; fi; \
+	grep -hE '^[a-zA-Z0-9_.-]+:.*?## ' $(MAKEFILE_LIST) | \
+	awk -F':.*?## ' -v c="$$c" -v r="$$r" '{printf "  %s%-18s%s %s\n", c, $$1, r, $$2}'
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools

@@ -12,6 +12,7 @@ and ``audit-dlq`` are printed, ready to run with their own credentials.
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -32,6 +33,45 @@ QUERY_LOGIN = "audit_query"  # the same role, its own login
 
 ROOT = Path.cwd()
 BIN = Path(sys.executable).parent
+def commands(
+    *,
+    api_port: int,
+    query_port: int,
+    token: str,
+    reader_token: str,
+    reader_url: str,
+    seal_public_keys: str,
+    event_keys: str,
+    nats_url: str,
+    dlq_password: str,
+    dlq_key: str,
+) -> str:
+    """The lines ``make dev`` prints to try the system: every value shell-quoted, so each
+    command works pasted into a shell (an event key holds ``|``; a password may hold ``$``)."""
+    q = shlex.quote
+    return f"""
+  try it:
+    export TOKEN={q(token)}
+    curl -s -X PATCH http://127.0.0.1:{api_port}/accounts/acc-1 \\
+      -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{{"email": "new@example.com"}}'
+    export READER={q(reader_token)}
+    curl -s 'http://127.0.0.1:{query_port}/audit-events?resource_id=acc-1' \\
+      -H "Authorization: Bearer $READER"      # or paste $READER into the viewer
+    {q(str(PG_BIN / "psql"))} {q(reader_url)} -c {q(LATEST_ROWS)}
+
+  prove the table is what the pipeline wrote (README, "Integrity"):
+    AUDIT_READER_DATABASE_URL={q(reader_url)} \\
+    AUDIT_SEAL_PUBLIC_KEYS={q(seal_public_keys)} \\
+    AUDIT_EVENT_KEYS={q(event_keys)} \\
+    {q(str(BIN / "audit-verify"))}
+
+  dead letters (list | show SEQ | replay SEQ --actor you):
+    NATS_URL={q(nats_url)} AUDIT_NATS_PASSWORD={q(dlq_password)} \\
+    AUDIT_EVENT_KEYS={q(dlq_key)} {q(str(BIN / "audit-dlq"))} list
+"""
+
+
 LATEST_ROWS = (
     "SELECT occurred_at, actor_id, action, resource_id, outcome, source_ip"
     " FROM audit_events ORDER BY stream_seq DESC LIMIT 5"
@@ -142,8 +182,6 @@ def main() -> None:
             "AUDIT_QUERY_HOST": "127.0.0.1",
         }
         procs.append(Child("query", [str(BIN / "audit-query")], query_env, "prefix").start(True))
-        token = issue_token(keys["AUDIT_JWT_SECRET"], "dev-user")
-        reader_token = issue_token(keys["AUDIT_JWT_SECRET"], "auditor", scope="audit:read")
         print(
             f"""
   audit pipeline is up (data in {data})
@@ -154,29 +192,20 @@ def main() -> None:
     Postgres   127.0.0.1:{pg.port}
     secrets    {data / "secrets.env"} (generated once by audit-keygen; NATS and PostgreSQL
                require them: every identity has its own password)
-
-  try it:
-    export TOKEN={token}
-    curl -s -X PATCH http://127.0.0.1:{api_port}/accounts/acc-1 \\
-      -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-      -d '{{"email": "new@example.com"}}'
-    export READER={reader_token}
-    curl -s 'http://127.0.0.1:{query_port}/audit-events?resource_id=acc-1' \\
-      -H "Authorization: Bearer $READER"      # or paste $READER into the viewer
-    {PG_BIN / "psql"} {reader_url} -c '{LATEST_ROWS}'
-
-  prove the table is what the pipeline wrote (README, "Integrity"):
-    AUDIT_READER_DATABASE_URL={reader_url} \\
-    AUDIT_SEAL_PUBLIC_KEYS={keys["AUDIT_SEAL_PUBLIC_KEYS"]} \\
-    AUDIT_EVENT_KEYS={all_event_keys} \\
-    {BIN / "audit-verify"}
-
-  dead letters (list | show SEQ | replay SEQ --actor you):
-    NATS_URL={nats.url} AUDIT_NATS_PASSWORD={keys[PASSWORD_VARS[DLQ]]} \\
-    AUDIT_EVENT_KEYS={keys["AUDIT_DLQ_EVENT_KEY"]} {BIN / "audit-dlq"} list
-
-  Ctrl-C stops everything.
-""",
+"""
+            + commands(
+                api_port=api_port,
+                query_port=query_port,
+                token=issue_token(keys["AUDIT_JWT_SECRET"], "dev-user"),
+                reader_token=issue_token(keys["AUDIT_JWT_SECRET"], "auditor", scope="audit:read"),
+                reader_url=reader_url,
+                seal_public_keys=keys["AUDIT_SEAL_PUBLIC_KEYS"],
+                event_keys=all_event_keys,
+                nats_url=nats.url,
+                dlq_password=keys[PASSWORD_VARS[DLQ]],
+                dlq_key=keys["AUDIT_DLQ_EVENT_KEY"],
+            )
+            + "\n  Ctrl-C stops everything.\n",
             flush=True,
         )
         while all(proc.running for proc in procs):

@@ -61,6 +61,9 @@ async def test_list_show_and_replay_a_letter_after_its_cause_is_fixed(
     )
     await producer.close()
 
+    empty = dlq(streams, "list").stdout.splitlines()
+    assert empty[0].split() == ["SEQ", "TIME", "KIND", "EVENT", "ID", "REASON"]
+    assert empty[1] == f"(no dead letters in {names.dlq_stream})"
     before = consumer(service_env(streams, AUDIT_EVENT_KEYS=EVENT_KEY), tmp_path, 1).start()
     try:
         await wait_for(lambda: _is(dead_letters(streams), 2))
@@ -76,6 +79,9 @@ async def test_list_show_and_replay_a_letter_after_its_cause_is_fixed(
         (2, "invalid", None),
     ]
     assert letters[0]["reason"].startswith("bad signature: unknown key")
+    table = dlq(streams, "list").stdout.splitlines()
+    assert table[0].startswith("     SEQ")  # a header, then one line per letter
+    assert len(table) == 3
     shown = json.loads(dlq(streams, "show", "1").stdout)
     assert shown["data"]["actor_id"] == "from-the-new-producer"
     assert shown["headers"]["Audit-Dlq-Subject"] == names.event_subject(new.action)

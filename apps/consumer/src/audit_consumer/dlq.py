@@ -122,15 +122,20 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         js = nc.jetstream()
         if args.command == "list":
-            for msg in await letters(js, settings.names, args.kind, args.limit):
+            found = await letters(js, settings.names, args.kind, args.limit)
+            if not args.json:
+                print(f"{'SEQ':>8}  {'TIME':<32}  {'KIND':<9}  {'EVENT ID':<36}  REASON")
+            for msg in found:
                 shown = letter(msg)
                 if args.json:
                     print(json.dumps(shown))
                 else:
                     print(
-                        f"{shown['seq']:>8}  {shown['time']}  {shown['kind'] or '?':<9}"
-                        f"  {shown['event_id'] or '-'}  {shown['reason']}"
+                        f"{shown['seq']:>8}  {shown['time'] or '-':<32}  {shown['kind'] or '?':<9}"
+                        f"  {shown['event_id'] or '-':<36}  {shown['reason']}"
                     )
+            if not found and not args.json:
+                print(f"(no dead letters in {settings.names.dlq_stream})")
         elif args.command == "show":
             msg = await js.get_msg(settings.names.dlq_stream, args.seq)
             data = msg.data or b""
@@ -159,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     listing = commands.add_parser("list", help="the newest dead letters, with their reasons")
     listing.add_argument("--kind", choices=["invalid", "rejected", "signature"])
     listing.add_argument("--limit", type=int, default=100)
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON object per line (none when empty)"
+    )
     show = commands.add_parser("show", help="one dead letter whole: headers and body")
     show.add_argument("seq", type=int)
     again = commands.add_parser("replay", help="publish letters again, through every check")
