@@ -33,6 +33,8 @@ QUERY_LOGIN = "audit_query"  # the same role, its own login
 
 ROOT = Path.cwd()
 BIN = Path(sys.executable).parent
+
+
 def commands(
     *,
     api_port: int,
