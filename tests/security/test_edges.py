@@ -99,3 +99,55 @@ def test_the_consumer_probe_port_is_bounded_too(streams: Settings, tmp_path: Pat
             time.sleep(0.1)
     finally:
         service.stop()
+
+
+def request_on(sock: socket.socket, path: str = "/healthz") -> bytes:
+    """One keep-alive request on ``sock``; the whole response (head and body)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    sock.settimeout(10)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))  # fmt: skip
+    while len(body) < length:
+        body += sock.recv(65536)
+    return answer
+
+
+@pytest.mark.timeout(200)
+def test_an_idle_keep_alive_connection_outlives_the_proxies_in_front(server: Service) -> None:
+    """ingress-nginx and cloud load balancers reuse an upstream connection idle for up to about
+    60 s: the service must still take a request on it then (it closed them after 5 s)."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        assert request_on(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(62)  # idle, between requests (not a timing assertion: a wait for a state)
+        assert request_on(sock).startswith(b"HTTP/1.1 200 ")
+    finally:
+        sock.close()
+
+
+def test_at_the_cap_the_oldest_idle_connection_makes_room(
+    streams: Settings, tmp_path: Path
+) -> None:
+    """Long keep-alives must not lock newcomers out: at the cap, the oldest idle one goes."""
+    service = api(service_env(streams, AUDIT_API_MAX_CONNECTIONS="8"), tmp_path).start()
+    socks: list[socket.socket] = []
+    try:
+        service.wait_ready()
+        time.sleep(0.5)  # the readiness probes' connections are gone
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", service.port))
+            assert request_on(sock).startswith(b"HTTP/1.1 200 ")
+            socks.append(sock)
+        newcomer = socket.create_connection(("127.0.0.1", service.port))
+        socks.append(newcomer)
+        assert request_on(newcomer).startswith(b"HTTP/1.1 200 ")  # served, not refused
+        assert closed_by_peer(socks[0], within=10) == b""  # the oldest idle one made room
+        assert request_on(socks[-2]).startswith(b"HTTP/1.1 200 ")  # the younger ones stay
+    finally:
+        for sock in socks:
+            sock.close()
+        service.stop()

@@ -155,4 +155,5 @@ def main() -> None:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=int(BOUNDED_HTTP.limits.keep_alive_seconds) + 1,  # edges.py closes first
     )

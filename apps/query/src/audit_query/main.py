@@ -147,4 +147,5 @@ def main() -> None:
         log_config=None,
         http=BOUNDED_HTTP,
         loop="uvloop",
+        timeout_keep_alive=int(BOUNDED_HTTP.limits.keep_alive_seconds) + 1,  # edges.py closes first
     )

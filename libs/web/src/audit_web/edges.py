@@ -5,10 +5,15 @@ ever: 20,000 of them exhausted the process's file descriptors), caps neither the
 (one 64 MB header was read into memory) nor the number of open connections. This protocol:
 
 - closes a connection whose request head is not complete within ``<PREFIX>HEADER_TIMEOUT_SECONDS``
-  (also between keep-alive requests, where uvicorn's own keep-alive timeout applies too);
+  of its first byte (or of the connection's opening);
+- keeps an idle keep-alive connection between requests for ``<PREFIX>KEEP_ALIVE_SECONDS`` (75):
+  longer than the proxies in front keep theirs (ingress-nginx and cloud load balancers: about
+  60 s), so they never send a request into a socket the service just closed (a reset, answered
+  502 — for a PATCH, which they do not retry);
 - answers 431 and closes once a request head grows past ``<PREFIX>MAX_HEADER_BYTES``;
-- closes new connections at once beyond ``<PREFIX>MAX_CONNECTIONS`` per process, so the
-  process keeps descriptors (and memory) for the connections it serves and for its probes.
+- beyond ``<PREFIX>MAX_CONNECTIONS`` per process, closes the oldest *idle* keep-alive connection
+  to make room (so long idle connections cannot lock newcomers out), or, with none idle, the
+  new one at once: the process keeps descriptors (and memory) for what it serves.
 """
 
 import asyncio
@@ -30,17 +35,26 @@ class EdgeLimits(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     header_timeout_seconds: float = Field(5.0, gt=0)
+    keep_alive_seconds: float = Field(75.0, gt=0)
     max_header_bytes: int = Field(16 * 1024, ge=1024)
     max_connections: int = Field(2048, ge=8)
 
 
-def bounded_http(env_prefix: str) -> type[HttpToolsProtocol]:
+class Bounded(HttpToolsProtocol):
+    """What :func:`bounded_http` returns: the protocol, and the limits it applies (uvicorn's own
+    ``timeout_keep_alive`` must be given ``limits.keep_alive_seconds`` too)."""
+
+    limits: EdgeLimits
+
+
+def bounded_http(env_prefix: str) -> type[Bounded]:
     """The protocol class for ``uvicorn.run(http=...)``, its limits read from ``env_prefix``
     variables (``AUDIT_API_``: ``AUDIT_API_MAX_HEADER_BYTES``, …) when this is called: once per
     process, so put the result in a module attribute uvicorn's workers import."""
     limits = EdgeLimits(_env_prefix=env_prefix)
+    idle: dict[HttpToolsProtocol, None] = {}  # idle keep-alive connections, oldest first
 
-    class BoundedHttpTools(HttpToolsProtocol):
+    class BoundedHttpTools(Bounded):
         """httptools with a head timeout, a head size cap and a connection cap (the module)."""
 
         _head_bytes = 0
@@ -50,8 +64,12 @@ def bounded_http(env_prefix: str) -> type[HttpToolsProtocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
-                transport.close()  # connection_lost() removes it again
-                return
+                oldest = next(iter(idle), None)
+                if oldest is None:
+                    transport.close()  # connection_lost() removes it again
+                    return
+                del idle[oldest]
+                oldest.transport.close()  # idle the longest: it makes room
             self._expect_head()
 
         def _expect_head(self) -> None:
@@ -72,6 +90,9 @@ def bounded_http(env_prefix: str) -> type[HttpToolsProtocol]:
         def data_received(self, data: bytes) -> None:
             """Measure the head before the parser sees it, so the bound is exact however the
             bytes arrive (a whole 64 KiB head in one read included)."""
+            if self in idle:  # the next request begins: its head gets the head timeout
+                del idle[self]
+                self._expect_head()
             if self._head_timer is not None:  # waiting for (the rest of) a head
                 seen = self._tail + data
                 end = seen.find(b"\r\n\r\n")
@@ -93,11 +114,16 @@ def bounded_http(env_prefix: str) -> type[HttpToolsProtocol]:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
-                self._expect_head()  # the next request on this connection gets the same bound
+            if not self.transport.is_closing():  # idle until the next request starts
+                self._head_bytes, self._tail = 0, b""
+                self._cancel_head_timer()
+                self._head_timer = self.loop.call_later(limits.keep_alive_seconds, self._late)
+                idle[self] = None
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            idle.pop(self, None)
             super().connection_lost(exc)
 
+    BoundedHttpTools.limits = limits
     return BoundedHttpTools
