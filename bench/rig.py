@@ -1,5 +1,5 @@
 """The benchmark's rig: its PostgreSQL and NATS, settings, processes, and the results it
-records. The measurements are in ``ingest.py``, ``http.py`` and ``queries.py``."""
+records. The measurements are in ``ingest.py``, ``api.py`` and ``queries.py``."""
 
 import asyncio
 import contextlib

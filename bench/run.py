@@ -4,7 +4,7 @@ shared machine), with the CPU each process spent per event, which says what limi
 number. Prints a markdown table and writes ``bench-results/bench.json``.
 
 ``--quick`` (CI) runs the same steps on tiny inputs: it must finish and print, nothing more.
-The measurements: ``ingest.py``, ``http.py``, ``queries.py``; the rig: ``rig.py``; the table:
+The measurements: ``ingest.py``, ``api.py``, ``queries.py``; the rig: ``rig.py``; the table:
 ``report.py``.
 """
 
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from audit_consumer.database import migrate
-from bench import http, ingest, queries
+from bench import api, ingest, queries
 from bench.common import BIN, ROOT, SECRET
 from bench.report import table
 from bench.rig import Bench
@@ -39,8 +39,8 @@ async def main_async(args: argparse.Namespace) -> None:
             await ingest.drain(bench, 2)
             await ingest.broker_shapes(bench)
             await ingest.per_message(bench)
-            await http.api(bench, args.workers)
-            await http.end_to_end(bench, args.workers)
+            await api.api(bench, args.workers)
+            await api.end_to_end(bench, args.workers)
             n, repeat = (20_000, 20) if bench.quick else (1_000_000, 200)
             await queries.run(bench, SECRET, n, repeat, BIN / "audit-query")
         finally:
