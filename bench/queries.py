@@ -23,7 +23,8 @@ from audit_consumer.writer import BatchWriter
 from audit_devservers import free_port
 from audit_events import AuditEvent, Outcome, encode, row
 from audit_events.auth import issue_token
-from audit_query.store import Filters, export_statement, page_query
+from audit_query.exporting import export_statement
+from audit_query.store import Filters, page_query
 from bench.common import EMPTY_LOG
 from bench.rig import Bench
 from bench.stats import percentiles

@@ -27,17 +27,13 @@ Rows are checked by ``--jobs`` processes, each over its own connection but all i
 snapshot the chain was read in (``pg_export_snapshot``), so the result is one consistent view.
 """
 
-import bisect
 import contextlib
 import gc
-import hashlib
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, LiteralString
-from uuid import UUID
 
 import orjson
 import psycopg
@@ -46,64 +42,23 @@ from psycopg.types.json import set_json_loads
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from audit_events.authorship import EventKeys, EventKeySettings
-from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip, read_as
+from audit_events.authorship import EventKeySettings
 from audit_events.seals import (
-    AUTHORED,
-    DUPLICATE,
-    DUPLICATE_HASH,
-    ENTRY_BYTES,
     GENESIS,
-    LETTER,
-    LETTER_HASH,
-    RECORD_KEY,
-    ROW_BINDING,
     SEAL_COLUMNS,
-    UNSIGNED,
-    Floor,
     Seal,
     SealKeys,
-    bound,
-    entries,
     seal_of,
 )
+from audit_verify.completeness import completeness
+from audit_verify.report import Report
+from audit_verify.rows import RowChecker
 
 log = logging.getLogger("audit.verify")
 
 CHUNK_ROWS = 20_000  # rows are checked in groups of consecutive seals of about this many
 
 _SEALS = f"SELECT {SEAL_COLUMNS}, hash FROM audit_seals ORDER BY seq"  # noqa: S608
-_ENTRIES = "SELECT seq, entries FROM audit_seals WHERE seq >= %s AND seq <= %s ORDER BY seq"
-_COLUMNS = ", ".join("id::text" if c == "id" else read_as(c) for c in EVENT_COLUMNS)
-_ROWS = (
-    f"SELECT tx_id::text::bigint, signature, recorded_at, {ROW_BINDING},"  # noqa: S608
-    " masklen(source_ip) = CASE family(source_ip) WHEN 4 THEN 32 ELSE 128 END,"
-    f" {_COLUMNS} FROM audit_events WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
-)
-_FIRST = 5  # the event's columns start here in a row of _ROWS
-_RECORDS = (  # dead-letter and duplicate records of a tx range: key (hex), flag, hash
-    f"SELECT encode({RECORD_KEY}, 'hex'), 2, {LETTER_HASH}, tx_id::text::bigint"  # noqa: S608
-    " FROM audit_dead_letters WHERE tx_id >= %(start)s::text::xid8 AND tx_id < %(end)s::text::xid8"
-    f" UNION ALL SELECT encode({RECORD_KEY}, 'hex'), 3, {DUPLICATE_HASH}, tx_id::text::bigint"
-    " FROM audit_duplicates WHERE tx_id >= %(start)s::text::xid8 AND tx_id < %(end)s::text::xid8"
-)
-_NEXT_TX = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-_GAPS = (  # unaccounted runs of [first, floor] in one epoch (sentinels at both ends)
-    "SELECT s + 1, nxt - 1 FROM (SELECT s, lead(s) OVER (ORDER BY s) AS nxt FROM ("
-    " SELECT stream_seq AS s FROM audit_events WHERE epoch = %(e)s"
-    " AND stream_seq BETWEEN %(first)s AND %(floor)s"
-    " UNION SELECT stream_seq FROM audit_dead_letters WHERE epoch = %(e)s"
-    " AND stream_seq BETWEEN %(first)s AND %(floor)s"
-    " UNION SELECT stream_seq FROM audit_duplicates WHERE epoch = %(e)s"
-    " AND stream_seq BETWEEN %(first)s AND %(floor)s"
-    " UNION SELECT %(first)s - 1 UNION SELECT %(floor)s + 1) a) g WHERE nxt > s + 1 ORDER BY s"
-)
-_ORPHANS = (  # duplicate records whose event is not stored
-    "SELECT d.epoch, d.stream_seq, d.event_id::text FROM audit_duplicates d"
-    " WHERE NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.id = d.event_id)"
-    " ORDER BY d.epoch, d.stream_seq"
-)
-_NO_END = 2**63 - 1
 
 
 class VerifySettings(EventKeySettings):
@@ -123,33 +78,6 @@ class VerifySettings(EventKeySettings):
         return url
 
 
-@dataclass
-class Report:
-    """What one run found."""
-
-    findings: list[str] = field(default_factory=list)
-    seals: int = 0
-    rows: int = 0
-    unsigned: int = 0
-    pending: int = 0  # rows younger than the grace period, not sealed yet
-    accounted: int = 0  # broker sequences checked for completeness
-    head: str = ""
-
-    def add(self, other: "Report") -> None:
-        self.findings += other.findings
-        self.rows += other.rows
-        self.unsigned += other.unsigned
-        self.pending += other.pending
-
-    def summary(self) -> str:
-        verdict = f"FOUND {len(self.findings)} problem(s)" if self.findings else "intact"
-        return (
-            f"{verdict}: {self.seals} seals, {self.rows} rows checked"
-            f" ({self.unsigned} unsigned from before authorship, {self.pending} awaiting a seal),"
-            f" {self.accounted} broker sequences accounted for; head {self.head or 'none'}"
-        )
-
-
 def connect(url: str, snapshot: str | None = None) -> psycopg.Connection[Any]:
     """A read-only REPEATABLE READ transaction in UTC (in ``snapshot`` when given)."""
     conn = psycopg.connect(url, connect_timeout=10)
@@ -160,6 +88,9 @@ def connect(url: str, snapshot: str | None = None) -> psycopg.Connection[Any]:
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
     conn.execute("SET TimeZone TO 'UTC'")  # the transaction stays open until the connection closes
     return conn
+
+
+__all__ = ["Report", "RowChecker", "VerifySettings", "completeness", "verify"]
 
 
 def verify(
@@ -188,33 +119,6 @@ def verify(
                     report.add(checker.check(conn, group))
         report.add(checker.unsealed(conn, seals[-1].upto_tx if seals else 0, grace))
         report.add(completeness(conn, [s for s in seals if s.seq not in bad]))
-    return report
-
-
-def completeness(conn: psycopg.Connection[Any], seals: list[Seal]) -> Report:
-    """Every sequence up to the highest ack floor a valid seal recorded, per epoch, is a row, a
-    dead-letter record or a duplicate record; and every duplicate repeats a stored event."""
-    report = Report()
-    floors: dict[int, Floor] = {}
-    for seal in seals:
-        if (floor := seal.floor) and floor.seq >= floors.get(floor.epoch, floor).seq:
-            floors[floor.epoch] = floor
-    for epoch, floor in sorted(floors.items()):
-        if floor.seq < floor.first:
-            continue
-        bounds = {"e": epoch, "first": floor.first, "floor": floor.seq}
-        for start, end in conn.execute(_GAPS, bounds).fetchall():
-            seqs = f"{start}" if start == end else f"{start}-{end}"
-            report.findings.append(
-                f"epoch {epoch}, stream seq {seqs}: acknowledged by the broker,"
-                " neither stored nor dead-lettered"
-            )
-        report.accounted += floor.seq - floor.first + 1
-    for epoch, seq, event_id in conn.execute(_ORPHANS).fetchall():
-        report.findings.append(
-            f"epoch {epoch}, stream seq {seq}: recorded as a duplicate of {event_id},"
-            " which is not stored"
-        )
     return report
 
 
@@ -271,121 +175,6 @@ def _chain(
         elif pinned.hex() != hash_hex.lower():
             report.findings.append(f"seal #{seq_text}: pinned head differs (history rewritten)")
     return report, seals, bad
-
-
-@dataclass(frozen=True)
-class RowChecker:
-    """Checks rows against seal entries (picklable: it runs in worker processes too)."""
-
-    event_keys: EventKeys | None
-    bad_seals: set[int]
-
-    def check(self, conn: psycopg.Connection[Any], group: list[Seal]) -> Report:
-        """The rows and records of consecutive seals against their entries (one query each)."""
-        report = Report()
-        start, end = group[0].from_tx, group[-1].upto_tx
-        ends = [seal.upto_tx for seal in group]
-        expected: dict[str, tuple[int, bytes, int]] = {}  # key hex -> (flag, hash, seal)
-        listed = dict(conn.execute(_ENTRIES, (group[0].seq, group[-1].seq)).fetchall())
-        for link in group:
-            blob = bytes(listed.get(link.seq) or b"")
-            if link.seq not in self.bad_seals and (
-                hashlib.sha256(blob).digest() != bytes(link.rows_digest)
-                or len(blob) != link.row_count * ENTRY_BYTES
-            ):
-                report.findings.append(f"seal #{link.seq}: its list of rows was changed")
-            for flag, entry_key, digest in entries(blob):
-                expected[entry_key.hex] = (flag, digest, link.seq)
-        found, keys, sha256 = report.findings.append, self.event_keys, hashlib.sha256
-        versions = {seal.seq: seal.version for seal in group}
-        rows = conn.execute(_ROWS, (start, end)).fetchall()
-        report.rows = len(rows)
-        for row in rows:
-            values = _event_values(row)
-            event_id = values[0]
-            link = group[bisect.bisect_right(ends, row[0])]
-            sealed = expected.pop(event_id.replace("-", ""), None)
-            if sealed is None:
-                found(f"row {event_id}: inserted (in seal #{link.seq}'s range, not in it)")
-                continue
-            flag, digest, sealed_in = sealed
-            data = canonical(values)
-            mine = sha256(data).digest()
-            if versions[sealed_in] >= 2:
-                mine = bound(mine, bytes(row[3]))
-            if mine != digest:
-                found(f"row {event_id}: altered (differs from seal #{sealed_in})")
-            elif sealed_in != link.seq:
-                found(f"row {event_id}: altered (moved from seal #{sealed_in} to #{link.seq})")
-            elif row[4] is False:
-                found(f"row {event_id}: altered (source_ip stored with a network mask)")
-            elif flag == UNSIGNED:
-                report.unsigned += 1
-            elif flag == AUTHORED and keys and (why := _authorship(keys, data, row)):
-                found(f"row {event_id}: inserted: no valid authorship ({why})")
-        for key, flag, digest, tx in conn.execute(_RECORDS, {"start": start, "end": end}):
-            what = _record_name(key, flag)
-            sealed = expected.pop(key, None)
-            if sealed is None or sealed[0] != flag:
-                seq = group[bisect.bisect_right(ends, tx)].seq
-                found(f"{what}: inserted (in seal #{seq}'s range, not in it)")
-            elif bytes(digest) != sealed[1]:
-                found(f"{what}: altered (differs from seal #{sealed[2]})")
-        for key, (flag, _, seq) in expected.items():
-            if flag in (LETTER, DUPLICATE):
-                found(f"{_record_name(key, flag)}: deleted (sealed in seal #{seq})")
-            else:
-                found(f"row {UUID(key)}: deleted (sealed in seal #{seq})")
-        return report
-
-    def unsealed(self, conn: psycopg.Connection[Any], start: int, grace: timedelta) -> Report:
-        """Rows no seal covers yet: fine while young, inserted behind our back when old."""
-        report = Report()
-        now = datetime.now(UTC)
-        next_tx = int(conn.execute(_NEXT_TX).fetchone()[0])  # type: ignore[index]
-        for row in conn.execute(_ROWS, (start, _NO_END)).fetchall():
-            event_id, recorded_at = row[_FIRST], row[2]
-            report.rows += 1
-            if row[0] >= next_tx:
-                found = f"row {event_id}: inserted (tx_id {row[0]}: no transaction has had it yet)"
-                report.findings.append(found)
-                continue
-            if row[4] is False:
-                report.findings.append(f"row {event_id}: altered (source_ip stored with a mask)")
-            if recorded_at < now - grace:
-                age = int((now - recorded_at).total_seconds())
-                report.findings.append(f"row {event_id}: inserted (unsealed, stored {age}s ago)")
-                continue
-            report.pending += 1
-            keys = self.event_keys
-            if keys and (why := _authorship(keys, canonical(_event_values(row)), row)):
-                report.findings.append(f"row {event_id}: inserted: no valid authorship ({why})")
-        return report
-
-
-_IP = _FIRST + EVENT_COLUMNS.index("source_ip")
-_ACTION = _FIRST + EVENT_COLUMNS.index("action")
-
-
-def _authorship(keys: EventKeys, data: bytes, row: tuple[Any, ...]) -> str | None:
-    """Why the row's signature does not make it an authentic event, or ``None``: a key of
-    ours signed exactly these bytes, and that key may sign the row's action."""
-    return keys.check(data, row[1]) or keys.may_sign(row[1], row[_ACTION])
-
-
-def _event_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A fetched row's :data:`EVENT_COLUMNS` values as the model holds them."""
-    if row[_IP] is None:
-        return row[_FIRST:]
-    return (*row[_FIRST:_IP], canonical_ip(row[_IP]), *row[_IP + 1 :])
-
-
-def _record_name(key: str, flag: int) -> str:
-    """``dead letter epoch 3 seq 1041`` for a record's entry key (epoch, sequence)."""
-    raw = bytes.fromhex(key)
-    epoch, seq = int.from_bytes(raw[:4], "big", signed=True), int.from_bytes(raw[4:12], "big")
-    kind = "dead letter" if flag == LETTER else "duplicate record"
-    return f"{kind} of epoch {epoch}, stream seq {seq}"
 
 
 def _check_group(task: tuple[str, str, list[Seal], RowChecker]) -> Report:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from audit_query import store
+from audit_query import exporting
 from audit_query.deps import ExportGate, Filtered, Reader, Services
 from audit_query.recording import record
 
@@ -85,7 +85,7 @@ async def export(
         gate.leave(actor)
         raise
     seconds = app.settings.export_seconds
-    lines = store.export(
+    lines = exporting.export(
         app.export_pool, filters, format, seconds, app.trust, raw and format == "csv"
     )
     media = "application/x-ndjson" if format == "ndjson" else "text/csv"
