@@ -8,12 +8,13 @@ A denied read is on the record too, folded per source address and reason
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import HTTPBearer
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, StringConstraints
 
 from audit_events import model
 from audit_events.auth import AuthError, ScopeError, authenticate
@@ -26,6 +27,24 @@ from audit_query.trust import SealTrust
 from audit_web.client import MAX_PATH_CHARS, clean, peer
 
 SCOPE = "audit:read"
+
+
+class Problem(BaseModel):
+    """Why a request was not answered (FastAPI's error body)."""
+
+    detail: str
+
+
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No valid bearer token"},
+    403: {"model": Problem, "description": "The token lacks scope audit:read"},
+    503: {
+        "model": Problem,
+        "description": "This read cannot be recorded now, or every database connection is busy:"
+        " retry after Retry-After",
+    },
+}
+"""What every read may answer besides its own result (routes add theirs)."""
 BEARER = HTTPBearer(
     auto_error=False,
     description="HS256 JWT with scope audit:read (`audit-token --scope audit:read`)",
@@ -141,22 +160,66 @@ Text = Annotated[
     Annotated[model.Text, StringConstraints(max_length=MAX_FILTER_CHARS)] | None, Blank
 ]
 Network = Annotated[str | None, Blank, AfterValidator(lambda v: v and _network(v))]
-When = Annotated[AwareDatetime | None, Blank]
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """In UTC: PostgreSQL refuses offsets of 16 hours and more, which Python takes."""
+    try:
+        return moment and moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once in UTC") from None
+
+
+When = Annotated[AwareDatetime | None, Blank, AfterValidator(_utc)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=store.MAX_CURSOR_CHARS,
+        pattern="^[A-Za-z0-9_-]*$",
+        description="The next_cursor of the previous answer: an opaque token of this service",
+    ),
+]
+
+# What the OpenAPI document says each filter accepts — exactly what the parsers above take, so
+# generated clients (and schemathesis) agree with the service: an empty value means no filter.
+_BLANK = {"type": "string", "maxLength": 0}
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_TEXT = Query(
+    json_schema_extra={
+        "anyOf": [{"type": "string", "maxLength": MAX_FILTER_CHARS, "pattern": "^[^\\x00]*$"}]
+    }
+)
+_NETWORK = Query(
+    description="An address or a network (CIDR); IPv6 networks are accepted too",
+    json_schema_extra={
+        "anyOf": [
+            {"type": "string", "format": "ipv4"},
+            {"type": "string", "format": "ipv6"},
+            {"type": "string", "pattern": f"^({_OCTET}\\.){{3}}{_OCTET}/(3[0-2]|[12]?[0-9])$"},
+            _BLANK,
+        ]
+    },
+)
+_WHEN = Query(
+    description="ISO 8601 with an offset, on occurred_at",
+    json_schema_extra={"anyOf": [{"type": "string", "format": "date-time"}, _BLANK]},
+)
+_OUTCOME = Query(json_schema_extra={"anyOf": [{"enum": ["success", "failure", "denied"]}, _BLANK]})
 
 
 def filters(
-    actor_type: Text = None,
-    actor_id: Text = None,
-    action: Text = None,
-    resource_type: Text = None,
-    resource_id: Text = None,
-    outcome: Annotated[Literal["success", "failure", "denied"] | None, Blank] = None,
-    source_ip: Network = None,
-    request_id: Text = None,
-    trace_id: Text = None,
-    since: When = None,
-    until: When = None,
+    actor_type: Annotated[Text, _TEXT] = None,
+    actor_id: Annotated[Text, _TEXT] = None,
+    action: Annotated[Text, _TEXT] = None,
+    resource_type: Annotated[Text, _TEXT] = None,
+    resource_id: Annotated[Text, _TEXT] = None,
+    outcome: Annotated[Literal["success", "failure", "denied"] | None, Blank, _OUTCOME] = None,
+    source_ip: Annotated[Network, _NETWORK] = None,
+    request_id: Annotated[Text, _TEXT] = None,
+    trace_id: Annotated[Text, _TEXT] = None,
+    since: Annotated[When, _WHEN] = None,
+    until: Annotated[When, _WHEN] = None,
 ) -> store.Filters:
     """The filters of the listing, the export and the viewer (``since``/``until`` on
     ``occurred_at``); an empty value is no filter."""

@@ -6,10 +6,10 @@ from uuid import UUID
 from fastapi import APIRouter, HTTPException, Request
 
 from audit_query import store
-from audit_query.deps import Filtered, Limit, Reader, Services
+from audit_query.deps import READ_RESPONSES, Cursor, Filtered, Limit, Problem, Reader, Services
 from audit_query.recording import record
 
-router = APIRouter()
+router = APIRouter(responses=READ_RESPONSES)
 
 
 def bad_cursor(exc: store.BadCursor, name: str = "cursor") -> HTTPException:
@@ -24,7 +24,7 @@ async def list_events(
     app: Services,
     filters: Filtered,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Matching events, newest first; follow ``next_cursor`` to page to the end."""
     async with app.pool.connection() as conn:
@@ -37,7 +37,9 @@ async def list_events(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/audit-events/{event_id}")
+@router.get(
+    "/audit-events/{event_id}", responses={404: {"model": Problem, "description": "No such event"}}
+)
 async def get_event(request: Request, actor: Reader, app: Services, event_id: UUID) -> Any:
     """One event with every column, and whether a seal covers it yet."""
     async with app.pool.connection() as conn:

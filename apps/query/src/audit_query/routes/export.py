@@ -17,10 +17,10 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from audit_query import exporting
-from audit_query.deps import ExportGate, Filtered, Reader, Services
+from audit_query.deps import READ_RESPONSES, ExportGate, Filtered, Problem, Reader, Services
 from audit_query.recording import record
 
-router = APIRouter()
+router = APIRouter(responses=READ_RESPONSES)
 log = logging.getLogger("audit.query.export")
 MARGIN_SECONDS = 30.0  # the generator ends cleanly at the bound; this cuts a stalled client
 
@@ -54,7 +54,10 @@ class BoundedStream(StreamingResponse):
             "description": "Every matching event, newest first",
             "content": {"application/x-ndjson": {}, "text/csv": {}},
         },
-        503: {"description": "Too many exports running (or the read cannot be recorded)"},
+        503: {
+            "model": Problem,
+            "description": "Too many exports running, or the read cannot be recorded: retry",
+        },
     },
 )
 async def export(

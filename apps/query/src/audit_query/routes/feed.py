@@ -7,16 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from audit_query import store
-from audit_query.deps import Limit, Reader, Services
+from audit_query.deps import READ_RESPONSES, Cursor, Limit, Reader, Services
 from audit_query.recording import record
 from audit_query.routes.events import bad_cursor
 
-router = APIRouter()
+router = APIRouter(responses=READ_RESPONSES)
 
 
 @router.get("/audit-events/feed")
 async def follow(
-    request: Request, actor: Reader, app: Services, after: str | None = None, limit: Limit = 100
+    request: Request, actor: Reader, app: Services, after: Cursor = None, limit: Limit = 100
 ) -> dict[str, Any]:
     """Every stored event exactly once, in commit-horizon order; poll with ``next_cursor``."""
     async with app.pool.connection() as conn:

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from audit_events.auth import AuthError, ScopeError
 from audit_query import pages, store
-from audit_query.deps import SCOPE, Filtered, Limit, Services, identify, viewer_actor
+from audit_query.deps import SCOPE, Cursor, Filtered, Limit, Services, identify, viewer_actor
 from audit_query.recording import record
 
 router = APIRouter(include_in_schema=False)
@@ -39,7 +39,7 @@ async def view_list(
     app: Services,
     filters: Filtered,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Response:
     actor = await viewer_actor(request)
     if actor is None:
