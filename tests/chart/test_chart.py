@@ -496,3 +496,30 @@ def test_a_given_sealing_key_needs_its_public_key(helm: str) -> None:
     )
     assert done.returncode != 0
     assert "secrets.sealPublicKeys is required with secrets.sealKey" in done.stderr
+
+
+def test_ingresses_render_when_asked_route_to_their_service_and_trust_the_controller(
+    render: Render,
+) -> None:
+    assert not [o for o in render() if o["kind"] == "Ingress"]  # off by default
+    objects = render(
+        "default",
+        "--set", "api.ingress.enabled=true",
+        "--set", "api.ingress.className=nginx",
+        "--set", "api.forwardedAllowIps=10.244.0.0/16",
+        "--set", "query.ingress.enabled=true",
+        "--set", "query.ingress.tls[0].secretName=audit-tls",
+        "--set", "query.ingress.tls[0].hosts[0]=audit.example.com",
+    )  # fmt: skip
+    api, query = find(objects, "Ingress", "-api"), find(objects, "Ingress", "-query")
+    for ingress, service in ((api, "-api"), (query, "-query")):
+        kubernetes_validate.validate(ingress, "1.33.0", strict=True)
+        backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        target = find(objects, "Service", service)
+        assert backend["name"] == target["metadata"]["name"]
+        assert backend["port"]["number"] == target["spec"]["ports"][0]["port"]
+    assert api["spec"]["ingressClassName"] == "nginx"
+    assert query["spec"]["tls"] == [{"secretName": "audit-tls", "hosts": ["audit.example.com"]}]
+    deployment = find(objects, "Deployment", "-api")
+    assert env_of(deployment, "")["AUDIT_FORWARDED_ALLOW_IPS"] == "10.244.0.0/16"
+    assert any(o["kind"] == "Ingress" for o in render("kind"))  # kind values show it

@@ -297,3 +297,44 @@ checksum/config: {{ include "audit.configData" . | sha256sum }}
 checksum/secret: {{ include "audit.appSecretData" . | sha256sum }}
 {{- end }}
 {{- end -}}
+
+{{/*
+An Ingress for one HTTP service: (list $ component ingressValues serviceName servicePort).
+Behind it every client arrives from the ingress controller: the app trusts the controller's
+X-Forwarded-For only where forwardedAllowIps names the controller's addresses (README, "Behind
+a proxy"), so folding, 429s and the recorded source_ip still see clients.
+*/}}
+{{- define "audit.ingress" -}}
+{{- $root := index . 0 }}{{- $component := index . 1 }}{{- $ing := index . 2 }}
+{{- $service := index . 3 }}{{- $port := index . 4 }}
+{{- $c := dict "root" $root "component" $component }}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {{ $service }}
+  labels: {{- include "audit.labels" $c | nindent 4 }}
+  {{- with $ing.annotations }}
+  annotations: {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with $ing.className }}
+  ingressClassName: {{ . }}
+  {{- end }}
+  {{- with $ing.tls }}
+  tls: {{- toYaml . | nindent 4 }}
+  {{- end }}
+  rules:
+    {{- range $ing.hosts }}
+    - host: {{ .host | quote }}
+      http:
+        paths:
+          {{- range .paths }}
+          - path: {{ .path }}
+            pathType: {{ .pathType }}
+            backend:
+              service:
+                name: {{ $service }}
+                port: {number: {{ $port }}}
+          {{- end }}
+    {{- end }}
+{{- end }}
