@@ -1,11 +1,10 @@
 """``GET /audit-events`` (filtered, keyset-paged, newest first) and ``GET /audit-events/{id}``."""
 
-from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 
-from audit_query import store
+from audit_query import answers, store
 from audit_query.deps import READ_RESPONSES, Cursor, Filtered, Limit, Problem, Reader, Services
 from audit_query.recording import record
 
@@ -17,7 +16,7 @@ def bad_cursor(exc: store.BadCursor, name: str = "cursor") -> HTTPException:
     return HTTPException(422, [{"loc": ["query", name], "msg": str(exc), "type": "value_error"}])
 
 
-@router.get("/audit-events")
+@router.get("/audit-events", response_model=answers.Page)
 async def list_events(
     request: Request,
     actor: Reader,
@@ -25,7 +24,7 @@ async def list_events(
     filters: Filtered,
     limit: Limit = 100,
     cursor: Cursor = None,
-) -> dict[str, Any]:
+) -> Response:
     """Matching events, newest first; follow ``next_cursor`` to page to the end."""
     async with app.pool.connection() as conn:
         try:
@@ -34,13 +33,15 @@ async def list_events(
             raise bad_cursor(exc) from None
     asked = {"filters": filters.given(), "limit": limit, "cursor": cursor is not None}
     await record(request, app.publisher, actor, "audit.query", {**asked, "returned": len(items)})
-    return {"items": items, "next_cursor": next_cursor}
+    return answers.send({"items": items, "next_cursor": next_cursor})
 
 
 @router.get(
-    "/audit-events/{event_id}", responses={404: {"model": Problem, "description": "No such event"}}
+    "/audit-events/{event_id}",
+    response_model=answers.Event,
+    responses={404: {"model": Problem, "description": "No such event"}},
 )
-async def get_event(request: Request, actor: Reader, app: Services, event_id: UUID) -> Any:
+async def get_event(request: Request, actor: Reader, app: Services, event_id: UUID) -> Response:
     """One event with every column, and whether a seal covers it yet."""
     async with app.pool.connection() as conn:
         item = await store.one(conn, event_id, app.trust)
@@ -48,4 +49,4 @@ async def get_event(request: Request, actor: Reader, app: Services, event_id: UU
     await record(request, app.publisher, actor, "audit.read", found, resource_id=str(event_id))
     if item is None:
         raise HTTPException(404, "no such audit event")
-    return item
+    return answers.send(item)

@@ -2,11 +2,9 @@
 SIEMs that poll (the cursor logic is ``store.feed``). Polls are recorded folded, one record per
 reader, feed session and window."""
 
-from typing import Any
+from fastapi import APIRouter, Request, Response
 
-from fastapi import APIRouter, Request
-
-from audit_query import store
+from audit_query import answers, store
 from audit_query.deps import READ_RESPONSES, Cursor, Limit, Reader, Services
 from audit_query.recording import record
 from audit_query.routes.events import bad_cursor
@@ -14,10 +12,10 @@ from audit_query.routes.events import bad_cursor
 router = APIRouter(responses=READ_RESPONSES)
 
 
-@router.get("/audit-events/feed")
+@router.get("/audit-events/feed", response_model=answers.FeedPage)
 async def follow(
     request: Request, actor: Reader, app: Services, after: Cursor = None, limit: Limit = 100
-) -> dict[str, Any]:
+) -> Response:
     """Every stored event exactly once, in commit-horizon order; poll with ``next_cursor``."""
     async with app.pool.connection() as conn:
         try:
@@ -27,4 +25,4 @@ async def follow(
     polled = {"polls": 1, "rows": len(page.items)}
     fold = (app.feeds, (actor, page.session), polled)
     await record(request, app.publisher, actor, "audit.feed", {"session": page.session}, fold=fold)
-    return {"items": page.items, "next_cursor": page.next_cursor}
+    return answers.send({"items": page.items, "next_cursor": page.next_cursor})
