@@ -181,7 +181,7 @@ class Consumer:
                     batch = self._decode(msgs)
                     if len(storing) == self.writers.size:  # wait for the slot to be free
                         await storing.popleft()
-                    storing.append(asyncio.create_task(self.store(js, batch, slot)))
+                    storing.append(asyncio.create_task(self.settle(js, batch, slot)))
                     slot = (slot + 1) % self.writers.size
                 elif not self.writers.connected(0):  # idle: reconnect the DB if it was lost
                     await self._connect_db()
@@ -296,10 +296,11 @@ class Consumer:
     async def handle(self, js: Publisher, msgs: list[Msg]) -> None:
         """Store, dead-letter and ack one fetched batch (the order is the guarantee)."""
         if msgs:
-            await self.store(js, self._decode(msgs))
+            await self.settle(js, self._decode(msgs))
 
-    async def store(self, js: Publisher, batch: Batch, slot: int = 0) -> None:
-        """Write the rows and COMMIT, dead-letter what cannot be stored, then ack everything."""
+    async def settle(self, js: Publisher, batch: Batch, slot: int = 0) -> None:
+        """Settle one batch with the broker: write its rows and COMMIT, dead-letter (and record)
+        what cannot be stored, then ack every message."""
         msgs, valid, dead = batch.msgs, batch.valid, batch.dead
         metrics.BATCH_SIZE.observe(len(msgs))
         metrics.REDELIVERIES.inc(batch.redelivered)

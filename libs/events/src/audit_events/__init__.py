@@ -1,4 +1,9 @@
-"""Shared by every audit process: the event model, its encoding, ids and JetStream names."""
+"""The core every audit process shares (kept under its first name, ``audit_events``: stored
+migrations import it). The event model and its canonical form (``model``), ids, JetStream
+names (``naming``); token auth (``auth``), event authorship (``authorship``), seals (``seals``),
+the commit horizon (``horizon``); broker identities and the connect loop (``broker``), the
+signed acknowledged publish (``publishing``), folding of repeated records (``folding``);
+tracing and logging (``tracing``), secret generation (``keygen``)."""
 
 from audit_events import tracing
 from audit_events.ids import uuid7
