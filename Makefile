@@ -7,6 +7,13 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 DOCKER_SERVICES ?=
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# Host ports of what compose publishes (on 127.0.0.1): set any of them when one is taken, e.g.
+# `make docker-up AUDIT_API_HOST_PORT=18000`; the readiness wait and the printed URLs follow.
+export AUDIT_API_HOST_PORT ?= 8000
+export AUDIT_QUERY_HOST_PORT ?= 8080
+export AUDIT_NATS_MONITOR_HOST_PORT ?= 8222
+export AUDIT_PROMETHEUS_HOST_PORT ?= 9090
+export AUDIT_JAEGER_HOST_PORT ?= 16686
 # COMPOSE_PROFILES=cluster make docker-up: three NATS nodes routed together (config/nats-cluster.conf),
 # every app given all three, both streams with 3 replicas (README, "Docker").
 comma := ,
@@ -105,11 +112,13 @@ READYZ := import urllib.request as u; u.urlopen("http://127.0.0.1:8001/readyz", 
 
 .PHONY: docker-up
 docker-up: docker-build env-upgrade ## Build, start, wait until the API and every consumer are ready, print what runs
-	$(TRACING_OFF) $(COMPOSE) up -d --no-build $(DOCKER_SERVICES)
+	@$(TRACING_OFF) $(COMPOSE) up -d --no-build $(DOCKER_SERVICES) || { \
+	  echo "start failed (a host port taken? set AUDIT_*_HOST_PORT); removing what started" >&2; \
+	  $(COMPOSE) down --remove-orphans >/dev/null 2>&1; exit 1; }
 	@echo "waiting for the API and the consumers to be ready..."; \
 	for i in $$(seq 1 90); do \
 	  ok=yes; \
-	  if [ -n "$$($(COMPOSE) ps -q api)" ]; then curl -fsS http://127.0.0.1:8000/readyz >/dev/null 2>&1 || ok=; fi; \
+	  if [ -n "$$($(COMPOSE) ps -q api)" ]; then curl -fsS http://127.0.0.1:$(AUDIT_API_HOST_PORT)/readyz >/dev/null 2>&1 || ok=; fi; \
 	  for c in $$($(COMPOSE) ps -q consumer); do docker exec $$c python -c '$(READYZ)' >/dev/null 2>&1 || ok=; done; \
 	  [ -n "$$ok" ] && break; sleep 1; \
 	  if [ $$i = 90 ]; then echo "not ready after 90 s; see 'make docker-logs'" >&2; exit 1; fi; \
@@ -117,16 +126,16 @@ docker-up: docker-build env-upgrade ## Build, start, wait until the API and ever
 	@running=" $$($(COMPOSE) ps --services --filter status=running | tr '\n' ' ') "; \
 	has() { case "$$running" in *" $$1 "*) return 0;; esac; return 1; }; \
 	echo; \
-	has api && echo "  API         http://127.0.0.1:8000/docs"; \
-	has query && echo "  audit log   http://127.0.0.1:8080 (viewer), http://127.0.0.1:8080/docs (query API)"; \
-	has jaeger && echo "  Jaeger      http://127.0.0.1:16686"; \
-	has prometheus && echo "  Prometheus  http://127.0.0.1:9090"; \
-	has nats && echo "  NATS        http://127.0.0.1:8222/jsz?consumers=true$(if $(AUDIT_NATS_URL), (node 1 of 3; streams R3))"; \
+	has api && echo "  API         http://127.0.0.1:$(AUDIT_API_HOST_PORT)/docs"; \
+	has query && echo "  audit log   http://127.0.0.1:$(AUDIT_QUERY_HOST_PORT) (viewer), http://127.0.0.1:$(AUDIT_QUERY_HOST_PORT)/docs (query API)"; \
+	has jaeger && echo "  Jaeger      http://127.0.0.1:$(AUDIT_JAEGER_HOST_PORT)"; \
+	has prometheus && echo "  Prometheus  http://127.0.0.1:$(AUDIT_PROMETHEUS_HOST_PORT)"; \
+	has nats && echo "  NATS        http://127.0.0.1:$(AUDIT_NATS_MONITOR_HOST_PORT)/jsz?consumers=true$(if $(AUDIT_NATS_URL), (node 1 of 3; streams R3))"; \
 	has consumer && echo "  consumers   $$(echo $$($(COMPOSE) ps -q consumer) | wc -w) ready"; \
 	if has api; then \
 	  echo; echo "  export TOKEN=$$($(COMPOSE) exec -T api audit-token --sub dev-user)"; \
 	  has query && echo "  reader token (paste it into the viewer): $$($(COMPOSE) exec -T api audit-token --sub auditor --scope audit:read)"; \
-	  echo "  curl -s -X PATCH http://127.0.0.1:8000/accounts/acc-1 -H \"Authorization: Bearer \$$TOKEN\" -H 'Content-Type: application/json' -d '{\"email\": \"new@example.com\"}'"; \
+	  echo "  curl -s -X PATCH http://127.0.0.1:$(AUDIT_API_HOST_PORT)/accounts/acc-1 -H \"Authorization: Bearer \$$TOKEN\" -H 'Content-Type: application/json' -d '{\"email\": \"new@example.com\"}'"; \
 	fi; \
 	has postgres && echo "  $(COMPOSE) exec -T postgres psql -U audit -d audit -c 'SELECT occurred_at, actor_id, action, resource_id, outcome FROM audit_events ORDER BY stream_seq DESC LIMIT 5'"; \
 	echo

@@ -1,6 +1,6 @@
 """An anonymous flood against the real pipeline, through a graceful restart of the API: rows stay
 few, and the sum of denied_requests over the stored denied events equals the 401 and 429 answers
-given (an ungraceful crash could lose the counts of the current window: denials.py)."""
+given (an ungraceful crash could lose the counts of the current window: audit_events/folding.py)."""
 
 import asyncio
 import signal
