@@ -108,11 +108,13 @@ docker-build: ## Build the audit-api, audit-consumer, audit-query and audit-veri
 # exist), unless OTEL_EXPORTER_OTLP_ENDPOINT is set in your shell to a collector of your own.
 NO_JAEGER := $(and $(DOCKER_SERVICES),$(if $(filter jaeger,$(DOCKER_SERVICES)),,yes))
 TRACING_OFF := $(if $(and $(NO_JAEGER),$(filter undefined,$(origin OTEL_EXPORTER_OTLP_ENDPOINT))),OTEL_EXPORTER_OTLP_ENDPOINT=)
+# ...and the viewer links no trace to a Jaeger that is not running.
+NO_TRACE_LINKS := $(if $(and $(NO_JAEGER),$(filter undefined,$(origin AUDIT_JAEGER_URL))),AUDIT_JAEGER_URL=)
 READYZ := import urllib.request as u; u.urlopen("http://127.0.0.1:8001/readyz", timeout=2)
 
 .PHONY: docker-up
 docker-up: docker-build env-upgrade ## Build, start, wait until the API and every consumer are ready, print what runs
-	@$(TRACING_OFF) $(COMPOSE) up -d --no-build $(DOCKER_SERVICES) || { \
+	@$(TRACING_OFF) $(NO_TRACE_LINKS) $(COMPOSE) up -d --no-build $(DOCKER_SERVICES) || { \
 	  echo "start failed (a host port taken? set AUDIT_*_HOST_PORT); removing what started" >&2; \
 	  $(COMPOSE) down --remove-orphans >/dev/null 2>&1; exit 1; }
 	@echo "waiting for the API and the consumers to be ready..."; \

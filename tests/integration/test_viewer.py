@@ -83,7 +83,7 @@ def follow(chrome: webdriver.Chrome, element: WebElement) -> None:
 
 def ids_shown(chrome: webdriver.Chrome) -> list[str]:
     links = chrome.find_elements(By.CSS_SELECTOR, "#events a.event")
-    return [str(link.get_attribute("href")).rsplit("/", 1)[1] for link in links]
+    return [str(link.get_attribute("href")).rsplit("/", 1)[1].split("?")[0] for link in links]
 
 
 async def test_sign_in_filter_page_and_open_an_event_in_a_real_browser(
@@ -95,6 +95,7 @@ async def test_sign_in_filter_page_and_open_an_event_in_a_real_browser(
     base = f"http://127.0.0.1:{viewer.port}"
 
     browser.get(base + "/")
+    assert "audit-token" in browser.find_element(By.ID, "where").text  # where tokens come from
     browser.find_element(By.ID, "token").send_keys(
         issue_token(JWT_SECRET, "auditor", scope="audit:read")
     )
@@ -108,6 +109,13 @@ async def test_sign_in_filter_page_and_open_an_event_in_a_real_browser(
     first = ids_shown(browser)
     matching = [str(e.id) for e in reversed(events) if e.actor_id == "user-0"]
     assert first == matching[:25]
+    assert browser.find_element(By.ID, "count").text == "30 matching events"
+    headings = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#events th")]
+    assert headings[:3] == ["Time (UTC)", "Who", "What"]
+    assert browser.find_element(By.CSS_SELECTOR, "#events a.event").text.endswith(" UTC")
+    csv_link = browser.find_element(By.ID, "csv").get_attribute("href")
+    assert "format=csv" in str(csv_link)
+    assert "actor_id=user-0" in str(csv_link)
 
     follow(
         browser, browser.find_element(By.ID, "next")
@@ -117,7 +125,7 @@ async def test_sign_in_filter_page_and_open_an_event_in_a_real_browser(
 
     # open the event with the hostile user agent: shown as text, run nowhere
     browser.get(base + "/?actor_id=user-0&limit=100")
-    follow(browser, browser.find_element(By.CSS_SELECTOR, f'a[href="/events/{events[87].id}"]'))
+    follow(browser, browser.find_element(By.CSS_SELECTOR, f'a[href^="/events/{events[87].id}"]'))
     assert browser.find_element(By.ID, "d-id").text == str(events[87].id)
     assert browser.find_element(By.ID, "d-user_agent").text == HOSTILE
     assert json.loads(browser.find_element(By.ID, "d-metadata").text) == {"note": HOSTILE}
@@ -125,6 +133,11 @@ async def test_sign_in_filter_page_and_open_an_event_in_a_real_browser(
     assert trace.get_attribute("href") == f"{JAEGER}/trace/{'ab' * 16}"
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018
+    assert browser.find_element(By.ID, "d-occurred_at").text.endswith(" UTC")
+    follow(browser, browser.find_element(By.ID, "back"))  # back to the list it came from
+    assert browser.find_element(By.ID, "f-actor_id").get_attribute("value") == "user-0"
+    follow(browser, browser.find_element(By.ID, "clear"))
+    assert browser.find_element(By.ID, "f-actor_id").get_attribute("value") == ""
 
     # a bad filter: the page says which, with what was typed kept
     browser.get(base + "/?since=yesterday")
@@ -141,6 +154,8 @@ async def test_sign_in_filter_page_and_open_an_event_in_a_real_browser(
         ("audit.query", "viewer"),
         ("audit.query", "viewer"),
         ("audit.read", "viewer"),
+        ("audit.query", "viewer"),  # back to the list
+        ("audit.query", "viewer"),  # filters cleared
     ]
 
     follow(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/session/end'] button"))
@@ -156,6 +171,7 @@ async def test_sign_in_filter_page_and_open_an_event_in_a_real_browser(
 async def test_the_viewer_keeps_its_token_from_scripts_and_other_sites(
     db: Any, settings: ConsumerSettings, streams: ConsumerSettings
 ) -> None:
+    """And (in the same signed-in client) hides the reader's own reads, and downloads."""
     config = settings_for(await reader_url(settings), streams)
     token = READ["Authorization"].removeprefix("Bearer ")
     async with serving(config) as http:
@@ -181,6 +197,20 @@ async def test_the_viewer_keeps_its_token_from_scripts_and_other_sites(
         assert "lacks scope" in no_scope.text
         garbage = await http.post("/session", data={"token": "not-a-jwt"})
         assert garbage.status_code == 401
+
+        # The reader's own reads are left out unless asked for; the result downloads as a
+        # file, through the same recorded, bounded export as the API's.
+        await store_events(db, [event(i) for i in range(3)])
+        await store_events(db, [event(i, action="audit.query") for i in range(10, 12)])
+        assert (await http.get("/")).text.count('class="event"') == 3
+        assert (await http.get("/", params={"reads": "1"})).text.count('class="event"') == 5
+        assert (await http.get("/", params={"action": "audit.query"})).text.count(
+            'class="event"'
+        ) == 2  # asked for by action: shown
+        download = await http.get("/download", params={"format": "csv"})
+        assert download.status_code == 200
+        assert download.headers["content-type"].startswith("text/csv")
+        assert len(download.text.strip().splitlines()) == 1 + 3  # a header, the 3 events
 
     async with serving(config) as http:  # a new client: no cookie, only the sign-in form
         anonymous = await http.get("/")

@@ -24,9 +24,9 @@ from audit_events import (
 )
 from audit_events.auth import AuthError, authenticate
 from audit_events.folding import Folding, source_key
+from audit_events.naming import ACCOUNT_ACTIONS
 from audit_web.client import MAX_PATH_CHARS, clean, header, peer
 
-ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
@@ -55,7 +55,7 @@ def build_event(
         occurred_at=datetime.now(UTC),
         actor_type=actor_type,
         actor_id=actor_id,
-        action=ACTIONS[request.method],
+        action=ACCOUNT_ACTIONS[request.method],
         resource_type="account",
         resource_id=clean(account_id, MAX_ID_CHARS) or "-",
         outcome=outcome,

@@ -14,26 +14,41 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
+from audit_events.authorship import READS
+from audit_events.naming import ACCOUNT_ACTIONS
+
 SESSION_COOKIE = "audit_session"
 
 FILTER_FIELDS = (
-    ("actor_type", "actor type", "user"),
-    ("actor_id", "actor id", "alice"),
-    ("action", "action", "account.update"),
-    ("resource_type", "resource type", "account"),
-    ("resource_id", "resource id", "acct-42"),
-    ("outcome", "outcome", "success | failure | denied"),
-    ("source_ip", "source IP or CIDR", "10.0.0.0/8"),
-    ("request_id", "request id", ""),
-    ("trace_id", "trace id", ""),
-    ("since", "since (ISO 8601)", "2026-11-01T00:00:00Z"),
-    ("until", "until (ISO 8601)", "2026-12-01T00:00:00Z"),
+    ("actor_id", "Who (actor id)", "alice"),
+    ("actor_type", "Actor type", "user"),
+    ("action", "What (action)", "account.update"),
+    ("resource_id", "On what (resource id)", "acct-42"),
+    ("resource_type", "Resource type", "account"),
+    ("source_ip", "From (address or network)", "10.0.0.0/8"),
+    ("request_id", "Request id", ""),
+    ("trace_id", "Trace id", ""),
+    ("since", "Since (ISO 8601, with zone)", "2026-11-01T00:00:00Z"),
+    ("until", "Until (ISO 8601, with zone)", "2026-12-01T00:00:00Z"),
 )
-COLUMNS = ("occurred_at", "actor", "action", "resource", "outcome", "source_ip", "sealed")
+OUTCOMES = ("success", "failure", "denied")
+ACTIONS = (*ACCOUNT_ACTIONS.values(), *READS, "audit.dlq.replay")  # offered; any may be typed
+COLUMNS = ("Time (UTC)", "Who", "What", "On what", "Outcome", "From", "Sealed")
+LIST_ATTRIBUTE = ' list="actions"'  # the action field offers the known actions
+COUNT_CAP = 10_000  # beyond, "more than 10,000" (an exact count of a big log costs a scan)
+LABELS = {
+    "id": "Event id", "occurred_at": "When (UTC)", "recorded_at": "Recorded (UTC)",
+    "actor_type": "Actor type", "actor_id": "Who", "action": "What", "resource_type":
+    "Resource type", "resource_id": "On what", "outcome": "Outcome", "source_ip": "From",
+    "user_agent": "User agent", "request_id": "Request id", "trace_id": "Trace id",
+    "metadata": "Details", "stream_seq": "Broker sequence", "signature": "Producer signature",
+    "sealed": "Sealed",
+}  # fmt: skip
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1f23}
@@ -44,7 +59,8 @@ input,select,button{font:inherit;padding:.25rem}
 table{border-collapse:collapse;width:100%;margin-top:1rem}
 th,td{border-bottom:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}
 td.id{font-family:monospace}pre{background:#f6f8fa;padding:.5rem;overflow:auto}
-.error{color:#b3261e;font-weight:600}.nav{margin-top:1rem}
+.error{color:#b3261e;font-weight:600}.nav{margin-top:1rem}.help{color:#57606a;max-width:40rem}
+label.check{justify-content:flex-end}.summary{margin-top:1rem;color:#57606a}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem}dt{color:#57606a}
 dd{margin:0;font-family:monospace;word-break:break-all}
 """.strip()
@@ -77,14 +93,20 @@ def _page(title: str, body: str, actor: str | None = None) -> str:
 
 
 def sign_in_page(error: str | None = None) -> str:
-    """Where a token (scope ``audit:read``; ``audit-token --scope audit:read``) is pasted."""
+    """Where a token (scope ``audit:read``; ``audit-token --scope audit:read``) is pasted, with
+    where one comes from."""
     problem = f'<p class="error" id="error">{escape(error)}</p>' if error else ""
     return _page(
         "Audit log: sign in",
         f'{problem}<form method="post" action="/session">'
-        "<label>Bearer token with scope audit:read"
+        "<label>Your access token (it needs the scope audit:read)"
         '<input name="token" id="token" type="password" autocomplete="off" required></label>'
-        '<button type="submit" id="sign-in">Sign in</button></form>',
+        '<button type="submit" id="sign-in">Sign in</button></form>'
+        '<p class="help" id="where">Tokens are issued by whoever runs this service. On a'
+        " deployment of this project: <code>audit-token --sub your-name --scope"
+        " audit:read</code> in the API's container or pod prints one; <code>make docker-up"
+        "</code> and <code>make dev</code> print a reader's token when they start. The token"
+        " is kept in a cookie that no script can read, for 8 hours at most.</p>",
     )
 
 
@@ -94,39 +116,66 @@ def list_page(
     items: Iterable[dict[str, Any]] | None,
     next_cursor: str | None,
     error: str | None = None,
+    total: int = 0,
 ) -> str:
-    """The filter form (as given), the matching events and a link to the next page."""
+    """The filter form (as given), how many match, the matching events, the next page, and the
+    result as a download."""
     fields = "".join(
         f'<label>{escape(label)}<input name="{name}" id="f-{name}" '
-        f'value="{escape(given.get(name, ""))}" placeholder="{escape(hint)}"></label>'
+        f'value="{escape(given.get(name, ""))}" placeholder="{escape(hint)}"'
+        f"{LIST_ATTRIBUTE if name == 'action' else ''}></label>"
         for name, label, hint in FILTER_FIELDS
+    )
+    actions = "".join(f'<option value="{escape(a)}">' for a in ACTIONS)
+    outcome = given.get("outcome", "")
+    outcomes = '<option value="">any</option>' + "".join(
+        f"<option{' selected' if o == outcome else ''}>{o}</option>" for o in OUTCOMES
     )
     limit = given.get("limit", "100")
     options = "".join(
         f"<option{' selected' if str(n) == limit else ''}>{n}</option>" for n in (25, 100, 500)
     )
+    reads = " checked" if given.get("reads") else ""
     form = (
         f'<form class="filters" method="get" action="/">{fields}'
-        f'<label>per page<select name="limit" id="f-limit">{options}</select></label>'
-        '<button type="submit" id="search">Search</button></form>'
+        f'<datalist id="actions">{actions}</datalist>'
+        f'<label>Outcome<select name="outcome" id="f-outcome">{outcomes}</select></label>'
+        f'<label>Per page<select name="limit" id="f-limit">{options}</select></label>'
+        f'<label class="check"><span><input type="checkbox" name="reads" value="1" id="f-reads"'
+        f"{reads}> include reads of the log (page views, exports)</span></label>"
+        '<button type="submit" id="search">Search</button>'
+        '<a id="clear" href="/">Clear filters</a></form>'
     )
     if error is not None:
         return _page("Audit log", f'{form}<p class="error" id="error">{escape(error)}</p>', actor)
-    rows = "".join(_row(item) for item in items or ())
+    shown = {k: v for k, v in given.items() if v}
+    rows = "".join(_row(item, shown) for item in items or ())
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    many = f"more than {COUNT_CAP:,}" if total > COUNT_CAP else f"{total:,}"
+    files = urlencode({k: v for k, v in shown.items() if k != "limit"})
+    summary = (
+        f'<p class="summary"><span id="count">{many} matching event{"" if total == 1 else "s"}'
+        f"</span> · download: "
+        f'<a id="csv" href="/download?{escape(urlencode({"format": "csv"}) + "&" + files)}">'
+        "CSV</a> "
+        f'<a id="ndjson" href="/download?{escape(urlencode({"format": "ndjson"}) + "&" + files)}"'
+        ">NDJSON</a></p>"
+    )
     table = (
         f'<table id="events"><thead><tr>{head}</tr></thead>'
         f"<tbody>{rows or '<tr><td colspan=7>no matching events</td></tr>'}</tbody></table>"
     )
     nav = ""
     if next_cursor:
-        query = urlencode({**{k: v for k, v in given.items() if v}, "cursor": next_cursor})
+        query = urlencode({**shown, "cursor": next_cursor})
         nav = f'<p class="nav"><a id="next" href="/?{escape(query)}">next page</a></p>'
-    return _page("Audit log", form + table + nav, actor)
+    return _page("Audit log", form + summary + table + nav, actor)
 
 
-def _row(item: dict[str, Any]) -> str:
-    link = f'<a class="event" href="/events/{escape(str(item["id"]))}">{_time(item)}</a>'
+def _row(item: dict[str, Any], shown: Mapping[str, str]) -> str:
+    back = f"?{urlencode(shown)}" if shown else ""  # the detail page links back to this list
+    href = f"/events/{item['id']}{back}"
+    link = f'<a class="event" href="{escape(href)}">{_time(item["occurred_at"])}</a>'
     cells = (
         link,
         escape(f"{item['actor_type']}:{item['actor_id']}"),
@@ -139,12 +188,16 @@ def _row(item: dict[str, Any]) -> str:
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
-def _time(item: dict[str, Any]) -> str:
-    return escape(item["occurred_at"].isoformat())
+def _time(moment: datetime) -> str:
+    """One format for every time shown: to the second, in UTC, saying so."""
+    return escape(moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
 
 
-def detail_page(actor: str, item: dict[str, Any], jaeger_url: str | None) -> str:
-    """Every column of one event; its trace id links to Jaeger when one is configured."""
+def detail_page(
+    actor: str, item: dict[str, Any], jaeger_url: str | None, back: Mapping[str, str]
+) -> str:
+    """Every column of one event; its trace id links to Jaeger when one is configured; a link
+    back to the list it was opened from."""
     rows = []
     for name, value in item.items():
         if name == "metadata":
@@ -154,7 +207,13 @@ def detail_page(actor: str, item: dict[str, Any], jaeger_url: str | None) -> str
             shown = f'<a id="trace" href="{escape(href)}">{escape(str(value))}</a>'
         elif name == "sealed":
             shown = "yes: a seal covers it" if value else "not yet (sealed within seconds)"
+        elif isinstance(value, datetime):
+            shown = _time(value)
         else:
             shown = escape("" if value is None else str(value))
-        rows.append(f'<dt>{escape(name)}</dt><dd id="d-{escape(name)}">{shown}</dd>')
-    return _page(f"Audit event {item['id']}", f'<dl id="event">{"".join(rows)}</dl>', actor)
+        label = escape(LABELS.get(name, name))
+        rows.append(f'<dt>{label}</dt><dd id="d-{escape(name)}">{shown}</dd>')
+    query = urlencode({k: v for k, v in back.items() if v})
+    link = f'<p class="nav"><a id="back" href="/?{escape(query)}">← back to the list</a></p>'
+    body = f'{link}<dl id="event">{"".join(rows)}</dl>'
+    return _page(f"Audit event {item['id']}", body, actor)

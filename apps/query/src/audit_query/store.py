@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from audit_events.authorship import READS
 from audit_events.horizon import HORIZON
 from audit_events.model import read_as
 from audit_query.trust import SealTrust
@@ -59,6 +60,7 @@ class Filters:
     trace_id: str | None = None
     since: datetime | None = None  # occurred_at >= since
     until: datetime | None = None  # occurred_at < until
+    hide_reads: bool | None = None  # leave out the records of reads (the viewer's default)
 
     def given(self) -> dict[str, str]:
         """The filters used, for the record of the read."""
@@ -87,6 +89,9 @@ class Filters:
             clauses.append(sql.SQL("occurred_at >= {}").format(value(self.since)))
         if self.until is not None:
             clauses.append(sql.SQL("occurred_at < {}").format(value(self.until)))
+        if self.hide_reads:
+            reads = sql.SQL(", ").join(value(action) for action in READS)
+            clauses.append(sql.SQL("action NOT IN ({})").format(reads))
         return clauses, params
 
 
@@ -172,6 +177,16 @@ async def page(
         encode_cursor(last["occurred_at"].isoformat(), str(last["id"])) if more and last else None
     )
     return [_item(r, upto) for r in rows], token
+
+
+async def count(conn: psycopg.AsyncConnection[Any], filters: Filters, cap: int) -> int:
+    """How many rows match, counted no further than ``cap`` + 1 (the viewer says "more than
+    ``cap``" beyond: an exact count of a large log would cost a scan)."""
+    clauses, params = filters.where()
+    where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
+    query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM audit_events {} LIMIT %s) s")
+    row = await (await conn.execute(query.format(where), [*params, cap + 1])).fetchone()
+    return int(row[0]) if row else 0
 
 
 async def one(

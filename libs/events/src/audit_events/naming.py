@@ -38,3 +38,7 @@ class StreamNames(BaseSettings):
     def dlq_subject(self, kind: str) -> str:
         """Subject of a dead letter: ``audit.dlq.invalid`` or ``audit.dlq.rejected``."""
         return f"{self.subject_prefix}.dlq.{kind}"
+
+
+ACCOUNT_ACTIONS = {"GET": "account.read", "PATCH": "account.update", "DELETE": "account.delete"}
+"""The placeholder API's actions, by HTTP method (what it records; the viewer offers them)."""

@@ -16,8 +16,16 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from audit_query import exporting
-from audit_query.deps import READ_RESPONSES, ExportGate, Filtered, Problem, Reader, Services
+from audit_query import exporting, store
+from audit_query.deps import (
+    READ_RESPONSES,
+    ExportGate,
+    Filtered,
+    Parts,
+    Problem,
+    Reader,
+    Services,
+)
 from audit_query.recording import record
 
 router = APIRouter(responses=READ_RESPONSES)
@@ -78,12 +86,27 @@ async def export(
     """Every matching event, newest first, formatted by PostgreSQL and streamed by ``COPY``
     as it is produced: memory stays flat whatever the size; a client that disconnects ends
     the COPY, and one that reads too slowly is cut off after ``AUDIT_QUERY_EXPORT_SECONDS``."""
+    return await stream_export(request, app, actor, filters, format, raw)
+
+
+async def stream_export(
+    request: Request,
+    app: Parts,
+    actor: str,
+    filters: store.Filters,
+    format: str,
+    raw: bool = False,
+    via: str | None = None,
+) -> StreamingResponse:
+    """An export, bounded and recorded (the API's and the viewer's download alike)."""
     gate: ExportGate = app.exports
     if not gate.enter(actor):
         raise HTTPException(503, "too many exports running; retry later", {"Retry-After": "5"})
     try:
         asked = {"filters": filters.given(), "format": format, "raw": raw}
-        await record(request, app.publisher, actor, "audit.export", asked)
+        await record(
+            request, app.publisher, actor, "audit.export", asked | ({"via": via} if via else {})
+        )
     except BaseException:
         gate.leave(actor)
         raise

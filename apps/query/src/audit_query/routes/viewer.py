@@ -2,16 +2,20 @@
 pages (``pages.py`` renders them). The token is pasted once and kept in an HttpOnly,
 SameSite=Strict cookie; sign-in and sign-out refuse cross-site posts."""
 
+import dataclasses
+from typing import Annotated
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from audit_events.auth import AuthError, ScopeError
+from audit_events.authorship import READS
 from audit_query import pages, store
 from audit_query.deps import SCOPE, Cursor, Filtered, Limit, Services, identify, viewer_actor
 from audit_query.recording import record
+from audit_query.routes.export import stream_export
 
 router = APIRouter(include_in_schema=False)
 MAX_FORM_BYTES = 16384  # a sign-in form holds one token
@@ -45,15 +49,39 @@ async def view_list(
     if actor is None:
         return html(pages.sign_in_page(), 401 if request.cookies else 200)
     given = form_values(request)
+    filters = _as_shown(filters, given)
     async with app.pool.connection() as conn:
         try:
             items, next_cursor = await store.page(conn, filters, limit, cursor, app.trust)
         except store.BadCursor as exc:
             return html(pages.list_page(actor, given, None, None, str(exc)), 422)
+        total = await store.count(conn, filters, pages.COUNT_CAP)
     asked = {"filters": filters.given(), "limit": limit, "cursor": cursor is not None}
     metadata = {**asked, "returned": len(items), "via": "viewer"}
     await record(request, app.publisher, actor, "audit.query", metadata)
-    return html(pages.list_page(actor, given, items, next_cursor))
+    return html(pages.list_page(actor, given, items, next_cursor, total=total))
+
+
+def _as_shown(filters: store.Filters, given: dict[str, str]) -> store.Filters:
+    """The records of reads are left out unless asked for (``reads``) or filtered for by
+    action: they are mostly the reader's own page views."""
+    hide = not given.get("reads") and filters.action not in READS
+    return dataclasses.replace(filters, hide_reads=hide or None)
+
+
+@router.get("/download")
+async def download(
+    request: Request,
+    app: Services,
+    filters: Filtered,
+    format: Annotated[str, Query(pattern="^(ndjson|csv)$")] = "csv",
+) -> Response:
+    """The current result as a file, through the same bounded, recorded export as the API's."""
+    actor = await viewer_actor(request)
+    if actor is None:
+        return html(pages.sign_in_page(), 401)
+    filters = _as_shown(filters, form_values(request))
+    return await stream_export(request, app, actor, filters, format, via="viewer")
 
 
 @router.get("/events/{event_id}")
@@ -67,7 +95,8 @@ async def view_event(request: Request, app: Services, event_id: UUID) -> Respons
     await record(request, app.publisher, actor, "audit.read", found, resource_id=str(event_id))
     if item is None:
         return html(pages.list_page(actor, {}, None, None, "no such audit event"), 404)
-    return html(pages.detail_page(actor, item, app.settings.jaeger_url))
+    back = form_values(request)  # the list this event was opened from
+    return html(pages.detail_page(actor, item, app.settings.jaeger_url, back))
 
 
 @router.post("/session")
