@@ -4,6 +4,11 @@ Closed loop: ``--concurrency`` connections each send the next request as soon as
 answer arrived, for ``--seconds``. Open loop: ``--rate`` requests/s on a fixed schedule (the
 end-to-end latency run). Prints one JSON object: requests/s, latency percentiles, status counts
 and, with ``--ids``, ``[audit_event_id, unix time of the 200]`` pairs.
+
+It survives what a rolling restart does to connections: a connection the server closes (after
+an answer, or with a request in flight) is replaced, and counted — ``closed`` (connections the
+server ended), ``unanswered`` (requests sent that got no answer: failed requests), ``refused``
+(connection attempts refused while no server listened).
 """
 
 import argparse
@@ -26,15 +31,18 @@ def request_bytes(method: str, path: str, host: str, token: str, body: bytes) ->
 
 async def exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes
-) -> tuple[int, bytes]:
+) -> tuple[int, bytes, bool]:
+    """(status, body, whether the server will close the connection after this answer)."""
     writer.write(payload)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
-    length = 0
+    length, closing = 0, False
     for line in head.split(b"\r\n"):
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    return status, await reader.readexactly(length)
+        elif line.lower() == b"connection: close":
+            closing = True
+    return status, await reader.readexactly(length), closing
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -48,10 +56,20 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     next_slot = [started]
 
+    broken = {"closed": 0, "unanswered": 0, "refused": 0}
+
     async def connection(index: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         n = 0
         while time.perf_counter() < deadline:
+            if stream is None:
+                try:
+                    stream = await asyncio.open_connection(host, port)
+                except OSError:
+                    broken["refused"] += 1
+                    await asyncio.sleep(0.05)
+                    continue
+            reader, writer = stream
             if interval:  # open loop: take the next slot on the shared schedule
                 slot = next_slot[0]
                 next_slot[0] += interval
@@ -61,14 +79,26 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             path = args.path.replace("{n}", f"{index}-{n}")
             n += 1
             t = time.perf_counter()
-            status, answer = await exchange(
-                reader, writer, request_bytes(args.method, path, host, args.token, body)
-            )
+            try:
+                status, answer, closing = await exchange(
+                    reader, writer, request_bytes(args.method, path, host, args.token, body)
+                )
+            except (asyncio.IncompleteReadError, OSError):  # closed with the request in flight
+                broken["unanswered"] += 1
+                broken["closed"] += 1
+                writer.close()
+                stream = None
+                continue
+            if closing:
+                broken["closed"] += 1
+                writer.close()
+                stream = None
             latencies.append(time.perf_counter() - t)
             statuses[status] = statuses.get(status, 0) + 1
             if args.ids and status == 200:
                 acked.append((json.loads(answer)["audit_event_id"], time.time()))
-        writer.close()
+        if stream is not None:
+            stream[1].close()
 
     await asyncio.gather(*(connection(i) for i in range(args.concurrency)))
     elapsed = time.perf_counter() - started
@@ -80,6 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "p50_ms": p50,
         "p99_ms": p99,
         "statuses": statuses,
+        **broken,
         "acked": acked if args.ids else None,
     }
 

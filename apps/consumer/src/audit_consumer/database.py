@@ -36,6 +36,17 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
+class _FirstLine(logging.Filter):
+    """alembic logs each revision with its whole docstring: keep its first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = record.getMessage().split("\n", 1)[0], None
+        return True
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_FirstLine())
+
+
 async def migrate(settings: Settings, revision: str = "head") -> None:
     """``alembic upgrade head`` against ``DATABASE_URL``, once the database accepts connections."""
     config = alembic_config(settings)

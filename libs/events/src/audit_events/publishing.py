@@ -79,6 +79,7 @@ class JetStreamPublisher:
         self.js: JetStreamContext | None = None  # one per connection, not per publish
         self.stream_ok = True  # the stream exists (publishes to a deleted one are refused)
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False  # a disconnect then is the shutdown, not an outage
 
     @property
     def ready(self) -> bool:
@@ -94,6 +95,7 @@ class JetStreamPublisher:
         ]
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         if self.nc is not None and not self.nc.is_closed:
@@ -113,7 +115,10 @@ class JetStreamPublisher:
 
     async def _disconnected(self) -> None:
         self.on_connection(False)
-        log.warning("disconnected from NATS; reconnecting")
+        if self._closing:
+            log.info("disconnected from NATS (shutting down)")
+        else:
+            log.warning("disconnected from NATS; reconnecting")
 
     async def _reconnected(self) -> None:
         self.on_connection(True)
