@@ -107,6 +107,11 @@ docker-build: ## Build the audit-api, audit-consumer, audit-query and audit-veri
 # Jaeger left out of DOCKER_SERVICES: tracing off (the apps would export to a host that does not
 # exist), unless OTEL_EXPORTER_OTLP_ENDPOINT is set in your shell to a collector of your own.
 NO_JAEGER := $(and $(DOCKER_SERVICES),$(if $(filter jaeger,$(DOCKER_SERVICES)),,yes))
+# A subset (DOCKER_SERVICES) still starts the services of the profiles asked for: compose would
+# start only those listed, so profile services (verify; nats-2, nats-3) would be dropped silently.
+PROFILES := $(subst $(comma), ,$(COMPOSE_PROFILES))
+PROFILE_SERVICES := $(if $(filter verify,$(PROFILES)),verify) $(if $(filter cluster,$(PROFILES)),nats-2 nats-3)
+UP_SERVICES := $(if $(DOCKER_SERVICES),$(strip $(DOCKER_SERVICES) $(PROFILE_SERVICES)))
 TRACING_OFF := $(if $(and $(NO_JAEGER),$(filter undefined,$(origin OTEL_EXPORTER_OTLP_ENDPOINT))),OTEL_EXPORTER_OTLP_ENDPOINT=)
 # ...and the viewer links no trace to a Jaeger that is not running.
 NO_TRACE_LINKS := $(if $(and $(NO_JAEGER),$(filter undefined,$(origin AUDIT_JAEGER_URL))),AUDIT_JAEGER_URL=)
@@ -114,7 +119,7 @@ READYZ := import urllib.request as u; u.urlopen("http://127.0.0.1:8001/readyz", 
 
 .PHONY: docker-up
 docker-up: docker-build env-upgrade ## Build, start, wait until the API and every consumer are ready, print what runs
-	@$(TRACING_OFF) $(NO_TRACE_LINKS) $(COMPOSE) up -d --no-build $(DOCKER_SERVICES) || { \
+	@$(TRACING_OFF) $(NO_TRACE_LINKS) $(COMPOSE) up -d --no-build $(UP_SERVICES) || { \
 	  echo "start failed (a host port taken? set AUDIT_*_HOST_PORT); removing what started" >&2; \
 	  $(COMPOSE) down --remove-orphans >/dev/null 2>&1; exit 1; }
 	@echo "waiting for the API and the consumers to be ready..."; \
