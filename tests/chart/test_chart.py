@@ -149,12 +149,14 @@ def test_setup_job_is_a_hook_that_runs_before_the_apps_need_it(render: Render, v
     assert "before-hook-creation" in notes["helm.sh/hook-delete-policy"]
     assert job["spec"]["backoffLimit"] >= 1
     assert pod_spec(job)["containers"][0]["command"] == ["audit-setup", "all"]
-    config = find(objects, "ConfigMap", "-setup")
-    assert config["metadata"]["annotations"]["helm.sh/hook"] == expected
-    assert int(config["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
-        notes["helm.sh/hook-weight"]
-    )  # its configuration exists before it runs
-    assert int(config["data"]["AUDIT_SETUP_WAIT_SECONDS"]) > 0  # it waits for the servers
+    for secret in (o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].endswith(
+        "-setup"
+    )):  # fmt: skip
+        assert secret["metadata"]["annotations"]["helm.sh/hook"] == expected
+        assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+            notes["helm.sh/hook-weight"]
+        )  # its secrets exist before it runs
+    assert int(env_of(job, "")["AUDIT_SETUP_WAIT_SECONDS"]) > 0  # it waits for the servers
 
 
 @pytest.mark.parametrize("values", VALUES)
@@ -164,11 +166,11 @@ def test_one_name_feeds_trigger_apps_and_setup(render: Render, values: str) -> N
     )
     trigger = find(objects, "ScaledObject")["spec"]["triggers"][0]["metadata"]
     app_config = find(objects, "ConfigMap", "-config")["data"]
-    setup_config = find(objects, "ConfigMap", "-setup")["data"]
+    setup_config = env_of(find(objects, "Job", "-setup"), "")  # inline: see the setup template
     for data in (app_config, setup_config):
         assert (data["AUDIT_STREAM"], data["AUDIT_DURABLE"]) == ("ORDERS_AUDIT", "orders-writer")
     assert (trigger["stream"], trigger["consumer"]) == ("ORDERS_AUDIT", "orders-writer")
-    for kind in ("Deployment", "Job"):
+    for kind in ("Deployment",):
         for obj in (o for o in objects if o["kind"] == kind and "audit-" in o["metadata"]["name"]):
             refs = [
                 e["configMapRef"]["name"]
@@ -288,7 +290,11 @@ def test_external_postgres_needs_a_writer_url(helm: str) -> None:
 def test_hook_resources_are_deleted_once_the_hooks_succeed(render: Render, values: str) -> None:
     """Nothing of a hook outlives a successful install (`helm uninstall` leaves nothing)."""
     hooks = [o for o in render(values) if "helm.sh/hook" in o["metadata"].get("annotations", {})]
-    assert {o["kind"] for o in hooks} >= {"Job", "ConfigMap", "Pod"}
+    assert {o["kind"] for o in hooks} >= {"Job", "Pod"}
+    setup = find(hooks, "Job", "-setup")
+    container = pod_spec(setup)["containers"][0]
+    assert "envFrom" not in container  # its configuration inline: nothing to lose before a retry
+    assert {"NATS_URL", "AUDIT_STREAM", "AUDIT_DURABLE"} <= set(env_of(setup, ""))
     for obj in hooks:
         policy = obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
         assert {"before-hook-creation", "hook-succeeded"} <= set(policy), obj["metadata"]["name"]
