@@ -11,6 +11,24 @@ from fastapi import Response
 from pydantic import BaseModel, Field
 
 
+class Problem(BaseModel):
+    """Why a request was not answered (FastAPI's error body)."""
+
+    detail: str
+
+
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No valid bearer token"},
+    403: {"model": Problem, "description": "The token lacks scope audit:read"},
+    503: {
+        "model": Problem,
+        "description": "This read cannot be recorded now, or every database connection is busy:"
+        " retry after Retry-After",
+    },
+}
+"""What every read may answer besides its own result (routes add theirs)."""
+
+
 class Event(BaseModel):
     """One stored audit event, every column, and whether a seal that checks covers it."""
 

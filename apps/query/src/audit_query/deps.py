@@ -6,7 +6,6 @@ A denied read is on the record too, folded per source address and reason
 (``audit_events.folding``)."""
 
 import ipaddress
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -14,13 +13,14 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import HTTPBearer
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConstraints
 
 from audit_events import model
 from audit_events.auth import AuthError, ScopeError, authenticate
 from audit_events.folding import Folding, source_key
 from audit_events.publishing import JetStreamPublisher
 from audit_query import pages, store
+from audit_query.exporting import ExportGate
 from audit_query.recording import record
 from audit_query.settings import Settings
 from audit_query.trust import SealTrust
@@ -29,47 +29,12 @@ from audit_web.client import MAX_PATH_CHARS, clean, peer
 SCOPE = "audit:read"
 
 
-class Problem(BaseModel):
-    """Why a request was not answered (FastAPI's error body)."""
-
-    detail: str
-
-
-READ_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "No valid bearer token"},
-    403: {"model": Problem, "description": "The token lacks scope audit:read"},
-    503: {
-        "model": Problem,
-        "description": "This read cannot be recorded now, or every database connection is busy:"
-        " retry after Retry-After",
-    },
-}
-"""What every read may answer besides its own result (routes add theirs)."""
 BEARER = HTTPBearer(
     auto_error=False,
     description="HS256 JWT with scope audit:read (`audit-token --scope audit:read`)",
 )
 MAX_LIMIT = 1000
 MAX_FILTER_CHARS = 1024  # longer than any stored value (user agents are cut at 1024)
-
-
-class ExportGate:
-    """How many exports run, overall and per reader."""
-
-    def __init__(self, overall: int, per_reader: int) -> None:
-        self.overall, self.per_reader = overall, per_reader
-        self.running: Counter[str] = Counter()
-
-    def enter(self, reader: str) -> bool:
-        if self.running.total() >= self.overall or self.running[reader] >= self.per_reader:
-            return False
-        self.running[reader] += 1
-        return True
-
-    def leave(self, reader: str) -> None:
-        self.running[reader] -= 1
-        if self.running[reader] <= 0:
-            del self.running[reader]
 
 
 @dataclass

@@ -3,6 +3,7 @@
 cells that would run as spreadsheet formulas are neutralised unless asked for raw."""
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import orjson
@@ -12,6 +13,26 @@ from psycopg_pool import AsyncConnectionPool
 from audit_events.model import read_as, read_expr
 from audit_query.store import ITEM_COLUMNS, NEWEST_FIRST, Filters
 from audit_query.trust import SealTrust
+
+
+class ExportGate:
+    """How many exports run, overall and per reader."""
+
+    def __init__(self, overall: int, per_reader: int) -> None:
+        self.overall, self.per_reader = overall, per_reader
+        self.running: Counter[str] = Counter()
+
+    def enter(self, reader: str) -> bool:
+        if self.running.total() >= self.overall or self.running[reader] >= self.per_reader:
+            return False
+        self.running[reader] += 1
+        return True
+
+    def leave(self, reader: str) -> None:
+        self.running[reader] -= 1
+        if self.running[reader] <= 0:
+            del self.running[reader]
+
 
 CHUNK_BYTES = 64 * 1024  # what is written to the client at a time
 _CSV_COLUMNS = sql.SQL(", ").join(sql.SQL(read_as(c)) for c in ITEM_COLUMNS)

@@ -30,7 +30,8 @@ from audit_events.folding import Folding
 from audit_events.publishing import JetStreamPublisher
 from audit_events.seals import SealKeys
 from audit_query import metrics
-from audit_query.deps import ExportGate, Parts
+from audit_query.deps import Parts
+from audit_query.exporting import ExportGate
 from audit_query.recording import publish_folded
 from audit_query.routes import events, export, feed, probes, viewer
 from audit_query.settings import Settings

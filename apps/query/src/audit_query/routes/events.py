@@ -5,10 +5,10 @@ from uuid import UUID
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from audit_query import answers, store
-from audit_query.deps import READ_RESPONSES, Cursor, Filtered, Limit, Problem, Reader, Services
+from audit_query.deps import Cursor, Filtered, Limit, Reader, Services
 from audit_query.recording import record
 
-router = APIRouter(responses=READ_RESPONSES)
+router = APIRouter(responses=answers.READ_RESPONSES)
 
 
 def bad_cursor(exc: store.BadCursor, name: str = "cursor") -> HTTPException:
@@ -39,7 +39,7 @@ async def list_events(
 @router.get(
     "/audit-events/{event_id}",
     response_model=answers.Event,
-    responses={404: {"model": Problem, "description": "No such event"}},
+    responses={404: {"model": answers.Problem, "description": "No such event"}},
 )
 async def get_event(request: Request, actor: Reader, app: Services, event_id: UUID) -> Response:
     """One event with every column, and whether a seal covers it yet."""

@@ -16,19 +16,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from audit_query import exporting, store
-from audit_query.deps import (
-    READ_RESPONSES,
-    ExportGate,
-    Filtered,
-    Parts,
-    Problem,
-    Reader,
-    Services,
-)
+from audit_query import answers, exporting, store
+from audit_query.deps import Filtered, Parts, Reader, Services
+from audit_query.exporting import ExportGate
 from audit_query.recording import record
 
-router = APIRouter(responses=READ_RESPONSES)
+router = APIRouter(responses=answers.READ_RESPONSES)
 log = logging.getLogger("audit.query.export")
 MARGIN_SECONDS = 30.0  # the generator ends cleanly at the bound; this cuts a stalled client
 
@@ -63,7 +56,7 @@ class BoundedStream(StreamingResponse):
             "content": {"application/x-ndjson": {}, "text/csv": {}},
         },
         503: {
-            "model": Problem,
+            "model": answers.Problem,
             "description": "Too many exports running, or the read cannot be recorded: retry",
         },
     },

@@ -5,11 +5,11 @@ reader, feed session and window."""
 from fastapi import APIRouter, Request, Response
 
 from audit_query import answers, store
-from audit_query.deps import READ_RESPONSES, Cursor, Limit, Reader, Services
+from audit_query.deps import Cursor, Limit, Reader, Services
 from audit_query.recording import record
 from audit_query.routes.events import bad_cursor
 
-router = APIRouter(responses=READ_RESPONSES)
+router = APIRouter(responses=answers.READ_RESPONSES)
 
 
 @router.get("/audit-events/feed", response_model=answers.FeedPage)
