@@ -39,9 +39,10 @@ from audit_events.seals import (
     ENTRY_BYTES,
     GENESIS,
     LETTER_HASH,
+    LOOK_BACK,
+    NEWEST_SEALS,
     RECORD_KEY,
     ROW_BINDING,
-    SEAL_COLUMNS,
     Floor,
     Seal,
     SealKey,
@@ -53,9 +54,6 @@ log = logging.getLogger("audit.sealer")
 
 LOCK = 0x61756469745F7365  # "audit_se": one sealer at a time, per database
 HOLDER_AFTER_SECONDS = 10.0  # name the session holding the horizon once sealing lags this much
-_SEALS = (  # the newest seals, newest first: the head, and what to fall back to if it fails
-    f"SELECT {SEAL_COLUMNS} FROM audit_seals ORDER BY seq DESC LIMIT 100"  # noqa: S608
-)
 _RANGE = "tx_id >= %(start)s::text::xid8 AND tx_id < %(upto)s::text::xid8"
 _ENTRIES = (  # flag, key, hash of each row and record, built by PostgreSQL
     "SELECT string_agg(entry, ''::bytea ORDER BY tx, entry) FROM ("  # noqa: S608 (constants)
@@ -157,18 +155,19 @@ class Sealer:
             await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK,))
         ).fetchone()
         upto = await horizon(conn)
-        newest = [seal_of(r) for r in await (await conn.execute(_SEALS)).fetchall()]
-        valid = next((s for s in newest if self._why_not(s, upto) is None), None)
-        head = newest[0] if newest else None
+        found = await (await conn.execute(NEWEST_SEALS, (1,))).fetchone()
+        head = seal_of(found) if found else None
         if head is not None and (why := self._why_not(head, upto)):
             self._chain(f"seal #{head.seq} cannot be extended: {why}")
-            return None, valid.upto_tx if valid else 0
+            older = await (await conn.execute(NEWEST_SEALS, (LOOK_BACK,))).fetchall()
+            valid = next((s for s in map(seal_of, older) if self._why_not(s, upto) is None), None)
+            return None, valid.upto_tx if valid else 0  # the lag counts from the last good seal
         self._chain(None)
         seq, start, prev = (head.seq, head.upto_tx, head.hash) if head else (0, 0, GENESIS)
         if not (locked and locked[0]):
             return None, start
-        found = await (await conn.execute(_ENTRIES, {"start": start, "upto": upto})).fetchone()
-        entries = bytes(found[0] or b"") if found else b""
+        listed = await (await conn.execute(_ENTRIES, {"start": start, "upto": upto})).fetchone()
+        entries = bytes(listed[0] or b"") if listed else b""
         floor = self.floor()
         if not entries and (floor is None or (head is not None and head.floor == floor)):
             return None, start  # nothing new: no rows, no records, no new floor

@@ -32,6 +32,7 @@ from opentelemetry.trace import SpanKind
 from psycopg import sql
 
 from audit_events import COLUMNS, Row
+from audit_events.model import storable
 
 ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 """SQLSTATE classes 22 and 23: the row itself is unacceptable, retrying cannot help.
@@ -162,15 +163,10 @@ async def record_letters(
     accounting. A redelivered letter is recorded once (the key is its sequence)."""
     async with writer.conn.transaction(), writer.conn.cursor() as cur:
         await cur.executemany(
-            _LETTERS, [(epoch, seq, subject, kind, _storable(reason), digest)
+            _LETTERS, [(epoch, seq, subject, kind, storable(reason), digest)
                        for seq, subject, kind, reason, digest in letters]
         )  # fmt: skip
     return len(letters)
-
-
-def _storable(text: str) -> str:
-    """A reason as PostgreSQL's text holds it (a decoder's message may quote a NUL)."""
-    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode()
 
 
 class WriterPool:

@@ -72,10 +72,14 @@ async def record(
     outcome: str = "success",
     resource_id: str = "audit_events",
     fold: tuple[Folding, Hashable, Counts] | None = None,
+    via: str | None = None,
 ) -> None:
     """Put this read on the record before it is answered (503 if that cannot be done); with
-    ``fold`` (the folding, the key, this read's counts), possibly folded instead."""
+    ``fold`` (the folding, the key, this read's counts), possibly folded instead; ``via``: the
+    way it came (``viewer``), when not the JSON API."""
     counts = fold[2] if fold else {}
+    if via:
+        metadata = {**metadata, "via": via}
     try:
         event = read_event(
             actor,

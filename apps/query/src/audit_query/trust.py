@@ -12,11 +12,9 @@ from typing import Any
 
 import psycopg
 
-from audit_events.seals import SEAL_COLUMNS, SealKeys, seal_of
+from audit_events.seals import LOOK_BACK, NEWEST_SEALS, SealKeys, seal_of
 
 log = logging.getLogger("audit.query.trust")
-_NEWEST = f"SELECT {SEAL_COLUMNS} FROM audit_seals ORDER BY seq DESC LIMIT %s"  # noqa: S608
-LOOK_BACK = 100  # seals searched for one that checks, when the head does not
 
 
 class SealTrust:
@@ -30,7 +28,7 @@ class SealTrust:
             log.warning("AUDIT_SEAL_PUBLIC_KEYS not set: 'sealed' trusts audit_seals unchecked")
 
     async def sealed_upto(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        head = await (await conn.execute(_NEWEST, (1,))).fetchone()
+        head = await (await conn.execute(NEWEST_SEALS, (1,))).fetchone()
         if head is None:
             return 0
         if head != self._head:
@@ -40,7 +38,7 @@ class SealTrust:
     async def _checked_upto(self, conn: psycopg.AsyncConnection[Any], head: Any) -> int:
         if self.keys is None:
             return int(seal_of(head).upto_tx)
-        rows = await (await conn.execute(_NEWEST, (LOOK_BACK,))).fetchall()
+        rows = await (await conn.execute(NEWEST_SEALS, (LOOK_BACK,))).fetchall()
         for row in rows:
             seal = seal_of(row)
             if self.keys.check(seal) is None:

@@ -94,7 +94,7 @@ class RowChecker:
             elif sealed_in != link.seq:
                 found(f"row {event_id}: altered (moved from seal #{sealed_in} to #{link.seq})")
             elif row[4] is False:
-                found(f"row {event_id}: altered (source_ip stored with a network mask)")
+                found(f"row {event_id}: altered (source_ip stored with a mask)")
             elif flag == UNSIGNED:
                 report.unsigned += 1
             elif flag == AUTHORED and keys and (why := _authorship(keys, data, row)):

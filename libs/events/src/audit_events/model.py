@@ -80,6 +80,12 @@ def _text(value: str) -> str:
     return value
 
 
+def storable(text: str) -> str:
+    """``text`` with what :data:`_UNSTORABLE` matches replaced by U+FFFD (for text that must be
+    stored whatever it holds, such as a decoder's reason quoting the bad input)."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 Text = Annotated[str, AfterValidator(_text)]
 
 

@@ -59,10 +59,6 @@ RECORD_KEY = "int4send(epoch) || int8send(stream_seq) || '\\x00000000'::bytea"
 """The 16-byte key of a dead-letter or duplicate entry: its epoch and sequence."""
 
 
-def record_key(epoch: int, stream_seq: int) -> bytes:
-    return epoch.to_bytes(4, "big", signed=True) + stream_seq.to_bytes(8, "big") + bytes(4)
-
-
 def bound(digest: bytes, binding: bytes) -> bytes:
     """A version 2 row entry's hash: the row's canonical digest bound to its stored values."""
     return hashlib.sha256(digest + binding).digest()
@@ -152,6 +148,10 @@ SEAL_COLUMNS = (
     " coalesce(body, ''::bytea)"
 )
 """The ``audit_seals`` columns :func:`seal_of` takes, in its order (a select list)."""
+NEWEST_SEALS = f"SELECT {SEAL_COLUMNS} FROM audit_seals ORDER BY seq DESC LIMIT %s"  # noqa: S608
+"""The newest seals, newest first: ``(1,)`` for the head; ``(LOOK_BACK,)`` to find the newest
+one that checks when the head does not (the sealer, and what the query service calls sealed)."""
+LOOK_BACK = 100
 
 
 def seal_of(row: Sequence[Any]) -> Seal:

@@ -97,9 +97,7 @@ async def stream_export(
         raise HTTPException(503, "too many exports running; retry later", {"Retry-After": "5"})
     try:
         asked = {"filters": filters.given(), "format": format, "raw": raw}
-        await record(
-            request, app.publisher, actor, "audit.export", asked | ({"via": via} if via else {})
-        )
+        await record(request, app.publisher, actor, "audit.export", asked, via=via)
     except BaseException:
         gate.leave(actor)
         raise

@@ -14,7 +14,7 @@ from audit_events.auth import AuthError, ScopeError
 from audit_events.authorship import READS
 from audit_query import pages, store
 from audit_query.deps import SCOPE, Cursor, Filtered, Limit, Services, identify, viewer_actor
-from audit_query.recording import record
+from audit_query.routes.events import recorded_event, recorded_page
 from audit_query.routes.export import stream_export
 
 router = APIRouter(include_in_schema=False)
@@ -50,15 +50,14 @@ async def view_list(
         return html(pages.sign_in_page(), 401 if request.cookies else 200)
     given = form_values(request)
     filters = _as_shown(filters, given)
+    try:
+        items, next_cursor = await recorded_page(
+            request, app, actor, filters, limit, cursor, via="viewer"
+        )
+    except store.BadCursor as exc:
+        return html(pages.list_page(actor, given, None, None, str(exc)), 422)
     async with app.pool.connection() as conn:
-        try:
-            items, next_cursor = await store.page(conn, filters, limit, cursor, app.trust)
-        except store.BadCursor as exc:
-            return html(pages.list_page(actor, given, None, None, str(exc)), 422)
         total = await store.count(conn, filters, pages.COUNT_CAP)
-    asked = {"filters": filters.given(), "limit": limit, "cursor": cursor is not None}
-    metadata = {**asked, "returned": len(items), "via": "viewer"}
-    await record(request, app.publisher, actor, "audit.query", metadata)
     return html(pages.list_page(actor, given, items, next_cursor, total=total))
 
 
@@ -89,10 +88,7 @@ async def view_event(request: Request, app: Services, event_id: UUID) -> Respons
     actor = await viewer_actor(request)
     if actor is None:
         return html(pages.sign_in_page(), 401)
-    async with app.pool.connection() as conn:
-        item = await store.one(conn, event_id, app.trust)
-    found = {"found": item is not None, "via": "viewer"}
-    await record(request, app.publisher, actor, "audit.read", found, resource_id=str(event_id))
+    item = await recorded_event(request, app, actor, event_id, via="viewer")
     if item is None:
         return html(pages.list_page(actor, {}, None, None, "no such audit event"), 404)
     back = form_values(request)  # the list this event was opened from
