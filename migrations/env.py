@@ -7,12 +7,15 @@ here too, including the multi-host form that follows a failover
 SQLAlchemy's own URL parser refuses.
 """
 
+import contextlib
 import os
+import time
+from collections.abc import Iterator
 from functools import partial
 
 import psycopg
 from alembic import context
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import create_engine, pool
 
 
 def run_migrations_online() -> None:
@@ -20,14 +23,25 @@ def run_migrations_online() -> None:
     engine = create_engine(
         "postgresql+psycopg://", creator=partial(psycopg.connect, url), poolclass=pool.NullPool
     )
-    with engine.connect() as connection:
+    with _one_at_a_time(url), engine.connect() as connection:
         context.configure(connection=connection, transactional_ddl=True)
         with context.begin_transaction():
-            # Two setups at once (a Job retry beside a manual run, two compose stacks on one
-            # database) queue here; the second then finds nothing left to do.
-            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('audit-migrations'))"))
             context.run_migrations()
     engine.dispose()
+
+
+@contextlib.contextmanager
+def _one_at_a_time(url: str) -> Iterator[None]:
+    """Two setups at once (a Job retry beside a manual run, two compose stacks on one database)
+    queue here; the second then finds nothing left to do. A session lock on a connection of its
+    own, taken by polling: a migration's ``CREATE INDEX CONCURRENTLY`` commits midway (a
+    transaction lock would be gone) and waits for every snapshot (a blocked waiter's too)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext('audit-migrations'))"
+        ).fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.5)
+        yield
 
 
 if context.is_offline_mode():

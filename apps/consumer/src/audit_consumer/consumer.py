@@ -88,6 +88,7 @@ class Consumer:
             settings.db_connections, lambda: BatchWriter.connect(url)
         )
         self.checks = Checks(settings.keys, settings.accept_unsigned_until, settings.names)
+        self.bounds = settings.bounds()  # what the partitions take (bounds.py)
         self.epoch: Epoch | None = None  # the durable's incarnation (accounting.py)
         self.floor = 0  # its ack floor, as last read
         key = SealKey(settings.seal_key)
@@ -98,6 +99,7 @@ class Consumer:
             settings.seal_interval_seconds,
             SealKeys([key.public_text(), *trusted.split(",")]) if trusted else None,
             self.current_floor,
+            self.bounds,
         )
         self.db_ok = False
         self.durable_ok = True  # until the first check says otherwise
@@ -359,8 +361,13 @@ class Consumer:
             return WriteResult()
 
         async def write(writer: BatchWriter) -> WriteResult:
+            kept, refused = self.bounds.split(batch.rows)  # again on each try: bounds move
+            rows = batch.rows if not refused else [batch.rows[i] for i in kept]
             with metrics.WRITE_SECONDS.time():
-                return await writer.write(batch.rows)
+                result = await writer.write(rows)
+            if refused:
+                result.rejected = sorted([(kept[i], why) for i, why in result.rejected] + refused)
+            return result
 
         return await self._until_stored(slot, write)
 

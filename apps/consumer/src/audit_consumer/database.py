@@ -58,6 +58,11 @@ async def migrate(settings: Settings, revision: str = "head") -> None:
     await conn.close()
     await asyncio.to_thread(command.upgrade, config, revision)
     log.info("database migrated to %s", revision)
+    if revision == "head":  # partitions ahead by the policy of this installation (bounds.py)
+        async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+            bounds = settings.bounds()
+            await bounds.extend(conn)
+            log.info("partitions up to %s", bounds.newest)
     await ensure_logins(settings)
 
 

@@ -74,3 +74,11 @@ HORIZON_HOLDER = Gauge(
     "Age of the oldest transaction holding back sealing and the feed (0 when none does)",
     ["pid", "user", "database", "application"],
 )
+PARTITION_RUNWAY = Gauge(
+    "audit_consumer_partition_runway_seconds",
+    "How far ahead of now the newest partition of audit_events ends (AuditPartitionRunwayShort)",
+)
+PARTITION_OLDEST = Gauge(
+    "audit_consumer_partition_oldest_timestamp_seconds",
+    "Start of the oldest partition still taking rows: older events are refused (dead-lettered)",
+)

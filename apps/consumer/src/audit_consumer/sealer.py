@@ -4,10 +4,12 @@ batches committed since the last seal (``audit_events/seals.py`` says what a sea
 Why every row is sealed exactly once, with any number of consumers, crashes, out-of-order
 commits and redeliveries:
 
-- a seal covers the rows (and dead-letter and duplicate records) whose ``tx_id`` lies in
-  ``[previous seal's upto_tx, horizon)``; the horizon (``audit_events/horizon.py``) is read in the
+- a round covers the rows (and dead-letter and duplicate records) whose ``tx_id`` lies in
+  ``[previous round's upto_tx, horizon)``, with one seal per partition the rows are in (and
+  one, scope ``''``, for the records), so retention can remove a partition with whole seals
+  (``audit-retention``); the horizon (``audit_events/horizon.py``) is read in the
   same REPEATABLE READ snapshot as those rows, so no row can join that range later, and the next
-  seal starts where this one ends;
+  round starts where this one ends;
 - a redelivered message inserts no row (``writer.py``), so there is nothing twice to seal;
 - one sealer at a time: a transaction-scoped advisory lock (a consumer that cannot take it skips
   this round), and ``seq`` is the primary key, so even a sealer that read a stale chain cannot
@@ -33,6 +35,7 @@ import psycopg
 from psycopg import IsolationLevel
 
 from audit_consumer import metrics
+from audit_consumer.bounds import Bounds
 from audit_events.horizon import horizon
 from audit_events.seals import (
     DUPLICATE_HASH,
@@ -55,15 +58,16 @@ log = logging.getLogger("audit.sealer")
 LOCK = 0x61756469745F7365  # "audit_se": one sealer at a time, per database
 HOLDER_AFTER_SECONDS = 10.0  # name the session holding the horizon once sealing lags this much
 _RANGE = "tx_id >= %(start)s::text::xid8 AND tx_id < %(upto)s::text::xid8"
-_ENTRIES = (  # flag, key, hash of each row and record, built by PostgreSQL
-    "SELECT string_agg(entry, ''::bytea ORDER BY tx, entry) FROM ("  # noqa: S608 (constants)
-    " SELECT tx_id AS tx, CASE WHEN signature IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea"
-    f" END || uuid_send(id) || sha256(digest || {ROW_BINDING}) AS entry"
+_ENTRIES = (  # per scope (a partition; '' for records): flag, key, hash of each, in order
+    "SELECT scope, string_agg(entry, ''::bytea ORDER BY tx, entry) FROM ("  # noqa: S608
+    " SELECT tableoid::regclass::text AS scope, tx_id AS tx, CASE WHEN signature IS NULL"
+    " THEN '\\x01'::bytea ELSE '\\x00'::bytea END"
+    f" || uuid_send(id) || sha256(digest || {ROW_BINDING}) AS entry"
     f" FROM audit_events WHERE {_RANGE}"
-    f" UNION ALL SELECT tx_id, '\\x02'::bytea || {RECORD_KEY} || {LETTER_HASH}"
+    f" UNION ALL SELECT '', tx_id, '\\x02'::bytea || {RECORD_KEY} || {LETTER_HASH}"
     f" FROM audit_dead_letters WHERE {_RANGE}"
-    f" UNION ALL SELECT tx_id, '\\x03'::bytea || {RECORD_KEY} || {DUPLICATE_HASH}"
-    f" FROM audit_duplicates WHERE {_RANGE}) e"
+    f" UNION ALL SELECT '', tx_id, '\\x03'::bytea || {RECORD_KEY} || {DUPLICATE_HASH}"
+    f" FROM audit_duplicates WHERE {_RANGE}) e GROUP BY scope ORDER BY scope"
 )
 _LAG = (
     "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(recorded_at)), 0)::float8"
@@ -94,17 +98,21 @@ class Sealer:
         interval: float,
         trusted: SealKeys | None = None,
         floor: Callable[[], Floor | None] = lambda: None,
+        bounds: Bounds | None = None,
     ) -> None:
         self.url, self.key, self.interval, self.floor = url, key, interval, floor
+        self.bounds = bounds or Bounds()
         self.trusted = trusted or SealKeys([key.public_text()])
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self._broken: str | None = None  # why the head cannot be extended (said once)
 
     async def run(self) -> None:
-        """Seal every ``interval`` seconds until cancelled; errors are logged and retried."""
+        """Keep partitions ahead and seal, every ``interval`` seconds until cancelled; errors
+        are logged and retried."""
         failing = False
         while True:
             try:
+                await self.extend()
                 await self.seal()
                 if failing:
                     log.info("sealing works again")
@@ -121,17 +129,26 @@ class Sealer:
         if conn is not None:
             await conn.close()
 
-    async def seal(self) -> Seal | None:
-        """One round: seal what is final if no other consumer is sealing; the new seal, if any."""
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None:
             self.conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, connect_timeout=5
             )
             await self.conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
-        conn = self.conn
+        return self.conn
+
+    async def extend(self) -> None:
+        """Partitions up to ``now + ahead`` (``bounds.py``), in a transaction of its own: the
+        writer consumers learn the bounds from it."""
+        await self.bounds.extend(await self._connection())
+
+    async def seal(self) -> Seal | None:
+        """One round: seal what is final if no other consumer is sealing; the newest seal
+        written, if any."""
+        conn = await self._connection()
         try:
             async with conn.transaction():
-                seal, lag_from = await self._seal(conn)
+                written, lag_from = await self._seal(conn)
                 lag = await (await conn.execute(_LAG, (lag_from,))).fetchone()
                 lag_seconds = lag[0] if lag else 0.0
                 if lag_seconds >= HOLDER_AFTER_SECONDS:
@@ -141,16 +158,17 @@ class Sealer:
         except psycopg.errors.UniqueViolation:  # another sealer was faster: it sealed this range
             return None
         metrics.SEAL_LAG.set(lag_seconds)
-        if seal is not None:
+        for seal in written:
             metrics.SEALS.inc()
             metrics.SEALED_ROWS.inc(seal.row_count)
             metrics.SEAL_HEAD.info({"seq": str(seal.seq), "hash": seal.hash.hex()})
-            log.info("sealed #%d: %d rows; head %s", seal.seq, seal.row_count, seal.head)
-        return seal
+            what = f"{seal.row_count} entries of {seal.scope or 'records'}"
+            log.info("sealed #%d (%s): %s; head %s", seal.seq, seal.kind, what, seal.head)
+        return written[-1] if written else None
 
-    async def _seal(self, conn: psycopg.AsyncConnection[Any]) -> tuple[Seal | None, int]:
-        """Inside the REPEATABLE READ transaction: the seal written (if any), and the tx id from
-        which rows are still unsealed."""
+    async def _seal(self, conn: psycopg.AsyncConnection[Any]) -> tuple[list[Seal], int]:
+        """Inside the REPEATABLE READ transaction: the seals written, and the tx id from which
+        rows are still unsealed."""
         locked = await (
             await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK,))
         ).fetchone()
@@ -161,29 +179,44 @@ class Sealer:
             self._chain(f"seal #{head.seq} cannot be extended: {why}")
             older = await (await conn.execute(NEWEST_SEALS, (LOOK_BACK,))).fetchall()
             valid = next((s for s in map(seal_of, older) if self._why_not(s, upto) is None), None)
-            return None, valid.upto_tx if valid else 0  # the lag counts from the last good seal
+            return [], valid.upto_tx if valid else 0  # the lag counts from the last good seal
         self._chain(None)
         seq, start, prev = (head.seq, head.upto_tx, head.hash) if head else (0, 0, GENESIS)
         if not (locked and locked[0]):
-            return None, start
-        listed = await (await conn.execute(_ENTRIES, {"start": start, "upto": upto})).fetchone()
-        entries = bytes(listed[0] or b"") if listed else b""
+            return [], start
+        params = {"start": start, "upto": upto}
+        scoped = [(scope, bytes(blob)) for scope, blob in await (
+            await conn.execute(_ENTRIES, params)).fetchall()]  # fmt: skip
         floor = self.floor()
-        if not entries and (floor is None or (head is not None and head.floor == floor)):
-            return None, start  # nothing new: no rows, no records, no new floor
-        seal = self.key.sign(
-            Seal(
-                seq=seq + 1,
-                from_tx=start,
-                upto_tx=max(upto, start),
-                row_count=len(entries) // ENTRY_BYTES,
-                rows_digest=hashlib.sha256(entries).digest(),
-                prev_hash=prev,
-                sealed_at=datetime.now(UTC),
-                key_id=self.key.id,
-                floor=floor,
+        if not scoped and (floor is None or (head is not None and head.floor == floor)):
+            return [], start  # nothing new: no rows, no records, no new floor
+        written: list[Seal] = []
+        for scope, entries in scoped or [("", b"")]:  # one seal per partition, one chain
+            seal = await self._insert(
+                conn,
+                Seal(
+                    seq=seq + 1,
+                    from_tx=start,
+                    upto_tx=max(upto, start),
+                    row_count=len(entries) // ENTRY_BYTES,
+                    rows_digest=hashlib.sha256(entries).digest(),
+                    prev_hash=prev,
+                    sealed_at=datetime.now(UTC),
+                    key_id=self.key.id,
+                    scope=scope,
+                    floor=floor,
+                ),
+                entries,
             )
-        )
+            written.append(seal)
+            seq, prev = seal.seq, seal.hash
+        return written, max(upto, start)
+
+    async def _insert(
+        self, conn: psycopg.AsyncConnection[Any], seal: Seal, entries: bytes
+    ) -> Seal:
+        """Sign ``seal`` and append it to the chain."""
+        seal = self.key.sign(seal)
         f = seal.floor
         await conn.execute(
             _INSERT,
@@ -194,7 +227,7 @@ class Sealer:
                 seal.body,
             ),
         )  # fmt: skip
-        return seal, seal.upto_tx
+        return seal
 
     def _why_not(self, seal: Seal, upto: int) -> str | None:
         """Why ``seal`` is no head to extend, or None: a trusted key signed it, and it claims no

@@ -1,8 +1,11 @@
 """Consumer and ``audit-setup`` configuration, all from the environment (see README)."""
 
+from datetime import timedelta
+
 from pydantic import AwareDatetime, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from audit_consumer.bounds import Bounds
 from audit_events import StreamNames
 from audit_events.authorship import EventKeySettings
 from audit_events.broker import BrokerSettings
@@ -46,6 +49,11 @@ class Settings(BrokerSettings, EventKeySettings):
     seal_interval_seconds: float = Field(1.0, gt=0, le=60, alias="AUDIT_SEAL_INTERVAL_SECONDS")
     accept_unsigned_until: AwareDatetime | None = Field(None, alias="AUDIT_ACCEPT_UNSIGNED_UNTIL")
 
+    # partitions (README, "Retention")
+    partition_days: int = Field(1, ge=1, le=31, alias="AUDIT_PARTITION_DAYS")
+    partition_ahead_days: int = Field(7, ge=1, le=366, alias="AUDIT_PARTITION_AHEAD_DAYS")
+    max_clock_skew_seconds: float = Field(300.0, ge=0, alias="AUDIT_MAX_CLOCK_SKEW_SECONDS")
+
     # audit-setup
     setup_wait_seconds: float = Field(60.0, ge=0, alias="AUDIT_SETUP_WAIT_SECONDS")
     migrations_dir: str | None = Field(None, alias="AUDIT_MIGRATIONS_DIR")
@@ -65,6 +73,14 @@ class Settings(BrokerSettings, EventKeySettings):
         ]
         if missing:
             raise SystemExit(f"{' and '.join(missing)} not set: generate them with audit-keygen")
+
+    def bounds(self) -> Bounds:
+        """The partition policy, before the first look at the partitions."""
+        return Bounds(
+            skew=timedelta(seconds=self.max_clock_skew_seconds),
+            ahead=timedelta(days=self.partition_ahead_days),
+            step=timedelta(days=self.partition_days),
+        )
 
     @property
     def consumer_database_url(self) -> str:

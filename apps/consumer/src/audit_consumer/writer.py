@@ -31,6 +31,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from psycopg import sql
 
+from audit_consumer.bounds import no_partition
 from audit_events import COLUMNS, Row
 from audit_events.model import storable
 
@@ -46,8 +47,8 @@ _STAGE = sql.SQL(
     " (LIKE audit_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _COPY_STAGE = sql.SQL("COPY audit_stage ({}) FROM STDIN").format(_COLS)
-# No conflict target: a key of (id) today, (id, occurred_at) once the table is partitioned
-# (retention); consumers of this version work with both. A row that inserts nothing repeats an
+# No conflict target: the key is (id, occurred_at) since the table is partitioned (0006), (id)
+# before; consumers of this version work with both. A row that inserts nothing repeats an
 # event already stored: its sequence is recorded as a duplicate in the same transaction, so the
 # broker's numbering stays accounted for (a trigger that drops rows shows up as a duplicate of
 # an event that does not exist: audit-verify names it).
@@ -111,6 +112,8 @@ class BatchWriter:
         try:
             inserted = await (self._insert_new if dedupe else self._copy)(data, len(lines))
         except ROW_ERRORS as exc:
+            if no_partition(exc):  # not the row's fault (bounds.py): the caller retries
+                raise
             if isinstance(exc, psycopg.errors.UniqueViolation) and not dedupe:
                 await self._write(lines, result, dedupe=True)  # some rows are already stored
             elif len(lines) == 1:

@@ -149,15 +149,16 @@ def _chain(
     seals = [seal_of(row) for row in rows]
     prev_hash: bytes | None = GENESIS  # None after a bad seal: its successor's link is moot
     prev_upto, hashes = 0, {}
+    prev_range = (-1, -1)  # the seals of one round (one per partition) share their range
     for number, (seal, row) in enumerate(zip(seals, rows, strict=True), start=1):
         if seal.seq != number:
             report.findings.append(f"seal #{number}: missing (the chain jumps to #{seal.seq})")
         if prev_hash is not None and bytes(seal.prev_hash) != prev_hash:
             report.findings.append(f"seal #{seal.seq}: broken chain (previous hash differs)")
-        if seal.from_tx != prev_upto:
+        if seal.from_tx != prev_upto and (seal.from_tx, seal.upto_tx) != prev_range:
             report.findings.append(f"seal #{seal.seq}: its range does not follow the previous")
         digest = seal.hash  # (computed from the seal's fields, once)
-        prev_hash, prev_upto = digest, seal.upto_tx
+        prev_hash, prev_upto, prev_range = digest, seal.upto_tx, (seal.from_tx, seal.upto_tx)
         if why := seal_keys.check(seal):
             report.findings.append(f"seal #{seal.seq}: {why}")
             bad.add(seal.seq)
@@ -184,12 +185,25 @@ def _check_group(task: tuple[str, str, list[Seal], RowChecker]) -> Report:
         return checker.check(conn, group)
 
 
+def _follows(group: list[Seal], seal: Seal) -> bool:
+    """``seal`` continues ``group``'s ranges: the next round, or another seal of its last."""
+    if not group:
+        return True
+    last = group[-1]
+    return seal.from_tx == last.upto_tx or (seal.from_tx, seal.upto_tx) == (
+        last.from_tx,
+        last.upto_tx,
+    )
+
+
 def _groups(seals: list[Seal]) -> Iterator[list[Seal]]:
-    """Consecutive seals, about :data:`CHUNK_ROWS` rows per group."""
+    """Consecutive seals, about :data:`CHUNK_ROWS` rows per group, never splitting a round
+    (its seals share one transaction range)."""
     group: list[Seal] = []
     rows = 0
     for seal in seals:
-        if group and (rows + seal.row_count > CHUNK_ROWS or seal.from_tx != group[-1].upto_tx):
+        new_round = seal.from_tx == group[-1].upto_tx if group else True
+        if group and new_round and rows + seal.row_count > CHUNK_ROWS or not _follows(group, seal):
             yield group
             group, rows = [], 0
         group.append(seal)

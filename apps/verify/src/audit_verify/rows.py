@@ -36,9 +36,10 @@ _COLUMNS = ", ".join("id::text" if c == "id" else read_as(c) for c in EVENT_COLU
 _ROWS = (
     f"SELECT tx_id::text::bigint, signature, recorded_at, {ROW_BINDING},"  # noqa: S608
     " masklen(source_ip) = CASE family(source_ip) WHEN 4 THEN 32 ELSE 128 END,"
-    f" {_COLUMNS} FROM audit_events WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
+    f" tableoid::regclass::text, {_COLUMNS} FROM audit_events WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
 )
-_FIRST = 5  # the event's columns start here in a row of _ROWS
+_SCOPE = 5  # the row's partition
+_FIRST = 6  # the event's columns start here in a row of _ROWS
 _RECORDS = (  # dead-letter and duplicate records of a tx range: key (hex), flag, hash
     f"SELECT encode({RECORD_KEY}, 'hex'), 2, {LETTER_HASH}, tx_id::text::bigint"  # noqa: S608
     " FROM audit_dead_letters WHERE tx_id >= %(start)s::text::xid8 AND tx_id < %(end)s::text::xid8"
@@ -74,15 +75,18 @@ class RowChecker:
                 expected[entry_key.hex] = (flag, digest, link.seq)
         found, keys, sha256 = report.findings.append, self.event_keys, hashlib.sha256
         versions = {seal.seq: seal.version for seal in group}
+        # A round's seals share a range, one per partition (scope; '' before partitions).
+        scoped = {(seal.upto_tx, seal.scope): seal.seq for seal in group if seal.kind == "rows"}
         rows = conn.execute(_ROWS, (start, end)).fetchall()
         report.rows = len(rows)
         for row in rows:
             values = _event_values(row)
             event_id = values[0]
-            link = group[bisect.bisect_right(ends, row[0])]
+            upto = group[bisect.bisect_right(ends, row[0])].upto_tx
+            seq = scoped.get((upto, row[_SCOPE])) or scoped.get((upto, ""), 0)
             sealed = expected.pop(event_id.replace("-", ""), None)
             if sealed is None:
-                found(f"row {event_id}: inserted (in seal #{link.seq}'s range, not in it)")
+                found(f"row {event_id}: inserted (in seal #{seq}'s range, not in it)")
                 continue
             flag, digest, sealed_in = sealed
             data = canonical(values)
@@ -91,8 +95,8 @@ class RowChecker:
                 mine = bound(mine, bytes(row[3]))
             if mine != digest:
                 found(f"row {event_id}: altered (differs from seal #{sealed_in})")
-            elif sealed_in != link.seq:
-                found(f"row {event_id}: altered (moved from seal #{sealed_in} to #{link.seq})")
+            elif sealed_in != seq:
+                found(f"row {event_id}: altered (moved from seal #{sealed_in} to #{seq})")
             elif row[4] is False:
                 found(f"row {event_id}: altered (source_ip stored with a mask)")
             elif flag == UNSIGNED:
