@@ -14,7 +14,8 @@ from audit_events.seals import SealKey, generate_seal_key
 
 PAST = "2026-09-01"
 EMPTY_LOG = (
-    "TRUNCATE audit_events, audit_seals, audit_dead_letters, audit_duplicates, audit_epochs"
+    "TRUNCATE audit_events, audit_seals, audit_dead_letters, audit_duplicates, audit_epochs,"
+    " audit_hold_releases, audit_holds, audit_cut_requests"
     f" RESTART IDENTITY; SELECT audit_partitions_prepend('{PAST}', '7 days')"
 )
 """What resets the log between tests (as the owner: the append-only triggers let it through),

@@ -38,7 +38,7 @@ async def test_migration_creates_table_and_indexes_and_downgrades(migrated: str)
     await migrate(settings)
     await migrate(settings)  # again: nothing to do
     with psycopg.connect(migrated) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0006",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0007",)
 
 
 def test_concurrent_setups_queue_instead_of_racing(migrated: str) -> None:
@@ -56,7 +56,7 @@ def test_concurrent_setups_queue_instead_of_racing(migrated: str) -> None:
     ]
     assert [p.wait(120) for p in runs] == [0, 0], [p.stderr.read() for p in runs if p.stderr]
     with psycopg.connect(migrated) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0006",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0007",)
 
 
 async def test_provision_is_idempotent_and_repairs_drift(streams: Settings, nc: NATS) -> None:

@@ -36,6 +36,7 @@ from psycopg import IsolationLevel
 
 from audit_consumer import metrics
 from audit_consumer.bounds import Bounds
+from audit_consumer.cutting import pending_cuts
 from audit_events.horizon import horizon
 from audit_events.seals import (
     DUPLICATE_HASH,
@@ -188,16 +189,16 @@ class Sealer:
         scoped = [(scope, bytes(blob)) for scope, blob in await (
             await conn.execute(_ENTRIES, params)).fetchall()]  # fmt: skip
         floor = self.floor()
-        if not scoped and (floor is None or (head is not None and head.floor == floor)):
-            return [], start  # nothing new: no rows, no records, no new floor
+        new_floor = floor is not None and (head is None or head.floor != floor)
         written: list[Seal] = []
-        for scope, entries in scoped or [("", b"")]:  # one seal per partition, one chain
+        end = max(upto, start)
+        for scope, entries in scoped or ([("", b"")] if new_floor else []):  # a seal per scope
             seal = await self._insert(
                 conn,
                 Seal(
                     seq=seq + 1,
                     from_tx=start,
-                    upto_tx=max(upto, start),
+                    upto_tx=end,
                     row_count=len(entries) // ENTRY_BYTES,
                     rows_digest=hashlib.sha256(entries).digest(),
                     prev_hash=prev,
@@ -210,7 +211,29 @@ class Sealer:
             )
             written.append(seal)
             seq, prev = seal.seq, seal.hash
-        return written, max(upto, start)
+        for cut in await pending_cuts(conn):  # retention's, after this round's rows (cutting.py)
+            body = cut.body()
+            seal = await self._insert(
+                conn,
+                Seal(
+                    seq=seq + 1,
+                    from_tx=end,
+                    upto_tx=end,
+                    row_count=cut.rows,
+                    rows_digest=hashlib.sha256(body).digest(),
+                    prev_hash=prev,
+                    sealed_at=datetime.now(UTC),
+                    key_id=self.key.id,
+                    kind="cut",
+                    scope=cut.partition,
+                    floor=floor,
+                    body=body,
+                ),
+                b"",
+            )
+            written.append(seal)
+            seq, prev = seal.seq, seal.hash
+        return written, end
 
     async def _insert(
         self, conn: psycopg.AsyncConnection[Any], seal: Seal, entries: bytes

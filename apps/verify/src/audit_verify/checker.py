@@ -52,6 +52,7 @@ from audit_events.seals import (
 )
 from audit_verify.completeness import completeness
 from audit_verify.report import Report
+from audit_verify.retained import cuts
 from audit_verify.rows import RowChecker
 
 log = logging.getLogger("audit.verify")
@@ -106,8 +107,10 @@ def verify(
     with connect(settings.url) as conn:
         snapshot = str(_one(conn, "SELECT pg_export_snapshot()"))
         report, seals, bad = _chain(conn, seal_keys, head)
+        found, valid_cuts, cut_seals = cuts(conn, seals, bad)
+        report.add(found)
         groups = list(_groups([s for s in seals if since is None or s.sealed_at >= since]))
-        checker = RowChecker(event_keys, bad)
+        checker = RowChecker(event_keys, bad, cut_seals)
         if jobs > 1 and len(groups) > 1:
             with ProcessPoolExecutor(min(jobs, len(groups))) as pool:
                 tasks = [(settings.url, snapshot, g, checker) for g in groups]
@@ -118,7 +121,8 @@ def verify(
                 for group in groups:
                     report.add(checker.check(conn, group))
         report.add(checker.unsealed(conn, seals[-1].upto_tx if seals else 0, grace))
-        report.add(completeness(conn, [s for s in seals if s.seq not in bad]))
+        report.add(completeness(conn, [s for s in seals if s.seq not in bad], valid_cuts))
+        report.cuts = len(valid_cuts)
     return report
 
 

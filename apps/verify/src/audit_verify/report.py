@@ -13,6 +13,7 @@ class Report:
     unsigned: int = 0
     pending: int = 0  # rows younger than the grace period, not sealed yet
     accounted: int = 0  # broker sequences checked for completeness
+    cuts: int = 0  # partitions retention removed (valid cuts)
     head: str = ""
 
     def add(self, other: "Report") -> None:
@@ -26,5 +27,7 @@ class Report:
         return (
             f"{verdict}: {self.seals} seals, {self.rows} rows checked"
             f" ({self.unsigned} unsigned from before authorship, {self.pending} awaiting a seal),"
-            f" {self.accounted} broker sequences accounted for; head {self.head or 'none'}"
+            f" {self.accounted} broker sequences accounted for"
+            + (f", {self.cuts} partition(s) removed by retention" if self.cuts else "")
+            + f"; head {self.head or 'none'}"
         )
