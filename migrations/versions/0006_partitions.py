@@ -159,7 +159,10 @@ def upgrade() -> None:
     for name in INDEXES:
         op.execute(f"ALTER INDEX {name} RENAME TO {first}{name.removeprefix('audit_events')}")
     op.execute("ALTER TABLE audit_events DROP CONSTRAINT audit_events_pkey")
-    op.execute(f"ALTER TABLE audit_events ADD CONSTRAINT {first}_pkey PRIMARY KEY USING INDEX audit_events_key")
+    op.execute(
+        f"ALTER TABLE audit_events ADD CONSTRAINT {first}_pkey"
+        " PRIMARY KEY USING INDEX audit_events_key"
+    )
     op.execute("DROP TRIGGER audit_events_no_change ON audit_events")  # the parent's is cloned
     op.execute(f"ALTER TABLE audit_events RENAME TO {first}")
     op.execute(f"REVOKE ALL ON {first} FROM audit_writer, audit_reader")

@@ -211,6 +211,7 @@ class Sealer:
             )
             written.append(seal)
             seq, prev = seal.seq, seal.hash
+        end = end if written else start  # a cut covers no transactions: it follows the head
         for cut in await pending_cuts(conn):  # retention's, after this round's rows (cutting.py)
             body = cut.body()
             seal = await self._insert(
@@ -235,9 +236,7 @@ class Sealer:
             seq, prev = seal.seq, seal.hash
         return written, end
 
-    async def _insert(
-        self, conn: psycopg.AsyncConnection[Any], seal: Seal, entries: bytes
-    ) -> Seal:
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], seal: Seal, entries: bytes) -> Seal:
         """Sign ``seal`` and append it to the chain."""
         seal = self.key.sign(seal)
         f = seal.floor

@@ -207,7 +207,9 @@ def _groups(seals: list[Seal]) -> Iterator[list[Seal]]:
     rows = 0
     for seal in seals:
         new_round = seal.from_tx == group[-1].upto_tx if group else True
-        if group and new_round and rows + seal.row_count > CHUNK_ROWS or not _follows(group, seal):
+        if (group and new_round and rows + seal.row_count > CHUNK_ROWS) or not _follows(
+            group, seal
+        ):
             yield group
             group, rows = [], 0
         group.append(seal)

@@ -10,11 +10,14 @@ import re
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from prometheus_client import Gauge, start_http_server
 
+from audit_events.seals import SealKeys
+from audit_verify.archived import check_archives
 from audit_verify.checker import VerifySettings, verify
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -55,9 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--every", type=float, help="keep running: check every N seconds")
     parser.add_argument("--metrics-port", type=int, default=9102, help="with --every")
+    parser.add_argument(
+        "--archive", type=Path, help="check retention's archives there instead (no database)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = VerifySettings()
+    if args.archive is not None:
+        sys.exit(_check_archives(settings, args.archive))
     options = {"since": args.since, "grace": timedelta(seconds=args.grace), "jobs": args.jobs}
     if args.every is None:
         sys.exit(_check(settings, args.head, **options)[0])
@@ -66,6 +74,19 @@ def main(argv: list[str] | None = None) -> None:
     while True:  # each run pins the head the previous one saw
         head = _check(settings, head, **options)[1] or head
         time.sleep(args.every)
+
+
+def _check_archives(settings: VerifySettings, location: Path) -> int:
+    try:
+        report = check_archives(location, SealKeys.parse(settings.seal_public_keys))
+    except (OSError, ValueError) as exc:
+        print(f"could not check: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        return 2
+    for line in report.findings:
+        print(line)
+    verdict = f"FOUND {len(report.findings)} problem(s)" if report.findings else "intact"
+    print(f"{verdict}: {report.cuts} archive(s), {report.rows} rows", flush=True)
+    return 1 if report.findings else 0
 
 
 def _check(settings: VerifySettings, head: str | None, **options: Any) -> tuple[int, str]:

@@ -21,6 +21,7 @@ class Report:
         self.rows += other.rows
         self.unsigned += other.unsigned
         self.pending += other.pending
+        self.accounted += other.accounted
 
     def summary(self) -> str:
         verdict = f"FOUND {len(self.findings)} problem(s)" if self.findings else "intact"

@@ -36,7 +36,8 @@ _COLUMNS = ", ".join("id::text" if c == "id" else read_as(c) for c in EVENT_COLU
 _ROWS = (
     f"SELECT tx_id::text::bigint, signature, recorded_at, {ROW_BINDING},"  # noqa: S608
     " masklen(source_ip) = CASE family(source_ip) WHEN 4 THEN 32 ELSE 128 END,"
-    f" tableoid::regclass::text, {_COLUMNS} FROM audit_events WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
+    f" tableoid::regclass::text, {_COLUMNS} FROM audit_events"
+    " WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
 )
 _SCOPE = 5  # the row's partition
 _FIRST = 6  # the event's columns start here in a row of _ROWS

@@ -41,7 +41,9 @@ class Cut:
                 "seals": list(self.seals),
                 "manifest_sha256": self.manifest_sha256,
                 "request": self.request,
-                "sequences": {str(e): [list(r) for r in runs] for e, runs in self.sequences.items()},
+                "sequences": {
+                    str(e): [list(r) for r in runs] for e, runs in self.sequences.items()
+                },
                 "duplicates": [list(d) for d in self.duplicates],
                 "first": list(self.first) if self.first else None,
                 "last": list(self.last) if self.last else None,

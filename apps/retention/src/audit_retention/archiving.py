@@ -1,0 +1,74 @@
+"""Writing one partition's archive (``audit_events/archives.py`` says what it holds): rows
+streamed from PostgreSQL in ``(tx_id, id)`` order into gzip, the partition's seals whole, then
+the manifest. Written into ``<name>.partial`` and renamed, so a crash leaves no archive that
+looks finished; a rerun writes it again."""
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+
+from audit_events.archives import FORMAT, MANIFEST, ROWS, SEALS, row_line, seal_line, sha256_hex
+from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip, read_as
+from audit_events.seals import SEAL_COLUMNS, seal_of
+
+_COLUMNS = ", ".join("id::text" if c == "id" else read_as(c) for c in EVENT_COLUMNS)
+_ROWS = (
+    "SELECT signature, tx_id::text::bigint, recorded_at, stream_seq, epoch,"  # noqa: S608
+    f" text(source_ip), {_COLUMNS} FROM audit_events WHERE tableoid = %s::regclass"
+    " ORDER BY tx_id, id"
+)
+_SEALS = (
+    f"SELECT {SEAL_COLUMNS}, entries FROM audit_seals"  # noqa: S608
+    " WHERE kind = 'rows' AND scope = %s ORDER BY seq"
+)
+_IP = EVENT_COLUMNS.index("source_ip")
+
+
+def write_archive(
+    conn: psycopg.Connection[Any], root: Path, name: str, lo: Any, hi: Any
+) -> tuple[Path, bytes]:
+    """Archive partition ``name`` under ``root``: its directory and the manifest's bytes."""
+    final, partial = root / name, root / f"{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    rows = 0
+    # mtime 0: the same rows make the same bytes, so an archive written again (a rerun) has
+    # the manifest hash a cut may already have signed
+    with (
+        (partial / ROWS).open("wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out,
+    ):
+        for signature, tx, at, seq, epoch, address, *values in conn.cursor().stream(
+            _ROWS, (name,), size=5000
+        ):
+            if values[_IP] is not None:
+                values[_IP] = canonical_ip(values[_IP])
+            out.write(row_line(values[0], canonical(values), signature, tx, at, seq, epoch,
+                               address))  # fmt: skip
+            rows += 1
+    seqs = []
+    with (partial / SEALS).open("wb") as out:
+        for row in conn.execute(_SEALS, (name,)).fetchall():
+            seal = seal_of(row)
+            seqs.append(seal.seq)
+            out.write(seal_line(seal, bytes(row[-1])))
+    manifest = orjson.dumps(
+        {
+            "format": FORMAT,
+            "partition": name,
+            "lo": lo.isoformat(),
+            "hi": hi.isoformat(),
+            "rows": rows,
+            "seals": seqs,
+            "files": {f: sha256_hex((partial / f).read_bytes()) for f in (ROWS, SEALS)},
+        },
+        option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2,
+    )
+    (partial / MANIFEST).write_bytes(manifest)
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return final, manifest

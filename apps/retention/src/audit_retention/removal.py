@@ -1,0 +1,170 @@
+"""One retention run: for each partition wholly older than the policy and under no legal hold,
+in this order —
+
+1. **close** it: a trigger refuses new rows (late events, replays, imports are dead-lettered by
+   the consumers with the reason) while its rows stay readable;
+2. wait until every row in it is **sealed** (a seal of that partition lists it);
+3. write the **archive** and check it against the seals (``audit-verify``'s own check);
+4. ask for the **cut** (``audit_cut_requests``, with the manifest's SHA-256) and wait for a
+   consumer's sealer to sign it — this job never holds the sealing key;
+5. **finish**: the signed cut into the archive, ``DETACH … CONCURRENTLY`` (writers keep
+   writing to the other partitions) and ``DROP``, then the cut seals' entries emptied (they
+   are in the archive).
+
+Crash anywhere and run again: every step looks at what is there before acting (a closed
+partition is not closed again, a cut is not asked for twice, a finished cut is finished), so a
+rerun finishes or changes nothing. Two runs at once: the second finds the lock taken and exits.
+Runs as the table's owner (the DDL needs it): a short-lived job, the only one that holds the
+owner's password besides ``audit-setup``.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from audit_events.archives import CUT, seal_line
+from audit_events.cuts import Cut
+from audit_events.seals import SEAL_COLUMNS, Seal, SealKeys, seal_of
+from audit_retention.archiving import write_archive
+from audit_verify.archived import check_archive
+
+log = logging.getLogger("audit.retention")
+
+LOCK = 0x61756469745F7265  # "audit_re": one retention run at a time, per database
+_CANDIDATES = (
+    "SELECT p.name, p.lo, p.hi, p.closed, (SELECT min(h.id) FROM audit_active_holds h"
+    " WHERE h.lo < p.hi AND h.hi > p.lo) FROM audit_partitions p"
+    " WHERE p.hi <= now() - make_interval(days => %s) ORDER BY p.lo"
+)
+_UNSEALED = (
+    "SELECT (SELECT count(*) FROM audit_events WHERE tableoid = %(p)s::text::regclass)"
+    " - (SELECT coalesce(sum(row_count), 0) FROM audit_seals"
+    " WHERE kind = 'rows' AND scope = %(p)s::text)"
+)
+_CUTS = f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut'"  # noqa: S608
+_CUT_OF = _CUTS + " AND scope = %s"
+
+
+class Failed(Exception):
+    """A check failed or a wait ran out: exit 1, nothing removed that was not proven."""
+
+
+@dataclass
+class Policy:
+    days: int
+    archive: Path
+    keys: SealKeys
+    dry_run: bool = False
+    wait_seconds: float = 120.0
+
+
+def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
+    """One run over ``conn`` (the owner's, autocommit): the partitions removed (or, dry, that
+    would be). Raises :class:`Failed`."""
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,)).fetchone()[0]:  # type: ignore[index]
+        raise Failed("another retention run is in progress")
+    if not policy.dry_run:
+        for row in conn.execute(_CUTS).fetchall():  # a run that stopped after a cut
+            finish(conn, policy, seal_of(row))
+    removed = []
+    for name, lo, hi, closed, hold in conn.execute(_CANDIDATES, (policy.days,)).fetchall():
+        if hold is not None:
+            log.info("%s is under legal hold #%d: kept", name, hold)
+            if closed and not policy.dry_run:
+                _reopen(conn, name)
+            continue
+        if policy.dry_run:
+            rows = conn.execute(
+                "SELECT count(*) FROM audit_events WHERE tableoid = %s::regclass", (name,)
+            ).fetchone()
+            log.info("would archive and remove %s [%s, %s): %d rows", name, lo, hi,
+                     rows[0] if rows else 0)  # fmt: skip
+        else:
+            remove(conn, policy, name, lo, hi, closed)
+        removed.append(name)
+    return removed
+
+
+def remove(
+    conn: psycopg.Connection[Any], policy: Policy, name: str, lo: Any, hi: Any, closed: bool
+) -> None:
+    if not closed:
+        _close(conn, name)
+    _until(policy, f"every row of {name} sealed",
+           lambda: conn.execute(_UNSEALED, {"p": name}).fetchone() == (0,))  # fmt: skip
+    path, manifest = write_archive(conn, policy.archive, name, lo, hi)
+    report = check_archive(path, policy.keys, with_cut=False)
+    if report.findings:
+        raise Failed(f"the archive of {name} does not match its seals: {report.findings[:3]}")
+    log.info("archived %s: %d rows in %s", name, report.rows, path)
+    conn.execute(
+        "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
+        (name, manifest),
+    )
+    found: list[Seal] = []
+
+    def signed() -> bool:
+        found[:] = [seal_of(r) for r in conn.execute(_CUT_OF, (name,)).fetchall()]
+        return bool(found)
+
+    _until(policy, f"the cut of {name} signed by a consumer's sealer", signed)
+    finish(conn, policy, found[0])
+
+
+def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
+    """After the cut: the cut into the archive, the partition detached and dropped, its seals'
+    entries emptied. Each part is skipped when already done."""
+    cut = Cut.parse(seal.body)
+    folder = policy.archive / cut.partition
+    if folder.exists() and not (folder / CUT).exists():
+        (folder / CUT).write_bytes(seal_line(seal, b""))
+    ident = sql.Identifier(cut.partition)
+    state = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, (SELECT inhdetachpending FROM pg_inherits"
+        " WHERE inhrelid = to_regclass(%s))", (cut.partition, cut.partition)
+    ).fetchone()  # fmt: skip
+    exists, pending = state if state else (False, None)
+    if exists:
+        if pending is False:
+            conn.execute(sql.SQL("ALTER TABLE audit_events DETACH PARTITION {} CONCURRENTLY")
+                         .format(ident))  # fmt: skip
+        elif pending:
+            conn.execute(sql.SQL("ALTER TABLE audit_events DETACH PARTITION {} FINALIZE")
+                         .format(ident))  # fmt: skip
+        conn.execute(sql.SQL("DROP TABLE {}").format(ident))
+        log.info("removed %s (%d rows; cut #%d)", cut.partition, cut.rows, seal.seq)
+    emptied = conn.execute(
+        "UPDATE audit_seals SET entries = ''::bytea WHERE seq = ANY(%s) AND entries <> ''::bytea",
+        (list(cut.seals),),
+    ).rowcount
+    if emptied:
+        log.info("cut #%d: entries of %d seals moved to the archive", seal.seq, emptied)
+
+
+def _close(conn: psycopg.Connection[Any], name: str) -> None:
+    """Refuse new rows into ``name`` (a brief lock on it alone, never queued for long)."""
+    with conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '5s'")
+        conn.execute(
+            sql.SQL("CREATE TRIGGER audit_events_closed BEFORE INSERT ON {} FOR EACH ROW"
+                    " EXECUTE FUNCTION audit_events_refuse()").format(sql.Identifier(name))
+        )  # fmt: skip
+    log.info("closed %s to new rows", name)
+
+
+def _reopen(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP TRIGGER audit_events_closed ON {}").format(sql.Identifier(name)))
+    log.info("reopened %s (held)", name)
+
+
+def _until(policy: Policy, what: str, done: Any) -> None:
+    deadline = time.monotonic() + policy.wait_seconds
+    while not done():
+        if time.monotonic() > deadline:
+            raise Failed(f"waited {policy.wait_seconds:.0f}s for {what} (are consumers running?)")
+        time.sleep(0.5)

@@ -1,0 +1,276 @@
+"""Retention end to end against real PostgreSQL: old partitions archived, cut by a signed cut the
+sealer makes, dropped — ``audit-verify`` intact after it, ``audit-verify --archive`` intact —
+and every way to cheat it named: an archived line altered, a row deleted outside a cut, a
+forged cut; a legal hold respected; a run stopped midway finished by the next."""
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from audit_consumer.sealer import Sealer
+from audit_consumer.writer import BatchWriter
+from audit_events import encode
+from audit_events.cuts import Cut
+from audit_events.model import row
+from audit_events.seals import Floor, Seal, SealKey, SealKeys, generate_seal_key
+from audit_retention import removal
+from audit_retention.archiving import write_archive
+from audit_retention.removal import Policy, run
+from audit_verify.archived import check_archives
+from audit_verify.checker import verify
+from tests.env import BIN, SEAL_KEY, SEAL_PUBLIC_KEY
+from tests.helpers import assert_intact as assert_sealed
+from tests.helpers import make_event, sign, verify_settings
+
+OLD = datetime(2026, 10, 5, 12, tzinfo=UTC)  # in the tests' weekly partitions, > 30 days ago
+KEYS = SealKeys([SEAL_PUBLIC_KEY])
+
+
+@pytest.fixture
+async def log(db: Any, migrated: str) -> AsyncIterator[Sealer]:
+    """20 rows of epoch 1 (sequences 1-20): 10 old, 10 now; sealed with the ack floor at 20.
+    Yields the sealer, sealing every 0.1 s in the background (as the consumers do)."""
+    writer = await BatchWriter.connect(migrated)
+    rows = []
+    for seq in range(1, 21):
+        at = OLD + timedelta(minutes=seq) if seq <= 10 else datetime.now(UTC)
+        event = make_event(resource_id=f"acc-{seq}", occurred_at=at)
+        data = encode(event)
+        rows.append(row(event, seq, sign(data), hashlib.sha256(data).digest(), epoch=1))
+    result = await writer.write(rows)
+    assert result.inserted == 20
+    await writer.close()
+    sealer = Sealer(migrated, SealKey(SEAL_KEY), 0.1, floor=lambda: Floor(1, 1, 20))
+    task = asyncio.create_task(sealer.run())
+    yield sealer
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await sealer.close()
+
+
+def retain(url: str, archive: Path, **options: Any) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return run(conn, Policy(30, archive, KEYS, **options))
+
+
+async def verified(url: str) -> Any:
+    return await asyncio.to_thread(verify, verify_settings(url), grace=timedelta(minutes=5))
+
+
+async def partitions(db: Any) -> set[str]:
+    return {r[0] for r in await (await db.execute("SELECT name FROM audit_partitions")).fetchall()}
+
+
+async def test_a_run_archives_cuts_and_drops_and_everything_still_verifies(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    before = await partitions(db)
+    removed = await asyncio.to_thread(retain, migrated, tmp_path)
+    assert removed, "nothing older than 30 days was removed"
+    assert not set(removed) & await partitions(db)
+    assert await partitions(db) < before
+    stored = await (await db.execute("SELECT count(*) FROM audit_events")).fetchone()
+    assert stored == (10,)  # the old ten are gone, today's ten stay
+
+    report = await verified(migrated)
+    assert report.findings == []
+    assert report.cuts == len(removed)
+    assert report.accounted == 20  # sequences 1-10 accounted for by the cut
+
+    archived = check_archives(tmp_path, KEYS)
+    assert archived.findings == []
+    assert archived.rows == 10
+    (cut,) = [
+        Cut.parse(bytes(r[0]))
+        for r in await (
+            await db.execute("SELECT body FROM audit_seals WHERE kind = 'cut' AND row_count > 0")
+        ).fetchall()
+    ]
+    assert cut.rows == 10
+    assert cut.sequences == {1: [(1, 10)]}
+
+    # the command-line check too, with no database at all
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [BIN / "audit-verify", "--archive", str(tmp_path)],
+        env={"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "intact" in done.stdout
+
+    # a rerun has nothing left to do
+    assert await asyncio.to_thread(retain, migrated, tmp_path) == []
+
+
+async def test_an_altered_dropped_or_added_archive_line_is_named(
+    log: Sealer, migrated: str, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    folder = _with_rows(tmp_path)
+    lines = _rows(folder)
+    changed = orjson.loads(lines[3])
+    changed["event"] = changed["event"].replace('"resource_id":"acc-', '"resource_id":"acX-')
+    forged = [
+        *lines[:3],
+        orjson.dumps(changed),
+        *lines[5:],
+        lines[0].replace(b'"id":"', b'"id":"f'),
+    ]
+    (folder / "rows.ndjson.gz").write_bytes(gzip.compress(b"\n".join(forged) + b"\n"))
+    findings = check_archives(tmp_path, KEYS).findings
+    assert any("rows.ndjson.gz differs from the manifest" in f for f in findings), findings
+    assert any("altered" in f for f in findings), findings
+    assert any("deleted" in f for f in findings), findings  # line 5 dropped
+
+
+async def test_a_changed_manifest_is_not_the_one_the_cut_signed(
+    log: Sealer, migrated: str, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    folder = _with_rows(tmp_path)
+    manifest = orjson.loads((folder / "manifest.json").read_bytes())
+    manifest["rows"] = 9
+    (folder / "manifest.json").write_bytes(orjson.dumps(manifest))
+    findings = check_archives(tmp_path, KEYS).findings
+    assert any("the manifest differs from the one the cut signed" in f for f in findings)
+
+
+async def test_a_row_deleted_outside_a_cut_is_still_named(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    await db.execute("DELETE FROM audit_events WHERE resource_id = 'acc-15'")  # as the owner
+    findings = (await verified(migrated)).findings
+    assert any("deleted" in f for f in findings), findings
+    assert any("stream seq 15:" in f for f in findings), findings
+
+
+async def test_a_forged_cut_is_named(log: Sealer, db: Any, migrated: str, tmp_path: Path) -> None:
+    """A cut by an unknown key, and one by the real key claiming seals that are not its
+    partition's (what the owner could make with a stolen sealing key and no care)."""
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    await asyncio.sleep(0.3)
+    head = await _head(db)
+    live = (await partitions(db)).pop()
+    fake = Cut(partition=live, lo=OLD, hi=OLD, rows=0, seals=(), manifest_sha256="0" * 64,
+               request=0)  # fmt: skip
+    stranger = SealKey(generate_seal_key())
+    await _append(db, stranger, head, fake)
+    findings = (await verified(migrated)).findings
+    assert any("unknown key" in f for f in findings), findings
+
+
+async def test_a_cut_of_a_held_partition_is_named(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    live = sorted(await partitions(db))[-1]
+    await db.execute(
+        "INSERT INTO audit_holds (lo, hi, reason) SELECT lo, hi, 'case 7' FROM audit_partitions"
+        " WHERE name = %s", (live,)
+    )  # fmt: skip
+    await asyncio.sleep(0.3)
+    await _append(db, SealKey(SEAL_KEY), await _head(db), Cut(
+        partition=live, lo=OLD, hi=datetime.now(UTC) + timedelta(days=9), rows=0, seals=(),
+        manifest_sha256="0" * 64, request=0))  # fmt: skip
+    findings = (await verified(migrated)).findings
+    assert any("under legal hold" in f for f in findings), findings
+
+
+async def test_a_legal_hold_keeps_its_partitions(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    await db.execute(
+        "INSERT INTO audit_holds (lo, hi, reason) VALUES (%s, %s, 'litigation 42')",
+        (OLD - timedelta(days=1), OLD + timedelta(days=1)),
+    )
+    removed = await asyncio.to_thread(retain, migrated, tmp_path)
+    kept = await (await db.execute("SELECT count(*) FROM audit_events")).fetchone()
+    assert kept == (20,)  # the held rows stay
+    assert removed  # (other, empty old partitions go)
+    await db.execute(
+        "INSERT INTO audit_hold_releases (hold_id, reason) SELECT id, 'over' FROM audit_holds"
+    )
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    assert await (await db.execute("SELECT count(*) FROM audit_events")).fetchone() == (10,)
+    assert (await verified(migrated)).findings == []
+
+
+async def test_a_run_stopped_after_asking_for_its_cut_is_finished_by_the_next(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    """A run that died after closing, archiving and asking (the steps it took, replayed here):
+    the closed partition refuses rows meanwhile; the next run finishes, nothing doubled."""
+    name, lo, hi = await (await db.execute(
+        "SELECT p.name, p.lo, p.hi FROM audit_partitions p WHERE p.lo <= %s AND p.hi > %s",
+        (OLD, OLD))).fetchone()  # fmt: skip
+    await assert_sealed(migrated)
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        removal._close(conn, name)
+        _, manifest = write_archive(conn, tmp_path, name, lo, hi)
+        conn.execute(
+            "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
+            (name, manifest),
+        )
+    with pytest.raises(psycopg.errors.CheckViolation, match="closed: retention"):
+        await db.execute(
+            "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, action,"
+            " resource_type, resource_id, outcome, stream_seq, digest)"
+            " VALUES (gen_random_uuid(), %s, 'user', 'u', 'a.b', 'r', '1', 'success', 99,"
+            " '\\x00')", (OLD,)
+        )  # fmt: skip
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    assert await (await db.execute("SELECT count(*) FROM audit_events")).fetchone() == (10,)
+    cuts = await (await db.execute("SELECT count(*), count(DISTINCT scope) FROM audit_seals"
+                                   " WHERE kind = 'cut'")).fetchone()  # fmt: skip
+    assert cuts is not None
+    assert cuts[0] == cuts[1]  # one cut per partition
+    assert (await verified(migrated)).findings == []
+    assert check_archives(tmp_path, KEYS).findings == []
+
+
+def _with_rows(archive: Path) -> Path:
+    """The one archive that holds rows (the others are of empty partitions)."""
+    (folder,) = [p.parent for p in archive.glob("*/cut.json") if _rows(p.parent)]
+    return folder
+
+
+def _rows(folder: Path) -> list[bytes]:
+    return gzip.decompress((folder / "rows.ndjson.gz").read_bytes()).splitlines()
+
+
+async def _head(db: Any) -> tuple[int, bytes, int]:
+    found = await (await db.execute(
+        "SELECT seq, hash, upto_tx::text::bigint FROM audit_seals ORDER BY seq DESC LIMIT 1"
+    )).fetchone()  # fmt: skip
+    assert found is not None
+    return found[0], bytes(found[1]), found[2]
+
+
+async def _append(db: Any, key: SealKey, head: tuple[int, bytes, int], cut: Cut) -> None:
+    """A cut seal inserted behind the sealers' back (as the owner)."""
+    seq, prev, upto = head
+    body = cut.body()
+    seal = key.sign(Seal(seq=seq + 1, from_tx=upto, upto_tx=upto, row_count=cut.rows,
+                         rows_digest=hashlib.sha256(body).digest(), prev_hash=prev,
+                         sealed_at=datetime.now(UTC), key_id="", kind="cut",
+                         scope=cut.partition, body=body))  # fmt: skip
+    await db.execute(
+        "INSERT INTO audit_seals (seq, from_tx, upto_tx, row_count, rows_digest, prev_hash,"
+        " sealed_at, key_id, signature, hash, entries, version, kind, scope, body)"
+        " VALUES (%s, %s::text::xid8, %s::text::xid8, %s, %s, %s, %s, %s, %s, %s, '', 2,"
+        " 'cut', %s, %s)",
+        (seal.seq, upto, upto, seal.row_count, seal.rows_digest, seal.prev_hash, seal.sealed_at,
+         seal.key_id, seal.signature, seal.hash, seal.scope, body),
+    )  # fmt: skip
