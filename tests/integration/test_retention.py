@@ -101,12 +101,7 @@ async def test_a_run_archives_cuts_and_drops_and_everything_still_verifies(
     assert cut.sequences == {1: [(1, 10)]}
 
     # the command-line check too, with no database at all
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [BIN / "audit-verify", "--archive", str(tmp_path)],
-        env={"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    done = await asyncio.to_thread(_cli_check, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "intact" in done.stdout
 
@@ -238,6 +233,14 @@ async def test_a_run_stopped_after_asking_for_its_cut_is_finished_by_the_next(
     assert cuts[0] == cuts[1]  # one cut per partition
     assert (await verified(migrated)).findings == []
     assert check_archives(tmp_path, KEYS).findings == []
+
+
+def _cli_check(archive: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN / "audit-verify", "--archive", str(archive)],
+        env={"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
 
 
 def _with_rows(archive: Path) -> Path:
