@@ -61,7 +61,8 @@ HOLDER_AFTER_SECONDS = 10.0  # name the session holding the horizon once sealing
 _RANGE = "tx_id >= %(start)s::text::xid8 AND tx_id < %(upto)s::text::xid8"
 _ENTRIES = (  # per scope (a partition; '' for records): flag, key, hash of each, in order
     "SELECT scope, string_agg(entry, ''::bytea ORDER BY tx, entry) FROM ("  # noqa: S608
-    " SELECT tableoid::regclass::text AS scope, tx_id AS tx, CASE WHEN signature IS NULL"
+    " SELECT CASE WHEN tableoid = 'audit_events'::regclass THEN '' ELSE tableoid::regclass::text"
+    " END AS scope, tx_id AS tx, CASE WHEN signature IS NULL"
     " THEN '\\x01'::bytea ELSE '\\x00'::bytea END"
     f" || uuid_send(id) || sha256(digest || {ROW_BINDING}) AS entry"
     f" FROM audit_events WHERE {_RANGE}"
@@ -212,7 +213,9 @@ class Sealer:
             written.append(seal)
             seq, prev = seal.seq, seal.hash
         end = end if written else start  # a cut covers no transactions: it follows the head
-        for cut in await pending_cuts(conn):  # retention's, after this round's rows (cutting.py)
+        for cut in await pending_cuts(
+            conn, end
+        ):  # retention's, after this round's rows (cutting.py)
             body = cut.body()
             seal = await self._insert(
                 conn,

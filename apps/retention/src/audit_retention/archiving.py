@@ -1,5 +1,5 @@
 """Writing one partition's archive (``audit_events/archives.py`` says what it holds): rows
-streamed from PostgreSQL in ``(tx_id, id)`` order into gzip, the partition's seals whole, then
+streamed from PostgreSQL in ``(tx_id, id)`` order into gzip, the seals listing them whole, then
 the manifest. Written into ``<name>.partial`` and renamed, so a crash leaves no archive that
 looks finished; a rerun writes it again."""
 
@@ -12,6 +12,7 @@ import orjson
 import psycopg
 
 from audit_events.archives import FORMAT, MANIFEST, ROWS, SEALS, row_line, seal_line, sha256_hex
+from audit_events.cuts import LEGACY_SEALS
 from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip, read_as
 from audit_events.seals import SEAL_COLUMNS, seal_of
 
@@ -21,9 +22,13 @@ _ROWS = (
     f" text(source_ip), {_COLUMNS} FROM audit_events WHERE tableoid = %s::regclass"
     " ORDER BY tx_id, id"
 )
-_SEALS = (
+_SEALS = (  # the partition's seals, and those of scope '' that list some of its rows
     f"SELECT {SEAL_COLUMNS}, entries FROM audit_seals"  # noqa: S608
-    " WHERE kind = 'rows' AND scope = %s ORDER BY seq"
+    " WHERE kind = 'rows' AND (scope = %s OR seq = ANY(%s)) ORDER BY seq"
+)
+_SPAN = (
+    "SELECT min(tx_id::text::bigint), max(tx_id::text::bigint) FROM audit_events"
+    " WHERE tableoid = %s::regclass"
 )
 _IP = EVENT_COLUMNS.index("source_ip")
 
@@ -52,7 +57,12 @@ def write_archive(
             rows += 1
     seqs = []
     with (partial / SEALS).open("wb") as out:
-        for row in conn.execute(_SEALS, (name,)).fetchall():
+        first, last = conn.execute(_SPAN, (name,)).fetchone() or (None, None)
+        span = {"p": name, "first": first, "last": last}
+        legacy = (
+            [seq for seq, n in conn.execute(LEGACY_SEALS, span).fetchall() if n] if first else []
+        )
+        for row in conn.execute(_SEALS, (name, legacy)).fetchall():
             seal = seal_of(row)
             seqs.append(seal.seq)
             out.write(seal_line(seal, bytes(row[-1])))

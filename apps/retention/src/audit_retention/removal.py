@@ -41,10 +41,9 @@ _CANDIDATES = (
     " WHERE h.lo < p.hi AND h.hi > p.lo) FROM audit_partitions p"
     " WHERE p.hi <= now() - make_interval(days => %s) ORDER BY p.lo"
 )
-_UNSEALED = (
-    "SELECT (SELECT count(*) FROM audit_events WHERE tableoid = %(p)s::text::regclass)"
-    " - (SELECT coalesce(sum(row_count), 0) FROM audit_seals"
-    " WHERE kind = 'rows' AND scope = %(p)s::text)"
+_SEALED = (  # no row of the partition beyond the newest seal's range
+    "SELECT NOT EXISTS (SELECT FROM audit_events WHERE tableoid = %s::regclass AND tx_id >="
+    " (SELECT coalesce(max(upto_tx::text::bigint), 0) FROM audit_seals)::text::xid8)"
 )
 _CUTS = f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut'"  # noqa: S608
 _CUT_OF = _CUTS + " AND scope = %s"
@@ -96,7 +95,7 @@ def remove(
     if not closed:
         _close(conn, name)
     _until(policy, f"every row of {name} sealed",
-           lambda: conn.execute(_UNSEALED, {"p": name}).fetchone() == (0,))  # fmt: skip
+           lambda: conn.execute(_SEALED, (name,)).fetchone() == (True,))  # fmt: skip
     path, manifest = write_archive(conn, policy.archive, name, lo, hi)
     report = check_archive(path, policy.keys, with_cut=False)
     if report.findings:

@@ -52,7 +52,7 @@ from audit_events.seals import (
 )
 from audit_verify.completeness import completeness
 from audit_verify.report import Report
-from audit_verify.retained import cuts
+from audit_verify.retained import cuts, legacy_removed
 from audit_verify.rows import RowChecker
 
 log = logging.getLogger("audit.verify")
@@ -110,7 +110,7 @@ def verify(
         found, valid_cuts, cut_seals = cuts(conn, seals, bad)
         report.add(found)
         groups = list(_groups([s for s in seals if since is None or s.sealed_at >= since]))
-        checker = RowChecker(event_keys, bad, cut_seals)
+        checker = RowChecker(event_keys, bad, cut_seals, legacy_removed(valid_cuts))
         if jobs > 1 and len(groups) > 1:
             with ProcessPoolExecutor(min(jobs, len(groups))) as pool:
                 tasks = [(settings.url, snapshot, g, checker) for g in groups]

@@ -26,7 +26,8 @@ _HOLDS = (
 def cuts(
     conn: psycopg.Connection[Any], seals: list[Seal], bad: set[int]
 ) -> tuple[Report, list[Cut], frozenset[int]]:
-    """The valid cuts, and the seals whose rows they removed; findings for the rest."""
+    """The valid cuts, and the seals whose rows they removed (a seal of scope ``''`` only in
+    part: ``legacy_removed``); findings for the rest."""
     report, valid, covered = Report(), [], set[int]()
     by_seq = {seal.seq: seal for seal in seals}
     holds: list[tuple[int, datetime, datetime, datetime, datetime | None]] = []
@@ -60,7 +61,11 @@ def _contradiction(
     if any(s is None or s.kind != "rows" or s.scope != cut.partition or s.seq > seal.seq
            for s in listed):  # fmt: skip
         return "it names seals that are not the partition's"
-    if sum(s.row_count for s in listed if s) != cut.rows or seal.row_count != cut.rows:
+    legacy = [by_seq.get(seq) for seq in cut.legacy]
+    if any(s is None or s.kind != "rows" or s.scope != "" or s.seq > seal.seq for s in legacy):
+        return "it names seals before partitions that are not"
+    counted = sum(s.row_count for s in listed if s) + sum(cut.legacy.values())
+    if counted != cut.rows or seal.row_count != cut.rows:
         return "its row count is not its seals'"
     others = [s.seq for s in by_seq.values()
               if s.kind == "rows" and s.scope == cut.partition and s.seq < seal.seq]  # fmt: skip
@@ -71,3 +76,12 @@ def _contradiction(
         if lo < cut.hi and hi > cut.lo and created <= at and (released is None or released > at):
             return f"the partition was under legal hold #{hold}"
     return None
+
+
+def legacy_removed(valid: list[Cut]) -> dict[int, int]:
+    """Per seal of scope ``''``, how many of its rows valid cuts removed."""
+    removed: dict[int, int] = {}
+    for cut in valid:
+        for seq, n in cut.legacy.items():
+            removed[seq] = removed.get(seq, 0) + n
+    return removed

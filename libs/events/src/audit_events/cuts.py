@@ -15,6 +15,16 @@ import orjson
 
 Ranges = list[tuple[int, int]]
 
+LEGACY_SEALS = (
+    "SELECT s.seq, (SELECT count(*) FROM audit_events e WHERE e.tableoid = %(p)s::text::regclass"
+    " AND e.tx_id >= s.from_tx AND e.tx_id < s.upto_tx) AS n FROM audit_seals s"
+    " WHERE s.scope = '' AND s.kind = 'rows' AND s.row_count > 0"
+    " AND s.upto_tx > %(first)s::text::xid8 AND s.from_tx <= %(last)s::text::xid8 ORDER BY s.seq"
+)
+"""Seals of scope ``''`` (made before partitions, or by a consumer of that version during an
+upgrade) and how many rows of partition ``p`` each lists: a cut removes those rows without
+removing the seals, which also list other rows and records (``Cut.legacy``)."""
+
 
 @dataclass(frozen=True)
 class Cut:
@@ -29,6 +39,7 @@ class Cut:
     duplicates: tuple[tuple[int, int], ...] = ()  # (epoch, seq) of duplicates of removed rows
     first: tuple[int, str] | None = None  # the smallest (tx_id, id) removed: the feed's order
     last: tuple[int, str] | None = None
+    legacy: dict[int, int] = field(default_factory=dict)  # scope-'' seal -> its rows removed
 
     def body(self) -> bytes:
         """Canonical JSON (keys sorted): the bytes the cut's seal signs."""
@@ -47,6 +58,7 @@ class Cut:
                 "duplicates": [list(d) for d in self.duplicates],
                 "first": list(self.first) if self.first else None,
                 "last": list(self.last) if self.last else None,
+                "legacy": {str(seq): n for seq, n in self.legacy.items()},
             },
             option=orjson.OPT_SORT_KEYS,
         )
@@ -69,6 +81,7 @@ class Cut:
                 duplicates=tuple((int(e), int(s)) for e, s in d["duplicates"]),
                 first=(int(d["first"][0]), str(d["first"][1])) if d["first"] else None,
                 last=(int(d["last"][0]), str(d["last"][1])) if d["last"] else None,
+                legacy={int(seq): int(n) for seq, n in d.get("legacy", {}).items()},
             )  # fmt: skip
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a cut: {exc}") from None
