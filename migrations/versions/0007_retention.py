@@ -67,9 +67,11 @@ def upgrade() -> None:
     op.execute("GRANT SELECT ON audit_active_holds TO audit_writer, audit_reader")
     # A partition's seals and its cut, found without reading the whole chain (sealer, retention).
     op.execute("CREATE INDEX audit_seals_scope_idx ON audit_seals (scope, kind, seq)")
+    op.execute("CREATE INDEX audit_seals_cut_idx ON audit_seals (seq) WHERE kind = 'cut'")
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX audit_seals_cut_idx")
     op.execute("DROP INDEX audit_seals_scope_idx")
     op.execute("DROP VIEW audit_active_holds")
     for table in reversed(TABLES):

@@ -28,7 +28,6 @@ from audit_verify.checker import verify
 from tests.env import ROOT, SEAL_KEY, SEAL_PUBLIC_KEY
 from tests.helpers import make_event, sign, verify_settings
 
-
 TOP: list[int] = []  # the batches written so far
 
 

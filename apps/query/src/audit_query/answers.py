@@ -29,6 +29,27 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
 """What every read may answer besides its own result (routes add theirs)."""
 
 
+class Removed(BaseModel):
+    """A cut: retention removed a partition's rows (they are in its archive)."""
+
+    seal: int = Field(description="The cut's seal number: pass it as accept_cut to go on")
+    partition: str
+    rows: int
+    lo: datetime = Field(description="The partition's range: from")
+    hi: datetime = Field(description="to (excluded)")
+
+
+class Gone(BaseModel):
+    """The feed position is behind rows retention removed: the client missed them."""
+
+    detail: str
+    cuts: list[Removed]
+
+
+RETAINED_FROM = "Audit-Retained-From"
+"""Response header: the oldest time still stored, once retention removed anything older."""
+
+
 class Event(BaseModel):
     """One stored audit event, every column, and whether a seal that checks covers it."""
 

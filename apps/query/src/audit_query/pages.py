@@ -117,9 +117,10 @@ def list_page(
     next_cursor: str | None,
     error: str | None = None,
     total: int = 0,
+    retained: datetime | None = None,
 ) -> str:
-    """The filter form (as given), how many match, the matching events, the next page, and the
-    result as a download."""
+    """The filter form (as given), how many match, the matching events, the next page, the
+    result as a download, and since when events are kept (once retention removed any)."""
     fields = "".join(
         f'<label>{escape(label)}<input name="{name}" id="f-{name}" '
         f'value="{escape(given.get(name, ""))}" placeholder="{escape(hint)}"'
@@ -161,6 +162,11 @@ def list_page(
         f'<a id="ndjson" href="/download?{escape(urlencode({"format": "ndjson"}) + "&" + files)}"'
         ">NDJSON</a></p>"
     )
+    if retained is not None:
+        summary += (
+            f'<p class="summary" id="retained">Events before {_time(retained)} were removed by'
+            " retention (they are in its archives).</p>"
+        )
     table = (
         f'<table id="events"><thead><tr>{head}</tr></thead>'
         f"<tbody>{rows or '<tr><td colspan=7>no matching events</td></tr>'}</tbody></table>"

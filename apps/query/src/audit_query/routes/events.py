@@ -1,5 +1,6 @@
 """``GET /audit-events`` (filtered, keyset-paged, newest first) and ``GET /audit-events/{id}``."""
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -25,15 +26,17 @@ async def recorded_page(
     limit: int,
     cursor: str | None,
     via: str | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of the listing, its read on the record (the API's listing and the viewer's);
-    :class:`store.BadCursor` for a cursor this service did not hand out."""
+) -> tuple[list[dict[str, Any]], str | None, datetime | None]:
+    """A page of the listing, its read on the record (the API's listing and the viewer's), and
+    the oldest time still stored if retention removed anything; :class:`store.BadCursor` for a
+    cursor this service did not hand out."""
     async with app.pool.connection() as conn:
         items, next_cursor = await store.page(conn, filters, limit, cursor, app.trust)
+        retained = await app.trust.retained_from(conn)
     asked = {"filters": filters.given(), "limit": limit, "cursor": cursor is not None}
     metadata = {**asked, "returned": len(items)}
     await record(request, app.publisher, actor, "audit.query", metadata, via=via)
-    return items, next_cursor
+    return items, next_cursor, retained
 
 
 async def recorded_event(
@@ -49,7 +52,20 @@ async def recorded_event(
     return item
 
 
-@router.get("/audit-events", response_model=answers.Page)
+RETAINED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            answers.RETAINED_FROM: {
+                "description": "Events before this time were removed by retention (sent when"
+                " the listing's range reaches before it)",
+                "schema": {"type": "string", "format": "date-time"},
+            }
+        }
+    }
+}
+
+
+@router.get("/audit-events", response_model=answers.Page, responses=RETAINED)
 async def list_events(
     request: Request,
     actor: Reader,
@@ -58,12 +74,18 @@ async def list_events(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Response:
-    """Matching events, newest first; follow ``next_cursor`` to page to the end."""
+    """Matching events, newest first; follow ``next_cursor`` to page to the end. Once
+    retention removed older events, a listing reaching before what is left says from when it
+    has them (``Audit-Retained-From``)."""
     try:
-        items, next_cursor = await recorded_page(request, app, actor, filters, limit, cursor)
+        found = await recorded_page(request, app, actor, filters, limit, cursor)
     except store.BadCursor as exc:
         raise bad_cursor(exc) from None
-    return answers.send({"items": items, "next_cursor": next_cursor})
+    items, next_cursor, retained = found
+    answer = answers.send({"items": items, "next_cursor": next_cursor})
+    if retained is not None and (filters.since is None or filters.since < retained):
+        answer.headers[answers.RETAINED_FROM] = retained.isoformat()  # it reaches before
+    return answer
 
 
 @router.get(

@@ -51,14 +51,15 @@ async def view_list(
     given = form_values(request)
     filters = _as_shown(filters, given)
     try:
-        items, next_cursor = await recorded_page(
+        items, next_cursor, retained = await recorded_page(
             request, app, actor, filters, limit, cursor, via="viewer"
         )
     except store.BadCursor as exc:
         return html(pages.list_page(actor, given, None, None, str(exc)), 422)
     async with app.pool.connection() as conn:
         total = await store.count(conn, filters, pages.COUNT_CAP)
-    return html(pages.list_page(actor, given, items, next_cursor, total=total))
+    page = pages.list_page(actor, given, items, next_cursor, total=total, retained=retained)
+    return html(page)
 
 
 def _as_shown(filters: store.Filters, given: dict[str, str]) -> store.Filters:
