@@ -5,8 +5,8 @@ PostgreSQL and NATS keep their data in ``.dev/`` between runs. One ``audit-api``
 the apps first (so consumers finish and ack their batch), then the servers. As in compose and
 the chart, only setup gets the owner's database login, consumers their writer login, the API
 none; the API signs events, the consumers check them and seal; ``audit-query`` reads with a
-read-only login of its own and signs the records of reads with its own key; ``audit-verify``
-and ``audit-dlq`` are printed, ready to run with their own credentials.
+read-only login of its own and signs the records of reads with its own key; ``audit-verify``,
+``audit-dlq`` and ``audit-retention`` are printed, ready to run with their own credentials.
 """
 
 import asyncio
@@ -47,6 +47,8 @@ def commands(
     nats_url: str,
     dlq_password: str,
     dlq_key: str,
+    owner_url: str,
+    archive: str,
 ) -> str:
     """The lines ``make dev`` prints to try the system: every value shell-quoted, so each
     command works pasted into a shell (an event key holds ``|``; a password may hold ``$``)."""
@@ -71,6 +73,11 @@ def commands(
   dead letters (list | show SEQ | replay SEQ --actor you):
     NATS_URL={q(nats_url)} AUDIT_NATS_PASSWORD={q(dlq_password)} \\
     AUDIT_EVENT_KEYS={q(dlq_key)} {q(str(BIN / "audit-dlq"))} list
+
+  retention (README, "Retention": archives, then removes partitions older than --days):
+    DATABASE_URL={q(owner_url)} \
+    AUDIT_SEAL_PUBLIC_KEYS={q(seal_public_keys)} \
+    {q(str(BIN / "audit-retention"))} run --days 30 --archive {q(archive)} --dry-run
 """
 
 
@@ -206,6 +213,8 @@ def main() -> None:
                 nats_url=nats.url,
                 dlq_password=keys[PASSWORD_VARS[DLQ]],
                 dlq_key=keys["AUDIT_DLQ_EVENT_KEY"],
+                owner_url=pg.url,
+                archive=str(data / "archive"),
             )
             + "\n  Ctrl-C stops everything.\n",
             flush=True,

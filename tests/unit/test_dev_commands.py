@@ -20,6 +20,8 @@ NASTY = {  # what keys, URLs and passwords may hold
     "nats_url": "nats://127.0.0.1:4222",
     "dlq_password": "a$b`c\"d'e;f&g",
     "dlq_key": "key@audit.dlq",
+    "owner_url": "postgresql://postgres:o'w$n|er@127.0.0.1:5432/postgres",
+    "archive": "/home/a user/archive's",
 }
 
 
@@ -30,7 +32,11 @@ def dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for tool in ("audit-verify", "audit-dlq"):  # stand-ins that say what they were given
+    for tool in (
+        "audit-verify",
+        "audit-dlq",
+        "audit-retention",
+    ):  # stand-ins that say what they were given
         fake = tmp_path / tool
         fake.write_text(
             f"#!{sys.executable}\nimport json, os, sys\n"
@@ -64,3 +70,10 @@ def test_the_printed_commands_run_pasted_with_every_value_intact(dev: Any) -> No
     given = json.loads(dlq.stdout)
     assert given["argv"] == ["list"]
     assert given["env"]["AUDIT_NATS_PASSWORD"] == NASTY["dlq_password"]
+    retention = subprocess.run(
+        ["bash", "-c", block(text, "retention")], capture_output=True, text=True
+    )
+    assert retention.returncode == 0, retention.stderr
+    told = json.loads(retention.stdout)
+    assert told["argv"] == ["run", "--days", "30", "--archive", NASTY["archive"], "--dry-run"]
+    assert told["env"]["DATABASE_URL"] == NASTY["owner_url"]

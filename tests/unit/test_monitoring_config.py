@@ -30,7 +30,7 @@ def test_alert_rules_pass_promtool() -> None:
         [promtool(), "check", "rules", str(CONFIG / "alerts.yml")], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "14 rules found" in done.stdout
+    assert "18 rules found" in done.stdout
 
 
 def test_dead_letter_alert_fires_on_the_first_dead_letter_of_a_process() -> None:

@@ -89,6 +89,7 @@ class Consumer:
         )
         self.checks = Checks(settings.keys, settings.accept_unsigned_until, settings.names)
         self.bounds = settings.bounds()  # what the partitions take (bounds.py)
+        metrics.RETENTION_DAYS.set(settings.retention_days)
         self.epoch: Epoch | None = None  # the durable's incarnation (accounting.py)
         self.floor = 0  # its ack floor, as last read
         key = SealKey(settings.seal_key)

@@ -82,3 +82,8 @@ PARTITION_OLDEST = Gauge(
     "audit_consumer_partition_oldest_timestamp_seconds",
     "Start of the oldest partition still taking rows: older events are refused (dead-lettered)",
 )
+RETENTION_DAYS = Gauge(
+    "audit_consumer_retention_days",
+    "AUDIT_RETENTION_DAYS as this consumer was given it (0: retention off); AuditRetentionBehind"
+    " compares the oldest partition with it",
+)

@@ -53,6 +53,7 @@ class Settings(BrokerSettings, EventKeySettings):
     partition_days: int = Field(1, ge=1, le=31, alias="AUDIT_PARTITION_DAYS")
     partition_ahead_days: int = Field(7, ge=1, le=366, alias="AUDIT_PARTITION_AHEAD_DAYS")
     max_clock_skew_seconds: float = Field(300.0, ge=0, alias="AUDIT_MAX_CLOCK_SKEW_SECONDS")
+    retention_days: int = Field(0, ge=0, alias="AUDIT_RETENTION_DAYS")  # exported for alerts
 
     # audit-setup
     setup_wait_seconds: float = Field(60.0, ge=0, alias="AUDIT_SETUP_WAIT_SECONDS")

@@ -6,6 +6,7 @@ Exit 0 done or nothing to do, 1 a check failed, 2 could not run. Connects as the
 import argparse
 import logging
 import sys
+import time as time_module
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ log = logging.getLogger("audit.retention")
 
 
 class RetentionSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, env_ignore_empty=True)
 
     database_url: str = Field("", alias="DATABASE_URL")
     days: int | None = Field(None, ge=1, alias="AUDIT_RETENTION_DAYS")
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--archive", help="a directory (AUDIT_ARCHIVE_URL)")
     go.add_argument("--dry-run", action="store_true", help="say what it would do, do nothing")
     go.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the sealer")
+    go.add_argument("--every", type=float, help="keep running: a run every N seconds")
     hold = commands.add_parser("hold", help="legal holds: time ranges no run may remove")
     holds = hold.add_subparsers(dest="verb", required=True)
     add = holds.add_parser("add")
@@ -84,9 +86,14 @@ def _command(conn: psycopg.Connection[Any], args: argparse.Namespace, s: Retenti
                         args.dry_run, args.wait)  # fmt: skip
         log.warning("retention: keeping %d days; older partitions are archived to %s and"
                     " REMOVED%s", days, archive, " (dry run)" if args.dry_run else "")  # fmt: skip
-        removed = run(conn, policy)
-        log.info("%s %d partition(s)", "would remove" if args.dry_run else "removed", len(removed))
-        return 0
+        while True:
+            removed = run(conn, policy)
+            log.info("%s %d partition(s)", "would remove" if args.dry_run else "removed",
+                     len(removed))  # fmt: skip
+            if args.every is None:
+                return 0
+            conn.execute("SELECT pg_advisory_unlock_all()")  # the next run takes it again
+            time_module.sleep(args.every)
     if args.command == "hold":
         return _hold(conn, args)
     if args.lo is not None:
