@@ -98,11 +98,12 @@ env-upgrade: .env ## Append to .env the secrets a newer version needs (keeps eve
 	@rm -f .env.add
 
 .PHONY: docker-build
-docker-build: ## Build the audit-api, audit-consumer, audit-query and audit-verify images (host network)
+docker-build: ## Build the audit-api, -consumer, -query, -verify and -retention images (host network)
 	docker build --network host --build-arg APP=api -t audit-api:dev .
 	docker build --network host --build-arg APP=consumer --build-arg PORT=8001 -t audit-consumer:dev .
 	docker build --network host --build-arg APP=query --build-arg PORT=8080 -t audit-query:dev .
 	docker build --network host --build-arg APP=verify --build-arg PORT=9102 -t audit-verify:dev .
+	docker build --network host --build-arg APP=retention -t audit-retention:dev .
 
 # Jaeger left out of DOCKER_SERVICES: tracing off (the apps would export to a host that does not
 # exist), unless OTEL_EXPORTER_OTLP_ENDPOINT is set in your shell to a collector of your own.
@@ -110,7 +111,7 @@ NO_JAEGER := $(and $(DOCKER_SERVICES),$(if $(filter jaeger,$(DOCKER_SERVICES)),,
 # A subset (DOCKER_SERVICES) still starts the services of the profiles asked for: compose would
 # start only those listed, so profile services (verify; nats-2, nats-3) would be dropped silently.
 PROFILES := $(subst $(comma), ,$(COMPOSE_PROFILES))
-PROFILE_SERVICES := $(if $(filter verify,$(PROFILES)),verify) $(if $(filter cluster,$(PROFILES)),nats-2 nats-3)
+PROFILE_SERVICES := $(if $(filter verify,$(PROFILES)),verify) $(if $(filter retention,$(PROFILES)),retention) $(if $(filter cluster,$(PROFILES)),nats-2 nats-3)
 UP_SERVICES := $(if $(DOCKER_SERVICES),$(strip $(DOCKER_SERVICES) $(PROFILE_SERVICES)))
 TRACING_OFF := $(if $(and $(NO_JAEGER),$(filter undefined,$(origin OTEL_EXPORTER_OTLP_ENDPOINT))),OTEL_EXPORTER_OTLP_ENDPOINT=)
 # ...and the viewer links no trace to a Jaeger that is not running.
@@ -183,7 +184,8 @@ kind-up: ## kind cluster, images loaded (tag IMAGE_TAG), KEDA from its Helm repo
 	docker build --build-arg APP=consumer --build-arg PORT=8001 -t audit-consumer:$(IMAGE_TAG) .
 	docker build --build-arg APP=query --build-arg PORT=8080 -t audit-query:$(IMAGE_TAG) .
 	docker build --build-arg APP=verify --build-arg PORT=9102 -t audit-verify:$(IMAGE_TAG) .
-	$(KIND) load docker-image --name $(KIND_CLUSTER) audit-api:$(IMAGE_TAG) audit-consumer:$(IMAGE_TAG) audit-query:$(IMAGE_TAG) audit-verify:$(IMAGE_TAG)
+	docker build --build-arg APP=retention -t audit-retention:$(IMAGE_TAG) .
+	$(KIND) load docker-image --name $(KIND_CLUSTER) audit-api:$(IMAGE_TAG) audit-consumer:$(IMAGE_TAG) audit-query:$(IMAGE_TAG) audit-verify:$(IMAGE_TAG) audit-retention:$(IMAGE_TAG)
 	$(HELM) repo add kedacore https://kedacore.github.io/charts --force-update
 	$(HELM) upgrade --install keda kedacore/keda --namespace keda --create-namespace --wait --timeout 10m
 	@# No --wait here: the setup Job is a post-install hook (bundled servers) and consumers become

@@ -22,12 +22,16 @@ def env(service: str) -> dict[str, str]:
 
 
 def test_only_setup_gets_the_owner_login_and_the_api_no_database_at_all() -> None:
+    """(And retention, a job under its own profile: removing a partition is the owner's DDL;
+    it holds no sealing key and no broker password.)"""
     assert set(env("setup")) >= DB_VARS
+    assert "AUDIT_SEAL_KEY" not in env("retention")
+    assert not [k for k in env("retention") if "NATS" in k]
     assert set(env("consumer")) & DB_VARS == {"AUDIT_WRITER_DATABASE_URL"}
     assert "audit_consumer" in env("consumer")["AUDIT_WRITER_DATABASE_URL"]
     assert not set(env("api")) & DB_VARS
     for name, service in COMPOSE["services"].items():
-        if name not in ("setup", "postgres"):
+        if name not in ("setup", "postgres", "retention"):
             assert "POSTGRES_PASSWORD" not in str(service.get("environment", {})), name
 
 
