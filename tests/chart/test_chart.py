@@ -263,8 +263,30 @@ def test_each_workload_gets_only_the_credentials_its_job_needs(render: Render, v
     for obj in (api, consumer, query, verify):
         assert "DATABASE_URL" not in env_of(obj, "")  # nor in any other form
     for secret in (o for o in objects if o["kind"] == "Secret"):
-        if "helm.sh/hook" not in secret["metadata"].get("annotations", {}):
-            assert "DATABASE_URL" not in secret["data"], "the owner's URL outside the setup hook"
+        hook = "helm.sh/hook" in secret["metadata"].get("annotations", {})
+        if not hook and not secret["metadata"]["name"].endswith("-retention"):
+            assert "DATABASE_URL" not in secret["data"], "the owner's URL outside setup/retention"
+
+
+def test_retention_is_off_unless_asked_and_holds_the_owner_login_but_no_key(
+    render: Render,
+) -> None:
+    """It deletes data, so off by default; on, a CronJob with the owner's URL (the DDL needs
+    it) in a Secret of its own, the seals' public key — never the sealing key nor a broker
+    password — and an archive volume kept when the release goes."""
+    assert not [o for o in render() if "retention" in o["metadata"]["name"]]
+    objects = render("default", "--set", "retention.enabled=true", "--set", "retention.days=90")
+    job = find(objects, "CronJob", "-retention")
+    assert secret_keys(job) == {"DATABASE_URL", "AUDIT_SEAL_PUBLIC_KEYS"}
+    (owner,) = [e for e in pod_spec(job)["containers"][0]["env"] if e["name"] == "DATABASE_URL"]
+    assert owner["valueFrom"]["secretKeyRef"]["name"].endswith("-retention")
+    env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+    assert (env["AUDIT_RETENTION_DAYS"], env["AUDIT_ARCHIVE_URL"]) == ("90", "/archive")
+    claim = find(objects, "PersistentVolumeClaim", "-archive")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    config = find(objects, "ConfigMap", "-config")
+    assert config["data"]["AUDIT_RETENTION_DAYS"] == "90"  # the consumers' alert threshold
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 def test_external_postgres_needs_a_writer_url(helm: str) -> None:

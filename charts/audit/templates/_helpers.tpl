@@ -67,6 +67,7 @@ AUDIT_STREAM_REPLICAS: {{ .Values.jetstream.replicas | quote }}
 AUDIT_SETUP_WAIT_SECONDS: {{ .Values.setup.waitSeconds | quote }}
 AUDIT_LOG_FORMAT: {{ .Values.logFormat | quote }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.otel.endpoint | quote }}
+AUDIT_RETENTION_DAYS: {{ ternary .Values.retention.days 0 .Values.retention.enabled | quote }}
 {{- end -}}
 
 {{/* A secret's plain value: the one given in values, else the one this release already stored
