@@ -29,7 +29,16 @@ from bench.common import EMPTY_LOG
 from bench.rig import Bench
 from bench.stats import percentiles
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SPACING = timedelta(seconds=3)  # 1,000,000 events span 35 days: that many daily partitions
+
+
+def start(n: int) -> datetime:
+    """Where the ``n`` events begin: ending today, so their days have partitions after
+    ``audit_partitions_prepend`` (as an import of history would)."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - SPACING * n - timedelta(days=1)
+
+
 QUESTIONS = {
     "resource history": Filters(resource_type="account", resource_id="acc-42"),
     "actor's actions": Filters(actor_type="user", actor_id="user-7"),
@@ -44,13 +53,14 @@ PARAMS = {
 
 def events(n: int) -> list[AuditEvent]:
     rng = random.Random(11)
+    t0 = start(n)
     out = []
     for i in range(n):
         outcome: Outcome = rng.choices(("success", "failure", "denied"), (90, 5, 5))[0]
         out.append(
             AuditEvent.model_construct(
                 id=UUID(f"00000000-0000-7000-8000-{i:012x}"),
-                occurred_at=T0 + timedelta(seconds=i * 3),
+                occurred_at=t0 + SPACING * i,
                 actor_type="user",
                 actor_id=f"user-{rng.randrange(2000)}",
                 action=rng.choice(("account.read", "account.update", "account.delete")),
@@ -71,12 +81,13 @@ def events(n: int) -> list[AuditEvent]:
 async def load(url: str, n: int) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(EMPTY_LOG)
+        await conn.execute("SELECT audit_partitions_prepend(%s, interval '1 day')", (start(n),))
         writer = BatchWriter(conn)
         batch = events(n)
-        for start in range(0, n, 20_000):
-            part = batch[start : start + 20_000]
+        for first in range(0, n, 20_000):
+            part = batch[first : first + 20_000]
             rows = [
-                row(e, start + i, "bench:x", hashlib.sha256(encode(e)).digest())
+                row(e, first + i, "bench:x", hashlib.sha256(encode(e)).digest())
                 for i, e in enumerate(part)
             ]
             await writer.write(rows)

@@ -4,8 +4,8 @@ shared machine), with the CPU each process spent per event, which says what limi
 number. Prints a markdown table and writes ``bench-results/bench.json``.
 
 ``--quick`` (CI) runs the same steps on tiny inputs: it must finish and print, nothing more.
-The measurements: ``ingest.py``, ``api.py``, ``queries.py``; the rig: ``rig.py``; the table:
-``report.py``.
+The measurements: ``ingest.py``, ``api.py``, ``queries.py``, ``retention.py``; the rig:
+``rig.py``; the table: ``report.py``.
 """
 
 import argparse
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from audit_consumer.database import migrate
-from bench import api, ingest, queries
+from bench import api, ingest, queries, retention
 from bench.common import BIN, ROOT, SECRET
 from bench.report import table
 from bench.rig import Bench
@@ -43,6 +43,7 @@ async def main_async(args: argparse.Namespace) -> None:
             await api.end_to_end(bench, args.workers)
             n, repeat = (20_000, 20) if bench.quick else (1_000_000, 200)
             await queries.run(bench, SECRET, n, repeat, BIN / "audit-query")
+            await retention.run(bench, Path(tmp) / "archive")
         finally:
             bench.nats.stop()
             bench.pg.stop()

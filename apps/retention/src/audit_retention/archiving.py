@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.types.json import set_json_loads
 
 from audit_events.archives import FORMAT, MANIFEST, ROWS, SEALS, row_line, seal_line, sha256_hex
 from audit_events.cuts import LEGACY_SEALS
@@ -41,20 +42,28 @@ def write_archive(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     rows = 0
+    set_json_loads(orjson.loads, conn)  # metadata: the standard library's loads cost the most
     # mtime 0: the same rows make the same bytes, so an archive written again (a rerun) has
-    # the manifest hash a cut may already have signed
+    # the manifest hash a cut may already have signed. Level 3: most of level 6's ratio on
+    # these lines in much less time.
     with (
         (partial / ROWS).open("wb") as raw,
-        gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=3, mtime=0) as out,
     ):
+        lines: list[bytes] = []
         for signature, tx, at, seq, epoch, address, *values in conn.cursor().stream(
             _ROWS, (name,), size=5000
         ):
             if values[_IP] is not None:
                 values[_IP] = canonical_ip(values[_IP])
-            out.write(row_line(values[0], canonical(values), signature, tx, at, seq, epoch,
-                               address))  # fmt: skip
-            rows += 1
+            lines.append(row_line(values[0], canonical(values), signature, tx, at, seq, epoch,
+                                  address))  # fmt: skip
+            if len(lines) == 5000:
+                out.write(b"".join(lines))
+                rows += len(lines)
+                lines.clear()
+        out.write(b"".join(lines))
+        rows += len(lines)
     seqs = []
     with (partial / SEALS).open("wb") as out:
         first, last = conn.execute(_SPAN, (name,)).fetchone() or (None, None)
