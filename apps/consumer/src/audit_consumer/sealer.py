@@ -107,14 +107,15 @@ class Sealer:
         self.trusted = trusted or SealKeys([key.public_text()])
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self._broken: str | None = None  # why the head cannot be extended (said once)
+        self._extend_failing = False
 
     async def run(self) -> None:
         """Keep partitions ahead and seal, every ``interval`` seconds until cancelled; errors
         are logged and retried."""
         failing = False
         while True:
+            await self.extend()
             try:
-                await self.extend()
                 await self.seal()
                 if failing:
                     log.info("sealing works again")
@@ -141,8 +142,19 @@ class Sealer:
 
     async def extend(self) -> None:
         """Partitions up to ``now + ahead`` (``bounds.py``), in a transaction of its own: the
-        writer consumers learn the bounds from it."""
-        await self.bounds.extend(await self._connection())
+        writer consumers learn the bounds from it. A failure (a lock not granted within the
+        function's ``lock_timeout``, an outage) never stops sealing: said once, retried."""
+        try:
+            await self.bounds.extend(await self._connection())
+        except Exception as exc:
+            if not self._extend_failing:
+                log.warning("partitions not extended (will retry): %s", " ".join(str(exc).split()))
+            self._extend_failing = True
+            await self.close()
+            return
+        if self._extend_failing:
+            log.info("partitions extended again")
+        self._extend_failing = False
 
     async def seal(self) -> Seal | None:
         """One round: seal what is final if no other consumer is sealing; the newest seal
