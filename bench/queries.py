@@ -4,6 +4,7 @@ its export against ``COPY … TO STDOUT``, and the feed's rows/s — on ``n`` ro
 """
 
 import hashlib
+import os
 import random
 import secrets
 import time
@@ -81,7 +82,8 @@ def events(n: int) -> list[AuditEvent]:
 async def load(url: str, n: int) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(EMPTY_LOG)
-        await conn.execute("SELECT audit_partitions_prepend(%s, interval '1 day')", (start(n),))
+        step = timedelta(days=int(os.environ.get("AUDIT_PARTITION_DAYS", "1")))  # as configured
+        await conn.execute("SELECT audit_partitions_prepend(%s, %s)", (start(n), step))
         writer = BatchWriter(conn)
         batch = events(n)
         for first in range(0, n, 20_000):
