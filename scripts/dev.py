@@ -24,8 +24,8 @@ from audit_devservers import Child
 from audit_devservers.servers import PG_BIN, NatsServer, PostgresServer
 from audit_events import keygen
 from audit_events.auth import issue_token
-from audit_events.authorship import READS, REPLAYS, bound
-from audit_events.broker import API, CONSUMER, DLQ, PASSWORD_VARS, QUERY, SETUP
+from audit_events.authorship import READS, REMOVALS, REPLAYS, bound
+from audit_events.broker import API, CONSUMER, DLQ, PASSWORD_VARS, QUERY, RETENTION, SETUP
 
 WRITER_LOGIN = "audit_consumer"  # created by audit-setup as a member of audit_writer
 READER_LOGIN = "audit_verify"  # created by audit-setup as a member of audit_reader
@@ -49,6 +49,8 @@ def commands(
     dlq_key: str,
     owner_url: str,
     archive: str,
+    retention_password: str,
+    retention_key: str,
 ) -> str:
     """The lines ``make dev`` prints to try the system: every value shell-quoted, so each
     command works pasted into a shell (an event key holds ``|``; a password may hold ``$``)."""
@@ -75,8 +77,10 @@ def commands(
     AUDIT_EVENT_KEYS={q(dlq_key)} {q(str(BIN / "audit-dlq"))} list
 
   retention (README, "Retention": archives, then removes partitions older than --days):
-    DATABASE_URL={q(owner_url)} \
-    AUDIT_SEAL_PUBLIC_KEYS={q(seal_public_keys)} \
+    DATABASE_URL={q(owner_url)} \\
+    AUDIT_SEAL_PUBLIC_KEYS={q(seal_public_keys)} \\
+    NATS_URL={q(nats_url)} AUDIT_NATS_PASSWORD={q(retention_password)} \\
+    AUDIT_EVENT_KEYS={q(retention_key)} \\
     {q(str(BIN / "audit-retention"))} run --days 30 --archive {q(archive)} --dry-run
 """
 
@@ -137,6 +141,7 @@ def main() -> None:
             keys["AUDIT_EVENT_KEYS"],
             bound(keys["AUDIT_QUERY_EVENT_KEY"], READS),
             bound(keys["AUDIT_DLQ_EVENT_KEY"], REPLAYS),
+            bound(keys["AUDIT_RETENTION_EVENT_KEY"], REMOVALS),
         ]
     )
     query_port = int(os.environ.get("AUDIT_QUERY_PORT", "8080"))
@@ -215,6 +220,8 @@ def main() -> None:
                 dlq_key=keys["AUDIT_DLQ_EVENT_KEY"],
                 owner_url=pg.url,
                 archive=str(data / "archive"),
+                retention_password=keys[PASSWORD_VARS[RETENTION]],
+                retention_key=keys["AUDIT_RETENTION_EVENT_KEY"],
             )
             + "\n  Ctrl-C stops everything.\n",
             flush=True,

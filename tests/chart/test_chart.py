@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 
 from audit_events import StreamNames
-from audit_events.authorship import READS, REPLAYS, EventKeys, bound
+from audit_events.authorship import READS, REMOVALS, REPLAYS, EventKeys, bound
 from audit_events.broker import PASSWORD_VARS, permissions
 from audit_events.seals import GENESIS, Seal, SealKey, SealKeys
 from tests.chart.rendering import CHART, SHARED, VALUES, Render, env_of, find, pod_spec
@@ -272,12 +272,17 @@ def test_retention_is_off_unless_asked_and_holds_the_owner_login_but_no_key(
     render: Render,
 ) -> None:
     """It deletes data, so off by default; on, a CronJob with the owner's URL (the DDL needs
-    it) in a Secret of its own, the seals' public key — never the sealing key nor a broker
-    password — and an archive volume kept when the release goes."""
+    it) in a Secret of its own, the seals' public key — never the sealing key — its own broker
+    identity and record key, and an archive volume kept when the release goes."""
     assert not [o for o in render() if "retention" in o["metadata"]["name"]]
     objects = render("default", "--set", "retention.enabled=true", "--set", "retention.days=90")
     job = find(objects, "CronJob", "-retention")
-    assert secret_keys(job) == {"DATABASE_URL", "AUDIT_SEAL_PUBLIC_KEYS"}
+    assert secret_keys(job) == {
+        "DATABASE_URL",
+        "AUDIT_SEAL_PUBLIC_KEYS",
+        "AUDIT_NATS_RETENTION_PASSWORD",  # its own identity: it records each removal
+        "AUDIT_RETENTION_EVENT_KEY",  # bound to audit.retention where keys check
+    }
     (owner,) = [e for e in pod_spec(job)["containers"][0]["env"] if e["name"] == "DATABASE_URL"]
     assert owner["valueFrom"]["secretKeyRef"]["name"].endswith("-retention")
     env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
@@ -444,12 +449,13 @@ def test_no_default_secret_every_one_generated_and_shared_where_needed(render: R
         assert len(one[key]) >= 32, key
         assert one[key][0].isalpha(), key  # nats-server would parse a leading digit as a number
         assert one[key] != two[key], f"{key} is not random"  # (upgrades reuse the stored one)
-    signers = [one[k] for k in ("AUDIT_EVENT_KEYS", "AUDIT_QUERY_EVENT_KEY", "AUDIT_DLQ_EVENT_KEY")]
-    api, query, dlq = signers  # consumers check all three, the last two bound to their actions
+    signers = [one[k] for k in ("AUDIT_EVENT_KEYS", "AUDIT_QUERY_EVENT_KEY", "AUDIT_DLQ_EVENT_KEY",
+                                "AUDIT_RETENTION_EVENT_KEY")]  # fmt: skip
+    api, query, dlq, retention = signers  # consumers check all, the records' bound to theirs
     assert one["AUDIT_CHECK_EVENT_KEYS"] == ",".join(
-        [api, bound(query, READS), bound(dlq, REPLAYS)]
+        [api, bound(query, READS), bound(dlq, REPLAYS), bound(retention, REMOVALS)]
     )
-    assert len(set(signers)) == 3
+    assert len(set(signers)) == 4
     postgres = base64.b64decode(find(first, "Secret", "-postgresql")["data"]["password"]).decode()
     assert postgres == one["POSTGRES_PASSWORD"]
     nats_conf = find(first, "ConfigMap", "-nats")["data"]["nats.conf"]

@@ -15,6 +15,7 @@ import pytest
 
 from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings as ConsumerSettings
+from audit_events import AuditEvent
 from audit_events.seals import SealKey, SealKeys
 from audit_query import pages
 from audit_retention.removal import Policy, run
@@ -22,6 +23,9 @@ from tests.env import SEAL_KEY, SEAL_PUBLIC_KEY
 from tests.integration.reading import READ, event, query_settings, reader_url, serving, store
 
 NOW = datetime.now(UTC)
+
+
+RECORDS: list[AuditEvent] = []  # what a run published (the CLI's Recorder publishes them)
 
 
 @pytest.fixture
@@ -66,7 +70,7 @@ async def test_the_feed_says_gone_for_rows_retention_removed_after_its_position(
     ) is None  # fmt: skip  (nothing removed yet)
 
     keys = SealKeys([SEAL_PUBLIC_KEY])
-    await asyncio.to_thread(_retain, migrated, Policy(30, tmp_path, keys))
+    await asyncio.to_thread(_retain, migrated, Policy(30, tmp_path, keys, RECORDS.extend))
 
     gone = await feed(client, after=position)
     assert gone.status_code == 410

@@ -19,7 +19,7 @@ import pytest
 
 from audit_consumer.sealer import Sealer
 from audit_consumer.writer import BatchWriter
-from audit_events import encode
+from audit_events import AuditEvent, encode
 from audit_events.cuts import Cut
 from audit_events.model import row
 from audit_events.seals import Floor, Seal, SealKey, SealKeys, generate_seal_key
@@ -34,6 +34,9 @@ from tests.helpers import make_event, sign, verify_settings
 
 OLD = datetime(2026, 10, 5, 12, tzinfo=UTC)  # in the tests' weekly partitions, > 30 days ago
 KEYS = SealKeys([SEAL_PUBLIC_KEY])
+
+
+RECORDS: list[AuditEvent] = []  # what a run published (the CLI's Recorder publishes them)
 
 
 @pytest.fixture
@@ -61,7 +64,7 @@ async def log(db: Any, migrated: str) -> AsyncIterator[Sealer]:
 
 def retain(url: str, archive: Path, **options: Any) -> list[str]:
     with psycopg.connect(url, autocommit=True) as conn:
-        return run(conn, Policy(30, archive, KEYS, **options))
+        return run(conn, Policy(30, archive, KEYS, RECORDS.extend, **options))
 
 
 async def verified(url: str) -> Any:
@@ -76,7 +79,12 @@ async def test_a_run_archives_cuts_and_drops_and_everything_still_verifies(
     log: Sealer, db: Any, migrated: str, tmp_path: Path
 ) -> None:
     before = await partitions(db)
+    RECORDS.clear()
     removed = await asyncio.to_thread(retain, migrated, tmp_path)
+    recorded = {e.resource_id: e for e in RECORDS}
+    assert set(recorded) == set(removed)  # each removal on the record
+    assert {e.action for e in RECORDS} == {"audit.retention.partition_removed"}
+    assert 10 in [e.metadata["rows"] for e in RECORDS]
     assert removed, "nothing older than 30 days was removed"
     assert not set(removed) & await partitions(db)
     assert await partitions(db) < before

@@ -19,7 +19,7 @@ from audit_consumer.database import migrate
 from audit_consumer.sealer import Sealer
 from audit_consumer.settings import Settings
 from audit_consumer.writer import BatchWriter
-from audit_events import encode
+from audit_events import AuditEvent, encode
 from audit_events.model import row
 from audit_events.seals import Floor, SealKey, SealKeys
 from audit_retention.removal import Policy, run
@@ -29,6 +29,9 @@ from tests.env import ROOT, SEAL_KEY, SEAL_PUBLIC_KEY
 from tests.helpers import make_event, sign, verify_settings
 
 TOP: list[int] = []  # the batches written so far
+
+
+RECORDS: list[AuditEvent] = []  # what a run published (the CLI's Recorder publishes them)
 
 
 @pytest.fixture
@@ -93,7 +96,9 @@ async def test_a_populated_table_becomes_partitioned_and_still_verifies(
     keys = SealKeys([SEAL_PUBLIC_KEY])
     sealing = asyncio.create_task(_keep_sealing(sealer))
     try:
-        removed = await asyncio.to_thread(_retain, old_install, Policy(-2, tmp_path, keys))
+        removed = await asyncio.to_thread(
+            _retain, old_install, Policy(-2, tmp_path, keys, RECORDS.extend)
+        )
     finally:
         sealing.cancel()
     assert parts[0][0] in removed

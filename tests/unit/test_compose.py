@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from audit_events import keygen
-from audit_events.authorship import READS, REPLAYS
-from audit_events.broker import API, CONSUMER, DLQ, PASSWORD_VARS, QUERY, SETUP
+from audit_events.authorship import READS, REMOVALS, REPLAYS
+from audit_events.broker import API, CONSUMER, DLQ, PASSWORD_VARS, QUERY, RETENTION, SETUP
 from tests.env import ROOT
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -23,10 +23,9 @@ def env(service: str) -> dict[str, str]:
 
 def test_only_setup_gets_the_owner_login_and_the_api_no_database_at_all() -> None:
     """(And retention, a job under its own profile: removing a partition is the owner's DDL;
-    it holds no sealing key and no broker password.)"""
+    it holds no sealing key.)"""
     assert set(env("setup")) >= DB_VARS
     assert "AUDIT_SEAL_KEY" not in env("retention")
-    assert not [k for k in env("retention") if "NATS" in k]
     assert set(env("consumer")) & DB_VARS == {"AUDIT_WRITER_DATABASE_URL"}
     assert "audit_consumer" in env("consumer")["AUDIT_WRITER_DATABASE_URL"]
     assert not set(env("api")) & DB_VARS
@@ -47,6 +46,7 @@ def test_each_service_has_its_own_broker_identity_and_no_secret_has_a_default() 
         ("setup", SETUP),
         ("query", QUERY),
         ("dlq", DLQ),
+        ("retention", RETENTION),
     ):
         assert env(service)["AUDIT_NATS_PASSWORD"].startswith(f"${{{PASSWORD_VARS[identity]}:?")
     for node in ("nats", "nats-2", "nats-3"):  # every node knows every identity
@@ -64,16 +64,19 @@ def test_query_and_dlq_sign_with_their_own_keys_which_every_checker_holds() -> N
     assert not set(query) & DB_VARS
     assert query["AUDIT_EVENT_KEYS"].startswith("${AUDIT_QUERY_EVENT_KEY:?")
     assert env("dlq")["AUDIT_EVENT_KEYS"].startswith("${AUDIT_DLQ_EVENT_KEY:?")
-    for signer in ("api", "query", "dlq"):
+    assert env("retention")["AUDIT_EVENT_KEYS"].startswith("${AUDIT_RETENTION_EVENT_KEY:?")
+    for signer in ("api", "query", "dlq", "retention"):
         assert "," not in env(signer)["AUDIT_EVENT_KEYS"]  # only its own key
     for checker in ("consumer", "verify"):
-        api, query_key, dlq = env(checker)["AUDIT_EVENT_KEYS"].split(",")
+        api, query_key, dlq, retention = env(checker)["AUDIT_EVENT_KEYS"].split(",")
         assert api.startswith("${AUDIT_EVENT_KEYS:?")  # any action
         # The records' keys sign only their own actions (authorship.bound).
         assert query_key.startswith("${AUDIT_QUERY_EVENT_KEY:?")
         assert query_key.endswith("}@" + "|".join(READS)), checker
         assert dlq.startswith("${AUDIT_DLQ_EVENT_KEY:?")
         assert dlq.endswith("}@" + "|".join(REPLAYS)), checker
+        assert retention.startswith("${AUDIT_RETENTION_EVENT_KEY:?")
+        assert retention.endswith("}@" + "|".join(REMOVALS)), checker
 
 
 def test_the_cluster_profile_runs_three_routed_nodes_with_authenticated_routes() -> None:

@@ -22,6 +22,8 @@ NASTY = {  # what keys, URLs and passwords may hold
     "dlq_key": "key@audit.dlq",
     "owner_url": "postgresql://postgres:o'w$n|er@127.0.0.1:5432/postgres",
     "archive": "/home/a user/archive's",
+    "retention_password": "r$e`t|n",
+    "retention_key": "key@audit.retention",
 }
 
 
@@ -77,3 +79,5 @@ def test_the_printed_commands_run_pasted_with_every_value_intact(dev: Any) -> No
     told = json.loads(retention.stdout)
     assert told["argv"] == ["run", "--days", "30", "--archive", NASTY["archive"], "--dry-run"]
     assert told["env"]["DATABASE_URL"] == NASTY["owner_url"]
+    assert told["env"]["AUDIT_NATS_PASSWORD"] == NASTY["retention_password"]
+    assert told["env"]["AUDIT_EVENT_KEYS"] == NASTY["retention_key"]

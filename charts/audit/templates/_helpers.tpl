@@ -142,11 +142,13 @@ AUDIT_SEAL_KEY; audit-verify gets the public key. */}}
 {{- $api := include "audit.secret" (list . "AUDIT_EVENT_KEYS" .Values.secrets.eventKeys) }}
 {{- $query := include "audit.secret" (list . "AUDIT_QUERY_EVENT_KEY" .Values.secrets.queryEventKey) }}
 {{- $dlq := include "audit.secret" (list . "AUDIT_DLQ_EVENT_KEY" .Values.secrets.dlqEventKey) }}
+{{- $retention := include "audit.secret" (list . "AUDIT_RETENTION_EVENT_KEY" .Values.secrets.retentionEventKey) }}
 AUDIT_EVENT_KEYS: {{ $api | b64enc | quote }}
 AUDIT_QUERY_EVENT_KEY: {{ $query | b64enc | quote }}
 AUDIT_DLQ_EVENT_KEY: {{ $dlq | b64enc | quote }}
-{{- /* each record-keeping producer's key may sign only its own actions (authorship.READS, REPLAYS) */}}
-AUDIT_CHECK_EVENT_KEYS: {{ list $api (printf "%s@audit.query|audit.read|audit.export|audit.feed" $query) (printf "%s@audit.dlq" $dlq) | join "," | b64enc | quote }}
+AUDIT_RETENTION_EVENT_KEY: {{ $retention | b64enc | quote }}
+{{- /* each record-keeping producer's key may sign only its own actions (authorship.READS, REPLAYS, REMOVALS) */}}
+AUDIT_CHECK_EVENT_KEYS: {{ list $api (printf "%s@audit.query|audit.read|audit.export|audit.feed" $query) (printf "%s@audit.dlq" $dlq) (printf "%s@audit.retention" $retention) | join "," | b64enc | quote }}
 AUDIT_SEAL_KEY: {{ include "audit.secret" (list . "AUDIT_SEAL_KEY" .Values.secrets.sealKey "ed25519") | b64enc | quote }}
 AUDIT_SEAL_PUBLIC_KEYS: {{ include "audit.secret" (list . "AUDIT_SEAL_PUBLIC_KEYS" .Values.secrets.sealPublicKeys "sealCertificate") | b64enc | quote }}
 {{- if .Values.verify.enabled }}
@@ -169,7 +171,7 @@ AUDIT_QUERY_DATABASE_URL: {{ include "audit.queryUrl" . | b64enc | quote }}
 
 {{/* The Secret keys of the NATS identities' passwords (audit_events/broker.py PASSWORD_VARS) */}}
 {{- define "audit.natsPasswordKeys" -}}
-{{- list "AUDIT_NATS_API_PASSWORD" "AUDIT_NATS_CONSUMER_PASSWORD" "AUDIT_NATS_SETUP_PASSWORD" "AUDIT_NATS_QUERY_PASSWORD" "AUDIT_NATS_DLQ_PASSWORD" | toJson -}}
+{{- list "AUDIT_NATS_API_PASSWORD" "AUDIT_NATS_CONSUMER_PASSWORD" "AUDIT_NATS_SETUP_PASSWORD" "AUDIT_NATS_QUERY_PASSWORD" "AUDIT_NATS_DLQ_PASSWORD" "AUDIT_NATS_RETENTION_PASSWORD" | toJson -}}
 {{- end -}}
 
 {{/* The apps' Secret: the JWT secret, the writer's URL, every NATS identity's password (the
@@ -218,13 +220,15 @@ names (tests/chart checks the two agree), passwords from the server's environmen
 {{- $setupPerms := dict "publish" (dict "allow" $setup) "subscribe" (dict "allow" (list "_INBOX_audit-setup.>")) -}}
 {{- $query := dict "publish" (dict "allow" (list (printf "%s.events.audit.>" $j.subjectPrefix) (printf "$JS.API.STREAM.INFO.%s" $j.stream))) "subscribe" (dict "allow" (list "_INBOX_audit-query.>")) -}}
 {{- $dlq := dict "publish" (dict "allow" (list (printf "$JS.API.STREAM.INFO.%s" $j.dlqStream) (printf "$JS.API.STREAM.MSG.GET.%s" $j.dlqStream) (printf "%s.events.>" $j.subjectPrefix))) "subscribe" (dict "allow" (list "_INBOX_audit-dlq.>")) -}}
+{{- $retention := dict "publish" (dict "allow" (list (printf "%s.events.audit.retention.>" $j.subjectPrefix) (printf "$JS.API.STREAM.INFO.%s" $j.stream))) "subscribe" (dict "allow" (list "_INBOX_audit-retention.>")) -}}
 authorization {
   users = [
     {user: "audit-api", password: $AUDIT_NATS_API_PASSWORD, permissions: {{ $api | toJson | replace "\\u003e" ">" }}},
     {user: "audit-consumer", password: $AUDIT_NATS_CONSUMER_PASSWORD, permissions: {{ $consumer | toJson | replace "\\u003e" ">" }}},
     {user: "audit-setup", password: $AUDIT_NATS_SETUP_PASSWORD, permissions: {{ $setupPerms | toJson | replace "\\u003e" ">" }}},
     {user: "audit-query", password: $AUDIT_NATS_QUERY_PASSWORD, permissions: {{ $query | toJson | replace "\\u003e" ">" }}},
-    {user: "audit-dlq", password: $AUDIT_NATS_DLQ_PASSWORD, permissions: {{ $dlq | toJson | replace "\\u003e" ">" }}}
+    {user: "audit-dlq", password: $AUDIT_NATS_DLQ_PASSWORD, permissions: {{ $dlq | toJson | replace "\\u003e" ">" }}},
+    {user: "audit-retention", password: $AUDIT_NATS_RETENTION_PASSWORD, permissions: {{ $retention | toJson | replace "\\u003e" ">" }}}
   ]
 }
 {{- end -}}

@@ -4,6 +4,7 @@ Exit 0 done or nothing to do, 1 a check failed, 2 could not run. Connects as the
 (``DATABASE_URL``): the DDL of removing a partition needs it."""
 
 import argparse
+import getpass
 import logging
 import sys
 import time as time_module
@@ -11,17 +12,22 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import psycopg
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from audit_events.publishing import ProducerSettings
 from audit_events.seals import SealKeys
+from audit_retention.recording import Recorder, hold
 from audit_retention.removal import Failed, Policy, run
 
 log = logging.getLogger("audit.retention")
 
 
 class RetentionSettings(BaseSettings):
+    """The database and the policy (the broker and the record's key: ``ProducerSettings``)."""
+
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, env_ignore_empty=True)
 
     database_url: str = Field("", alias="DATABASE_URL")
@@ -50,10 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     add.add_argument("--from", dest="lo", type=_day, required=True, help="YYYY-MM-DD")
     add.add_argument("--to", dest="hi", type=_day, required=True, help="YYYY-MM-DD (excluded)")
     add.add_argument("--reason", required=True)
+    add.add_argument("--actor", help="who (recorded; default: the login name)")
     holds.add_parser("list")
     release = holds.add_parser("remove")
     release.add_argument("id", type=int)
     release.add_argument("--reason", required=True)
+    release.add_argument("--actor", help="who (recorded; default: the login name)")
     parts = commands.add_parser("partitions", help="list partitions, or create past ones")
     parts.add_argument("--from", dest="lo", type=_day, help="create partitions back to this day")
     args = parser.parse_args(argv)
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     except Failed as exc:
         log.error("retention stopped: %s", exc)
         sys.exit(1)
-    except (psycopg.Error, OSError, ValueError) as exc:
+    except (psycopg.Error, OSError, ValueError, nats.errors.Error) as exc:
         print(f"could not run: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         sys.exit(2)
 
@@ -82,7 +90,7 @@ def _command(conn: psycopg.Connection[Any], args: argparse.Namespace, s: Retenti
         archive = args.archive or s.archive_url
         if not archive or "://" in archive:
             raise ValueError("set AUDIT_ARCHIVE_URL (or --archive) to a directory")
-        policy = Policy(days, Path(archive), SealKeys.parse(s.seal_public_keys),
+        policy = Policy(days, Path(archive), SealKeys.parse(s.seal_public_keys), _recorder(),
                         args.dry_run, args.wait)  # fmt: skip
         log.warning("retention: keeping %d days; older partitions are archived to %s and"
                     " REMOVED%s", days, archive, " (dry run)" if args.dry_run else "")  # fmt: skip
@@ -110,18 +118,39 @@ def _command(conn: psycopg.Connection[Any], args: argparse.Namespace, s: Retenti
     return 0
 
 
+def _recorder() -> Recorder:
+    """Every removal and hold is recorded: no key or broker password, no run."""
+    try:
+        return Recorder(ProducerSettings())
+    except ValidationError as exc:
+        raise ValueError(
+            f"{exc.errors()[0]['msg']} (audit-retention records what it does)"
+        ) from None
+
+
 def _hold(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
-    if args.verb == "add":
-        row = conn.execute(
-            "INSERT INTO audit_holds (lo, hi, reason) VALUES (%s, %s, %s) RETURNING id",
-            (args.lo, args.hi, args.reason),
-        ).fetchone()
-        print(f"hold #{row[0] if row else '?'}: {args.lo:%Y-%m-%d} to {args.hi:%Y-%m-%d}")
-    elif args.verb == "remove":
-        conn.execute(
-            "INSERT INTO audit_hold_releases (hold_id, reason) VALUES (%s, %s)",
-            (args.id, args.reason),
-        )
+    """A hold added or released, in one transaction with its record published: a hold the
+    record of which could not be published is not kept."""
+    record = _recorder() if args.verb != "list" else None
+    actor = args.actor or getpass.getuser()
+    if record and args.verb == "add":
+        with conn.transaction():
+            row = conn.execute(
+                "INSERT INTO audit_holds (lo, hi, reason) VALUES (%s, %s, %s) RETURNING id",
+                (args.lo, args.hi, args.reason),
+            ).fetchone()
+            hold_id = row[0] if row else 0
+            details = {"from": args.lo.isoformat(), "to": args.hi.isoformat(),
+                       "reason": args.reason}  # fmt: skip
+            record([hold("added", actor, hold_id, details)])
+        print(f"hold #{hold_id}: {args.lo:%Y-%m-%d} to {args.hi:%Y-%m-%d}")
+    elif record:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO audit_hold_releases (hold_id, reason) VALUES (%s, %s)",
+                (args.id, args.reason),
+            )
+            record([hold("released", actor, args.id, {"reason": args.reason})])
         print(f"hold #{args.id} released")
     else:
         print("id\tfrom\tto\tby\treason\treleased")

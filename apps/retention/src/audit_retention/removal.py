@@ -9,7 +9,7 @@ in this order —
    consumer's sealer to sign it — this job never holds the sealing key;
 5. **finish**: the signed cut into the archive, ``DETACH … CONCURRENTLY`` (writers keep
    writing to the other partitions) and ``DROP``, then the cut seals' entries emptied (they
-   are in the archive).
+   are in the archive), and the removal recorded as an audit event (``recording.py``).
 
 Crash anywhere and run again: every step looks at what is there before acting (a closed
 partition is not closed again, a cut is not asked for twice, a finished cut is finished), so a
@@ -20,6 +20,7 @@ owner's password besides ``audit-setup``.
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from audit_events import AuditEvent
 from audit_events.archives import CUT, seal_line
 from audit_events.cuts import Cut
 from audit_events.seals import SEAL_COLUMNS, Seal, SealKeys, seal_of
 from audit_retention.archiving import write_archive
+from audit_retention.recording import removal
 from audit_verify.archived import check_archive
 
 log = logging.getLogger("audit.retention")
@@ -58,6 +61,7 @@ class Policy:
     days: int
     archive: Path
     keys: SealKeys
+    record: Callable[[list[AuditEvent]], None]  # publishes the record of each removal
     dry_run: bool = False
     wait_seconds: float = 120.0
 
@@ -143,6 +147,9 @@ def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
     ).rowcount
     if emptied:
         log.info("cut #%d: entries of %d seals moved to the archive", seal.seq, emptied)
+    record = removal(seal, cut)
+    if conn.execute("SELECT FROM audit_events WHERE id = %s", (record.id,)).fetchone() is None:
+        policy.record([record])  # (until a consumer stored it; JetStream dedupes a repeat)
 
 
 def _close(conn: psycopg.Connection[Any], name: str) -> None:

@@ -31,6 +31,9 @@ READS = ("audit.query", "audit.read", "audit.export", "audit.feed")
 """The actions ``audit-query`` records, the only ones its key may sign."""
 REPLAYS = ("audit.dlq",)
 """The actions ``audit-dlq`` records (``audit.dlq.replay``), the only ones its key may sign."""
+REMOVALS = ("audit.retention",)
+"""The actions ``audit-retention`` records (a partition removed, a hold added or released), the
+only ones its key may sign."""
 
 SIGNATURE_HEADER = "Audit-Signature"
 """NATS header holding ``<key id>:<base64 HMAC-SHA256 of the payload>``."""

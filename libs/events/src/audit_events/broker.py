@@ -39,8 +39,8 @@ from audit_events.naming import StreamNames
 log = logging.getLogger("audit.broker")
 
 API, CONSUMER, SETUP, QUERY = "audit-api", "audit-consumer", "audit-setup", "audit-query"
-DLQ = "audit-dlq"
-IDENTITIES = (API, CONSUMER, SETUP, QUERY, DLQ)
+DLQ, RETENTION = "audit-dlq", "audit-retention"
+IDENTITIES = (API, CONSUMER, SETUP, QUERY, DLQ, RETENTION)
 PASSWORD_VARS = {name: f"AUDIT_NATS_{name.split('-')[1].upper()}_PASSWORD" for name in IDENTITIES}
 """The environment variable that holds each identity's password where several are configured
 at once (the NATS server's config, compose's .env, ``audit-keygen``'s output)."""
@@ -75,6 +75,7 @@ def permissions(names: StreamNames) -> dict[str, dict[str, Any]]:
     return {
         API: producer(API, [names.events_subjects], names),
         QUERY: producer(QUERY, [names.event_subject("audit.>")], names),
+        RETENTION: producer(RETENTION, [names.event_subject("audit.retention.>")], names),
         CONSUMER: {
             "publish": {
                 "allow": [

@@ -4,8 +4,9 @@ shell can ``eval`` or a ``.env`` file can hold. Nothing the project ships has a 
 ``.dev/secrets.env``, the Helm chart generates its own the same way.
 
 Which process gets which (README, "Integrity"): ``AUDIT_EVENT_KEYS`` the API (it signs),
-``AUDIT_QUERY_EVENT_KEY`` audit-query and ``AUDIT_DLQ_EVENT_KEY`` audit-dlq (each signs the
-records it makes), all three the consumers and ``audit-verify`` (they check); ``AUDIT_SEAL_KEY``
+``AUDIT_QUERY_EVENT_KEY`` audit-query, ``AUDIT_DLQ_EVENT_KEY`` audit-dlq and
+``AUDIT_RETENTION_EVENT_KEY`` audit-retention (each signs the records it makes), all of them the
+consumers and ``audit-verify`` (they check); ``AUDIT_SEAL_KEY``
 the consumers only;
 ``AUDIT_SEAL_PUBLIC_KEYS`` (printed with it, not a secret) ``audit-verify``, and a copy kept
 wherever you keep things that must outlive the database.
@@ -32,6 +33,7 @@ SECRETS = (
     "AUDIT_EVENT_KEYS",  # the API signs events with it (HMAC), consumers check
     "AUDIT_QUERY_EVENT_KEY",  # audit-query signs the records of reads
     "AUDIT_DLQ_EVENT_KEY",  # audit-dlq signs the records of replays
+    "AUDIT_RETENTION_EVENT_KEY",  # audit-retention signs the records of removals and holds
     "AUDIT_SEAL_KEY",  # consumers sign seals with it (Ed25519 private key)
 )
 PUBLIC = {"AUDIT_SEAL_KEY": "AUDIT_SEAL_PUBLIC_KEYS"}
