@@ -204,51 +204,31 @@ class Sealer:
         floor = self.floor()
         new_floor = floor is not None and (head is None or head.floor != floor)
         written: list[Seal] = []
+
+        async def link(entries: bytes, **fields: Any) -> None:
+            """The next seal of the chain, signed and inserted."""
+            last = written[-1] if written else None
+            seal = Seal(
+                seq=(last.seq if last else seq) + 1,
+                prev_hash=last.hash if last else prev,
+                sealed_at=datetime.now(UTC),
+                key_id=self.key.id,
+                floor=floor,
+                **fields,
+            )
+            written.append(await self._insert(conn, seal, entries))
+
         end = max(upto, start)
         for scope, entries in scoped or ([("", b"")] if new_floor else []):  # a seal per scope
-            seal = await self._insert(
-                conn,
-                Seal(
-                    seq=seq + 1,
-                    from_tx=start,
-                    upto_tx=end,
-                    row_count=len(entries) // ENTRY_BYTES,
-                    rows_digest=hashlib.sha256(entries).digest(),
-                    prev_hash=prev,
-                    sealed_at=datetime.now(UTC),
-                    key_id=self.key.id,
-                    scope=scope,
-                    floor=floor,
-                ),
-                entries,
-            )
-            written.append(seal)
-            seq, prev = seal.seq, seal.hash
+            count, digest = len(entries) // ENTRY_BYTES, hashlib.sha256(entries).digest()
+            await link(entries, from_tx=start, upto_tx=end, row_count=count,
+                       rows_digest=digest, scope=scope)  # fmt: skip
         end = end if written else start  # a cut covers no transactions: it follows the head
-        for cut in await pending_cuts(
-            conn, end
-        ):  # retention's, after this round's rows (cutting.py)
+        for cut in await pending_cuts(conn, end):  # retention's, after this round's rows
             body = cut.body()
-            seal = await self._insert(
-                conn,
-                Seal(
-                    seq=seq + 1,
-                    from_tx=end,
-                    upto_tx=end,
-                    row_count=cut.rows,
-                    rows_digest=hashlib.sha256(body).digest(),
-                    prev_hash=prev,
-                    sealed_at=datetime.now(UTC),
-                    key_id=self.key.id,
-                    kind="cut",
-                    scope=cut.partition,
-                    floor=floor,
-                    body=body,
-                ),
-                b"",
-            )
-            written.append(seal)
-            seq, prev = seal.seq, seal.hash
+            await link(b"", from_tx=end, upto_tx=end, row_count=cut.rows, kind="cut",
+                       rows_digest=hashlib.sha256(body).digest(), scope=cut.partition,
+                       body=body)  # fmt: skip
         return written, end
 
     async def _insert(self, conn: psycopg.AsyncConnection[Any], seal: Seal, entries: bytes) -> Seal:
