@@ -40,14 +40,6 @@ from tests.integration.reading import (
 )
 
 
-@pytest.fixture
-async def client(
-    db: Any, settings: ConsumerSettings, streams: ConsumerSettings
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(query_settings(await reader_url(settings), streams)) as http:
-        yield http
-
-
 async def test_reading_needs_a_token_with_the_read_scope(client: httpx.AsyncClient) -> None:
     anonymous = await client.get("/audit-events")
     assert anonymous.status_code == 401

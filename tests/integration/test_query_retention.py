@@ -14,26 +14,17 @@ import psycopg
 import pytest
 
 from audit_consumer.sealer import Sealer
-from audit_consumer.settings import Settings as ConsumerSettings
 from audit_events import AuditEvent
 from audit_events.seals import SealKey, SealKeys
 from audit_query import pages
 from audit_retention.removal import Policy, run
 from tests.env import SEAL_KEY, SEAL_PUBLIC_KEY
-from tests.integration.reading import READ, event, query_settings, reader_url, serving, store
+from tests.integration.reading import READ, event, store
 
 NOW = datetime.now(UTC)
 
 
 RECORDS: list[AuditEvent] = []  # what a run published (the CLI's Recorder publishes them)
-
-
-@pytest.fixture
-async def client(
-    db: Any, settings: ConsumerSettings, streams: ConsumerSettings
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(query_settings(await reader_url(settings), streams)) as http:
-        yield http
 
 
 @pytest.fixture
