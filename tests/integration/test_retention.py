@@ -8,17 +8,20 @@ import contextlib
 import gzip
 import hashlib
 import subprocess
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import orjson
 import psycopg
 import pytest
 
 from audit_consumer.sealer import Sealer
 from audit_consumer.writer import BatchWriter
+from audit_devservers import Child, free_port
 from audit_events import AuditEvent, encode
 from audit_events.cuts import Cut
 from audit_events.model import row
@@ -243,10 +246,12 @@ async def test_a_run_stopped_after_asking_for_its_cut_is_finished_by_the_next(
     assert check_archives(tmp_path, KEYS).findings == []
 
 
-def _cli_check(archive: Path) -> subprocess.CompletedProcess[str]:
+def _cli_check(
+    archive: Path | str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [BIN / "audit-verify", "--archive", str(archive)],
-        env={"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "PATH": "/usr/bin:/bin"},
+        env={"AUDIT_SEAL_PUBLIC_KEYS": SEAL_PUBLIC_KEY, "PATH": "/usr/bin:/bin", **(env or {})},
         capture_output=True, text=True, check=False,
     )  # fmt: skip
 
@@ -285,3 +290,58 @@ async def _append(db: Any, key: SealKey, head: tuple[int, bytes, int], cut: Cut)
         (seal.seq, upto, upto, seal.row_count, seal.rows_digest, seal.prev_hash, seal.sealed_at,
          seal.key_id, seal.signature, seal.hash, seal.scope, body),
     )  # fmt: skip
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An S3-compatible server process: moto's (no MinIO can be installed here), its endpoint
+    given to boto3 the standard way (``AWS_ENDPOINT_URL``)."""
+    port = free_port()
+    server = Child("s3", [str(BIN / "moto_server"), "-p", str(port)], None, tmp_path / "s3.log")
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    deadline = time.monotonic() + 30
+    while True:  # a bound on start-up, not a timing assertion
+        try:
+            boto3.client("s3").create_bucket(Bucket="audit-archive")
+            break
+        except Exception:
+            assert time.monotonic() < deadline, (tmp_path / "s3.log").read_text()
+            time.sleep(0.2)
+    yield endpoint
+    server.stop()
+
+
+async def test_archives_in_object_storage_are_checked_from_there(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path, s3: str
+) -> None:
+    url = "s3://audit-archive/prod/audit"
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        policy = Policy(30, url, KEYS, RECORDS.extend, staging=tmp_path / "staging")
+        removed = await asyncio.to_thread(run, conn, policy)
+    assert removed
+    keys = {
+        o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="audit-archive")["Contents"]
+    }
+    assert {k.rsplit("/", 1)[1] for k in keys} == {"rows.ndjson.gz", "seals.ndjson",
+                                                   "manifest.json", "cut.json"}  # fmt: skip
+    done = await asyncio.to_thread(_cli_check, url, {**S3_ENV, "AWS_ENDPOINT_URL": s3})
+    assert done.returncode == 0, done.stdout + done.stderr
+    # One archived line altered in the bucket: named from there.
+    key = next(k for k in sorted(keys) if k.endswith("rows.ndjson.gz") and "p202610" in k)
+    s3c = boto3.client("s3")
+    lines = gzip.decompress(s3c.get_object(Bucket="audit-archive", Key=key)["Body"].read())
+    s3c.put_object(Bucket="audit-archive", Key=key,
+                   Body=gzip.compress(lines.replace(b'"acc-', b'"acX-', 1)))  # fmt: skip
+    done = await asyncio.to_thread(_cli_check, url, {**S3_ENV, "AWS_ENDPOINT_URL": s3})
+    assert done.returncode == 1
+    assert "altered" in done.stdout

@@ -14,6 +14,7 @@ from typing import Any
 
 import nats.errors
 import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     go = commands.add_parser("run", help="archive and remove partitions older than the policy")
     go.add_argument("--days", type=int, help="keep this many days (AUDIT_RETENTION_DAYS)")
-    go.add_argument("--archive", help="a directory (AUDIT_ARCHIVE_URL)")
+    go.add_argument("--archive", help="a directory or s3://bucket/prefix (AUDIT_ARCHIVE_URL)")
     go.add_argument("--dry-run", action="store_true", help="say what it would do, do nothing")
     go.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the sealer")
     go.add_argument("--every", type=float, help="keep running: a run every N seconds")
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     except Failed as exc:
         log.error("retention stopped: %s", exc)
         sys.exit(1)
-    except (psycopg.Error, OSError, ValueError, nats.errors.Error) as exc:
+    except (psycopg.Error, OSError, ValueError, nats.errors.Error, BotoCoreError,
+            ClientError) as exc:  # fmt: skip
         print(f"could not run: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         sys.exit(2)
 
@@ -88,10 +90,13 @@ def _command(conn: psycopg.Connection[Any], args: argparse.Namespace, s: Retenti
             log.warning("retention is OFF: AUDIT_RETENTION_DAYS is not set, nothing is removed")
             return 0
         archive = args.archive or s.archive_url
-        if not archive or "://" in archive:
-            raise ValueError("set AUDIT_ARCHIVE_URL (or --archive) to a directory")
-        policy = Policy(days, Path(archive), SealKeys.parse(s.seal_public_keys), _recorder(),
-                        args.dry_run, args.wait)  # fmt: skip
+        if not archive or ("://" in archive and not archive.startswith("s3://")):
+            raise ValueError(
+                "set AUDIT_ARCHIVE_URL (or --archive): a directory or s3://bucket/prefix"
+            )
+        policy = Policy(days, archive if "://" in archive else Path(archive),
+                        SealKeys.parse(s.seal_public_keys), _recorder(), args.dry_run,
+                        args.wait)  # fmt: skip
         log.warning("retention: keeping %d days; older partitions are archived to %s and"
                     " REMOVED%s", days, archive, " (dry run)" if args.dry_run else "")  # fmt: skip
         while True:

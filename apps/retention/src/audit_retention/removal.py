@@ -4,7 +4,8 @@ in this order —
 1. **close** it: a trigger refuses new rows (late events, replays, imports are dead-lettered by
    the consumers with the reason) while its rows stay readable;
 2. wait until every row in it is **sealed** (a seal of that partition lists it);
-3. write the **archive** and check it against the seals (``audit-verify``'s own check);
+3. write the **archive** and check it against the seals (``audit-verify``'s own check), then
+   upload it when the archive is object storage (written locally first, in ``staging``);
 4. ask for the **cut** (``audit_cut_requests``, with the manifest's SHA-256) and wait for a
    consumer's sealer to sign it — this job never holds the sealing key;
 5. **finish**: the signed cut into the archive, ``DETACH … CONCURRENTLY`` (writers keep
@@ -19,6 +20,7 @@ owner's password besides ``audit-setup``.
 """
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from audit_events.seals import SEAL_COLUMNS, Seal, SealKeys, seal_of
 from audit_retention.archiving import write_archive
 from audit_retention.recording import removal
 from audit_verify.archived import check_archive
+from audit_verify.locations import is_s3, upload
 
 log = logging.getLogger("audit.retention")
 
@@ -59,11 +62,17 @@ class Failed(Exception):
 @dataclass
 class Policy:
     days: int
-    archive: Path
+    archive: Path | str  # a directory, or s3://bucket/prefix (audit_verify/locations.py)
     keys: SealKeys
     record: Callable[[list[AuditEvent]], None]  # publishes the record of each removal
     dry_run: bool = False
     wait_seconds: float = 120.0
+    staging: Path = Path(tempfile.gettempdir()) / "audit-archive"  # before an upload to S3
+
+    @property
+    def folder(self) -> Path:
+        """Where archives are written (and checked) on this machine."""
+        return self.staging if is_s3(str(self.archive)) else Path(self.archive)
 
 
 def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
@@ -100,11 +109,13 @@ def remove(
         _close(conn, name)
     _until(policy, f"every row of {name} sealed",
            lambda: conn.execute(_SEALED, (name,)).fetchone() == (True,))  # fmt: skip
-    path, manifest = write_archive(conn, policy.archive, name, lo, hi)
+    path, manifest = write_archive(conn, policy.folder, name, lo, hi)
     report = check_archive(path, policy.keys, with_cut=False)
     if report.findings:
         raise Failed(f"the archive of {name} does not match its seals: {report.findings[:3]}")
-    log.info("archived %s: %d rows in %s", name, report.rows, path)
+    if is_s3(str(policy.archive)):
+        upload(path, str(policy.archive))
+    log.info("archived %s: %d rows to %s", name, report.rows, policy.archive)
     conn.execute(
         "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
         (name, manifest),
@@ -123,15 +134,17 @@ def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
     """After the cut: the cut into the archive, the partition detached and dropped, its seals'
     entries emptied. Each part is skipped when already done."""
     cut = Cut.parse(seal.body)
-    folder = policy.archive / cut.partition
-    if folder.exists() and not (folder / CUT).exists():
-        (folder / CUT).write_bytes(seal_line(seal, b""))
     ident = sql.Identifier(cut.partition)
     state = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL, (SELECT inhdetachpending FROM pg_inherits"
         " WHERE inhrelid = to_regclass(%s))", (cut.partition, cut.partition)
     ).fetchone()  # fmt: skip
     exists, pending = state if state else (False, None)
+    folder = policy.folder / cut.partition
+    if folder.exists() and not (folder / CUT).exists():
+        (folder / CUT).write_bytes(seal_line(seal, b""))
+        if is_s3(str(policy.archive)):
+            upload(folder, str(policy.archive), [CUT])
     if exists:
         if pending is False:
             conn.execute(sql.SQL("ALTER TABLE audit_events DETACH PARTITION {} CONCURRENTLY")

@@ -8,17 +8,20 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Gauge, start_http_server
 
 from audit_events.seals import SealKeys
 from audit_verify.archived import check_archives
 from audit_verify.checker import VerifySettings, verify
+from audit_verify.locations import download, is_s3
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 
@@ -59,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=float, help="keep running: check every N seconds")
     parser.add_argument("--metrics-port", type=int, default=9102, help="with --every")
     parser.add_argument(
-        "--archive", type=Path, help="check retention's archives there instead (no database)"
+        "--archive",
+        help="check retention's archives there instead (a directory or s3://bucket/prefix;"
+        " no database)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -76,10 +81,15 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(args.every)
 
 
-def _check_archives(settings: VerifySettings, location: Path) -> int:
+def _check_archives(settings: VerifySettings, location: str) -> int:
     try:
-        report = check_archives(location, SealKeys.parse(settings.seal_public_keys))
-    except (OSError, ValueError) as exc:
+        keys = SealKeys.parse(settings.seal_public_keys)
+        if is_s3(location):
+            with tempfile.TemporaryDirectory() as tmp:
+                report = check_archives(download(location, Path(tmp)), keys)
+        else:
+            report = check_archives(Path(location), keys)
+    except (OSError, ValueError, BotoCoreError, ClientError) as exc:
         print(f"could not check: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         return 2
     for line in report.findings:
