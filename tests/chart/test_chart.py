@@ -292,6 +292,15 @@ def test_retention_is_off_unless_asked_and_holds_the_owner_login_but_no_key(
     config = find(objects, "ConfigMap", "-config")
     assert config["data"]["AUDIT_RETENTION_DAYS"] == "90"  # the consumers' alert threshold
     assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    s3 = render("default", "--set", "retention.enabled=true", "--set",
+                "retention.archive.url=s3://bucket/audit", "--set",
+                "retention.archive.secretName=archive-credentials")  # fmt: skip
+    job = find(s3, "CronJob", "-retention")
+    env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+    assert env["AUDIT_ARCHIVE_URL"] == "s3://bucket/audit"
+    assert {"secretRef": {"name": "archive-credentials"}} in pod_spec(job)["containers"][0][
+        "envFrom"]  # fmt: skip
+    assert not [o for o in s3 if o["kind"] == "PersistentVolumeClaim"]
 
 
 def test_external_postgres_needs_a_writer_url(helm: str) -> None:
