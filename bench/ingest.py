@@ -8,8 +8,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 from nats.aio.client import Client as NATS
@@ -125,10 +126,21 @@ async def fetch_and_ack(bench: Bench, nc: NATS, fetch: Callable[[], Awaitable[li
 # -- consumers -----------------------------------------------------------------------
 
 
-async def drain(bench: Bench, consumers: int, integrity: bool = True, name: str = "") -> None:
+async def drain(
+    bench: Bench,
+    consumers: int,
+    integrity: bool = True,
+    name: str = "",
+    before: Callable[[], Awaitable[None]] | None = None,
+    during: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
     """Time ``consumers`` audit-consumer processes take to store a backlog of n events
-    (``integrity=False``: the same consumer without signature checks and sealing)."""
+    (``integrity=False``: the same consumer without signature checks and sealing). ``before``
+    runs once the log is empty, ``during`` beside the drain (it must be done before the rows
+    are counted: retention, ``retention.py``)."""
     await bench.reset()
+    if before is not None:
+        await before()
     nc = await bench.connect()
     js: JetStreamContext = nc.jetstream()
     await js.pause_consumer(NAMES.stream, NAMES.durable, "2999-01-01T00:00:00Z")
@@ -155,6 +167,9 @@ async def drain(bench: Bench, consumers: int, integrity: bool = True, name: str 
         cpu.start()
         started = time.perf_counter()
         await js.resume_consumer(NAMES.stream, NAMES.durable)
+        beside: asyncio.Task[None] | None = None
+        if during is not None:
+            beside = asyncio.create_task(during())
         # Poll JetStream, not PostgreSQL (a count(*) every 50 ms would steal the database's
         # CPU): acks follow commits, so an empty durable means every row is committed.
         while True:
@@ -164,6 +179,8 @@ async def drain(bench: Bench, consumers: int, integrity: bool = True, name: str 
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
         used = cpu.stop(bench.n)
+        if beside is not None:
+            await beside
         assert await bench.rows() == bench.n
         if integrity:
             await sealed(bench)

@@ -5,9 +5,12 @@
 - dropping (detach + drop) a partition of ``n`` rows vs one of ``n / 100``: a drop, not a
   delete, so about the same time;
 - writing a partition's archive vs ``COPY … TO STDOUT`` of the same rows;
-- bytes per row: the table, each index, and the seal entry.
+- bytes per row: the table, each index, and the seal entry;
+- one consumer draining the backlog while a retention run archives and drops a partition of
+  ``n`` rows, against the same drain without it (``ingest.drain``).
 """
 
+import asyncio
 import hashlib
 import json
 import time
@@ -18,10 +21,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from audit_consumer.sealer import Sealer
 from audit_events import COLUMNS, encode, row
-from audit_events.seals import ENTRY_BYTES
+from audit_events.seals import ENTRY_BYTES, SealKey, SealKeys
+from audit_retention import removal
 from audit_retention.archiving import write_archive
-from bench.common import KEYS, METADATA, event
+from bench import ingest
+from bench.common import KEYS, METADATA, SEAL_KEY, event
 from bench.rig import Bench
 
 _COLS = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
@@ -140,3 +146,32 @@ async def _sizes(conn: psycopg.AsyncConnection[Any], n: int) -> dict[str, float]
     out["seal_entry"] = float(ENTRY_BYTES)
     out["total"] = sum(out.values())
     return out
+
+
+async def drain_while_removing(bench: Bench, archive: Path) -> None:
+    """The consumer's throughput while a run archives and removes an old partition of ``n``
+    rows (sealed before; the consumer's sealer signs the cut) vs the same drain alone."""
+    old = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=400)
+
+    async def old_partition() -> None:  # n old rows, sealed before the drain starts
+        async with await psycopg.AsyncConnection.connect(bench.pg.url) as conn:
+            await conn.execute("SELECT audit_partitions_prepend(%s, interval '1 day')", (old,))
+            await conn.commit()
+            await _copy(conn, "audit_events", _rows(bench.n, old))
+        sealer = Sealer(bench.pg.url, SealKey(SEAL_KEY), 1.0)
+        await sealer.seal()
+        await sealer.close()
+
+    async def remove() -> None:
+        keys = SealKeys([SealKey(SEAL_KEY).public_text()])
+        policy = removal.Policy(30, archive, keys, lambda _: None, wait_seconds=600)
+        with psycopg.connect(bench.pg.url, autocommit=True) as conn:
+            removed = await asyncio.to_thread(removal.run, conn, policy)
+        assert removed, "nothing was removed"
+
+    await ingest.drain(bench, 1, name="consumer_1p_alone")
+    await ingest.drain(bench, 1, name="consumer_1p_during_retention", before=old_partition,
+                       during=remove)  # fmt: skip
+    alone = bench.results["consumer_1p_alone"]["per_s"]
+    during = bench.results["consumer_1p_during_retention"]["per_s"]
+    bench.record("retention_drain", per_s=during, alone_per_s=alone, ratio=during / alone)

@@ -44,6 +44,7 @@ async def main_async(args: argparse.Namespace) -> None:
             n, repeat = (20_000, 20) if bench.quick else (1_000_000, 200)
             await queries.run(bench, SECRET, n, repeat, BIN / "audit-query")
             await retention.run(bench, Path(tmp) / "archive")
+            await retention.drain_while_removing(bench, Path(tmp) / "archive-2")
         finally:
             bench.nats.stop()
             bench.pg.stop()
