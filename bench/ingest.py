@@ -253,7 +253,7 @@ async def per_message(bench: Bench) -> None:
     sub = await nc.jetstream().pull_subscribe_bind(NAMES.durable, NAMES.stream)
     cols = ", ".join(COLUMNS)
     marks = ", ".join(["%s"] * len(COLUMNS))
-    insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
+    insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING"
     from audit_events import decode
 
     METADATA = COLUMNS.index("metadata")

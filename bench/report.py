@@ -110,4 +110,26 @@ def table(r: dict[str, dict[str, Any]], workers: int) -> str:
         f"| ≥ 0.5: {ok(export['per_s'] >= 0.5 * export['copy_per_s'])} |",
         f"| feed, from the start, 1,000 per poll | {feed['per_s']:,.0f} rows/s | | |",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _retention(r, ok))
+
+
+def _retention(r: dict[str, dict[str, Any]], ok: Any) -> list[str]:
+    """The partitions' and retention's rows (bench/retention.py)."""
+    copy, drop, archive = r["partitioned_copy"], r["drop_partition"], r["archive"]
+    drain, size = r["retention_drain"], r["bytes_per_row"]
+    return [
+        f"| COPY into the partitioned table vs an unpartitioned copy (same indexes) "
+        f"| {copy['per_s']:,.0f} vs {copy['flat_per_s']:,.0f} rows/s | {copy['ratio']:.2f} × "
+        f"| ≥ 0.95: {ok(copy['ratio'] >= 0.95)} |",
+        f"| drop a partition of {drop['big_rows']:,} rows vs one of 1/100 as many "
+        f"| {drop['big_ms']:.0f} vs {drop['small_ms']:.0f} ms | {drop['ratio']:.1f} × | |",
+        f"| archive a partition vs `COPY … TO STDOUT` of it | {archive['per_s']:,.0f} vs "
+        f"{archive['copy_to_per_s']:,.0f} rows/s, {archive['bytes_per_row']:.0f} B/row "
+        f"| {archive['ratio']:.2f} × | ≥ 0.5: {ok(archive['ratio'] >= 0.5)} |",
+        f"| consumer draining while a retention run removes a partition, vs alone "
+        f"| {drain['per_s']:,.0f} vs {drain['alone_per_s']:,.0f} events/s "
+        f"| {drain['ratio']:.2f} × | ≥ 0.9: {ok(drain['ratio'] >= 0.9)} |",
+        f"| bytes per row in PostgreSQL (table {size['table']:.0f}, indexes "
+        f"{size['total'] - size['table'] - size['seal_entry']:.0f}, seal entry "
+        f"{size['seal_entry']:.0f}) | {size['total']:.0f} B | | |",
+    ]
