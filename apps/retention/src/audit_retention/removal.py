@@ -47,9 +47,10 @@ _CANDIDATES = (
     " WHERE h.lo < p.hi AND h.hi > p.lo) FROM audit_partitions p"
     " WHERE p.hi <= now() - make_interval(days => %s) ORDER BY p.lo"
 )
-_SEALED = (  # no row of the partition beyond the newest seal's range
+_SEALED = (  # no row of the partition beyond the newest seal's range (the archive's check
+    # against the seals' entries then proves each row is listed)
     "SELECT NOT EXISTS (SELECT FROM audit_events WHERE tableoid = %s::regclass AND tx_id >="
-    " (SELECT coalesce(max(upto_tx::text::bigint), 0) FROM audit_seals)::text::xid8)"
+    " coalesce((SELECT upto_tx FROM audit_seals ORDER BY seq DESC LIMIT 1), '0'::xid8))"
 )
 _CUTS = f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut'"  # noqa: S608
 _CUT_OF = _CUTS + " AND scope = %s"
