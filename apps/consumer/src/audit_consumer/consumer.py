@@ -5,8 +5,9 @@ Order of operations per batch, and why no acknowledged event is lost or doubled:
 1. check every message's signature and decode it; one that is forged, unsigned or not a valid
    event is dead-lettered (below);
 2. write the valid ones in one transaction and COMMIT (``writer.py``: rows already stored are
-   skipped by the primary key); a row PostgreSQL rejects is isolated and dead-lettered, its
-   neighbours are stored;
+   skipped by the primary key); a row PostgreSQL rejects, or one no partition may take
+   (``bounds.py``: too old, too far ahead), is isolated and dead-lettered, its neighbours are
+   stored — but a partition that should exist and does not is an outage, retried;
 3. publish each dead letter to ``AUDIT_DLQ`` and wait for JetStream's ack (``Nats-Msg-Id`` =
    ``<stream>-<seq>``, so a redelivered poison message is dead-lettered once), and record it in
    ``audit_dead_letters`` (its sequence, subject, reason and digest: ``accounting.py``);
