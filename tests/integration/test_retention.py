@@ -33,7 +33,7 @@ from audit_verify.archived import check_archives
 from audit_verify.checker import verify
 from tests.env import BIN, SEAL_KEY, SEAL_PUBLIC_KEY
 from tests.helpers import assert_intact as assert_sealed
-from tests.helpers import make_event, sign, verify_settings
+from tests.helpers import make_event, sign, verify_settings, wait_for
 
 OLD = datetime(2026, 10, 5, 12, tzinfo=UTC)  # in the tests' weekly partitions, > 30 days ago
 KEYS = SealKeys([SEAL_PUBLIC_KEY])
@@ -256,6 +256,10 @@ def _cli_check(
     )  # fmt: skip
 
 
+async def _exists(conn: psycopg.Connection[Any], query: str, name: str) -> bool:
+    return conn.execute(query, (name,)).fetchone() is not None
+
+
 def _with_rows(archive: Path) -> Path:
     """The one archive that holds rows (the others are of empty partitions)."""
     (folder,) = [p.parent for p in archive.glob("*/cut.json") if _rows(p.parent)]
@@ -345,3 +349,48 @@ async def test_archives_in_object_storage_are_checked_from_there(
     done = await asyncio.to_thread(_cli_check, url, {**S3_ENV, "AWS_ENDPOINT_URL": s3})
     assert done.returncode == 1
     assert "altered" in done.stdout
+
+
+STEPS = ("closed", "archived", "asked", "cut", "detached", "dropped")
+
+
+@pytest.mark.parametrize("stopped_after", STEPS)
+async def test_a_run_stopped_after_any_step_is_finished_by_the_next(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path, stopped_after: str
+) -> None:
+    """A run killed after each of its steps (the steps replayed up to there): the next run
+    finishes it — one cut per partition, every row accounted for, the archive intact."""
+    found = await (await db.execute(
+        "SELECT name, lo, hi FROM audit_partitions WHERE lo <= %s AND hi > %s", (OLD, OLD)
+    )).fetchone()  # fmt: skip
+    assert found is not None
+    name, lo, hi = found
+    await assert_sealed(migrated)
+    done = STEPS[: STEPS.index(stopped_after) + 1]
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        removal._close(conn, name)
+        if "archived" in done:
+            _, manifest = write_archive(conn, tmp_path, name, lo, hi)
+        if "asked" in done:
+            conn.execute(
+                "INSERT INTO audit_cut_requests (partition, manifest_sha256)"
+                " VALUES (%s, sha256(%s))", (name, manifest),
+            )  # fmt: skip
+        if "cut" in done:
+            signed = "SELECT 1 FROM audit_seals WHERE kind = 'cut' AND scope = %s"
+            await wait_for(lambda: _exists(conn, signed, name))  # the fixture's sealer signs
+        if "detached" in done:
+            conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {name} CONCURRENTLY")
+        if "dropped" in done:
+            conn.execute(f"DROP TABLE {name}")
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    assert await (await db.execute("SELECT to_regclass(%s)", (name,))).fetchone() == (None,)
+    cuts = await (await db.execute(
+        "SELECT count(*), count(DISTINCT scope) FROM audit_seals WHERE kind = 'cut'"
+    )).fetchone()  # fmt: skip
+    assert cuts is not None
+    assert cuts[0] == cuts[1]
+    report = await verified(migrated)
+    assert report.findings == []
+    assert report.accounted == 20
+    assert check_archives(tmp_path, KEYS).findings == []
