@@ -82,7 +82,7 @@ async def run(bench: Bench, archive: Path) -> None:
         bench.record("bytes_per_row", **await _sizes(conn, n))
 
         # Two old partitions, n and n / 100 rows; then drop each; archive the big one.
-        old = today - timedelta(days=400)
+        old = today - timedelta(days=40)  # beyond a 30-day policy, few partitions to make
         await conn.execute("SELECT audit_partitions_prepend(%s, interval '1 day')", (old,))
         await conn.commit()
         big, small = old, old + timedelta(days=1)
@@ -151,7 +151,9 @@ async def _sizes(conn: psycopg.AsyncConnection[Any], n: int) -> dict[str, float]
 async def drain_while_removing(bench: Bench, archive: Path) -> None:
     """The consumer's throughput while a run archives and removes an old partition of ``n``
     rows (sealed before; the consumer's sealer signs the cut) vs the same drain alone."""
-    old = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=400)
+    # (40 days back: past a 30-day policy with few partitions; a run cuts one partition per
+    # sealer round, so hundreds of empty ones would be the measurement)
+    old = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=40)
 
     async def old_partition() -> None:  # n old rows, sealed before the drain starts
         async with await psycopg.AsyncConnection.connect(bench.pg.url) as conn:
