@@ -14,13 +14,12 @@ from psycopg.types.json import set_json_loads
 
 from audit_events.archives import FORMAT, MANIFEST, ROWS, SEALS, row_line, seal_line, sha256_hex
 from audit_events.cuts import LEGACY_SEALS
-from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip, read_as
+from audit_events.model import STORED_EVENT, canonical, stored_values
 from audit_events.seals import SEAL_COLUMNS, seal_of
 
-_COLUMNS = ", ".join("id::text" if c == "id" else read_as(c) for c in EVENT_COLUMNS)
 _ROWS = (
     "SELECT signature, tx_id::text::bigint, recorded_at, stream_seq, epoch,"  # noqa: S608
-    f" text(source_ip), {_COLUMNS} FROM audit_events WHERE tableoid = %s::regclass"
+    f" text(source_ip), {STORED_EVENT} FROM audit_events WHERE tableoid = %s::regclass"
     " ORDER BY tx_id, id"
 )
 _SEALS = (  # the partition's seals, and those of scope '' that list some of its rows
@@ -31,7 +30,6 @@ _SPAN = (
     "SELECT min(tx_id::text::bigint), max(tx_id::text::bigint) FROM audit_events"
     " WHERE tableoid = %s::regclass"
 )
-_IP = EVENT_COLUMNS.index("source_ip")
 
 
 def write_archive(
@@ -54,10 +52,8 @@ def write_archive(
         for signature, tx, at, seq, epoch, address, *values in conn.cursor().stream(
             _ROWS, (name,), size=5000
         ):
-            if values[_IP] is not None:
-                values[_IP] = canonical_ip(values[_IP])
-            lines.append(row_line(values[0], canonical(values), signature, tx, at, seq, epoch,
-                                  address))  # fmt: skip
+            event = canonical(stored_values(values))
+            lines.append(row_line(values[0], event, signature, tx, at, seq, epoch, address))
             if len(lines) == 5000:
                 out.write(b"".join(lines))
                 rows += len(lines)

@@ -15,7 +15,7 @@ from uuid import UUID
 import psycopg
 
 from audit_events.authorship import EventKeys
-from audit_events.model import EVENT_COLUMNS, canonical, canonical_ip, read_as
+from audit_events.model import EVENT_COLUMNS, STORED_EVENT, canonical, stored_values
 from audit_events.seals import (
     AUTHORED,
     DUPLICATE,
@@ -33,11 +33,10 @@ from audit_events.seals import (
 from audit_verify.report import Report
 
 _ENTRIES = "SELECT seq, entries FROM audit_seals WHERE seq >= %s AND seq <= %s ORDER BY seq"
-_COLUMNS = ", ".join("id::text" if c == "id" else read_as(c) for c in EVENT_COLUMNS)
 _ROWS = (
     f"SELECT tx_id::text::bigint, signature, recorded_at, {ROW_BINDING},"  # noqa: S608
     " masklen(source_ip) = CASE family(source_ip) WHEN 4 THEN 32 ELSE 128 END,"
-    f" tableoid::regclass::text, {_COLUMNS} FROM audit_events"
+    f" tableoid::regclass::text, {STORED_EVENT} FROM audit_events"
     " WHERE tx_id >= %s::text::xid8 AND tx_id < %s::text::xid8"
 )
 _SCOPE = 5  # the row's partition
@@ -158,7 +157,6 @@ class RowChecker:
         return report
 
 
-_IP = _FIRST + EVENT_COLUMNS.index("source_ip")
 _ACTION = _FIRST + EVENT_COLUMNS.index("action")
 
 
@@ -170,9 +168,7 @@ def _authorship(keys: EventKeys, data: bytes, row: tuple[Any, ...]) -> str | Non
 
 def _event_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A fetched row's :data:`EVENT_COLUMNS` values as the model holds them."""
-    if row[_IP] is None:
-        return row[_FIRST:]
-    return (*row[_FIRST:_IP], canonical_ip(row[_IP]), *row[_IP + 1 :])
+    return stored_values(row[_FIRST:])
 
 
 def _record_name(key: str, flag: int) -> str:

@@ -224,6 +224,21 @@ def read_as(column: str) -> str:
     return expr if expr == column else f"{expr} AS {column}"
 
 
+STORED_EVENT = ", ".join("id::text" if c == "id" else read_as(c) for c in EVENT_COLUMNS)
+"""A select list of a stored row's :data:`EVENT_COLUMNS` (the id as text): what its
+:func:`canonical` bytes are recomputed from (``audit-verify``, retention's archives), after
+:func:`stored_values`."""
+_IP = EVENT_COLUMNS.index("source_ip")
+
+
+def stored_values(values: Sequence[Any]) -> tuple[Any, ...]:
+    """Values read with :data:`STORED_EVENT` as the model holds them (the address in
+    :func:`canonical_ip`'s text)."""
+    if values[_IP] is None:
+        return tuple(values)
+    return (*values[:_IP], canonical_ip(values[_IP]), *values[_IP + 1 :])
+
+
 def utc_text(moment: datetime) -> str:
     """``2026-11-28T06:54:44.123456Z``: one text per instant, whatever offset it came with."""
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
