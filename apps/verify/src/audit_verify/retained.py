@@ -30,6 +30,10 @@ def cuts(
     part: ``legacy_removed``); findings for the rest."""
     report, valid, covered = Report(), [], set[int]()
     by_seq = {seal.seq: seal for seal in seals}
+    scoped: dict[str, list[int]] = {}  # each partition's row seals, in chain order (read once)
+    for seal in seals:
+        if seal.kind == "rows" and seal.scope:
+            scoped.setdefault(seal.scope, []).append(seal.seq)
     holds: list[tuple[int, datetime, datetime, datetime, datetime | None]] = []
     if any(seal.kind == "cut" for seal in seals):
         holds = conn.execute(_HOLDS).fetchall()
@@ -41,7 +45,7 @@ def cuts(
         except ValueError as exc:
             report.findings.append(f"seal #{seal.seq}: {exc}")
             continue
-        if why := _contradiction(cut, seal, by_seq, holds):
+        if why := _contradiction(cut, seal, by_seq, scoped.get(cut.partition, []), holds):
             report.findings.append(f"seal #{seal.seq}: forged cut of {cut.partition}: {why}")
             continue
         valid.append(cut)
@@ -53,6 +57,7 @@ def _contradiction(
     cut: Cut,
     seal: Seal,
     by_seq: dict[int, Seal],
+    partition_seals: list[int],
     holds: list[tuple[int, datetime, datetime, datetime, datetime | None]],
 ) -> str | None:
     if seal.scope != cut.partition:
@@ -67,9 +72,7 @@ def _contradiction(
     counted = sum(s.row_count for s in listed if s) + sum(cut.legacy.values())
     if counted != cut.rows or seal.row_count != cut.rows:
         return "its row count is not its seals'"
-    others = [s.seq for s in by_seq.values()
-              if s.kind == "rows" and s.scope == cut.partition and s.seq < seal.seq]  # fmt: skip
-    if sorted(others) != sorted(cut.seals):
+    if [seq for seq in partition_seals if seq < seal.seq] != sorted(cut.seals):
         return "it leaves seals of the partition out"
     at = seal.sealed_at
     for hold, lo, hi, created, released in holds:
