@@ -141,7 +141,7 @@ docker-up: docker-build env-upgrade ## Build, start, wait until the API and ever
 	has nats && echo "  NATS        http://127.0.0.1:$(AUDIT_NATS_MONITOR_HOST_PORT)/jsz?consumers=true$(if $(AUDIT_NATS_URL), (node 1 of 3; streams R3))"; \
 	has consumer && echo "  consumers   $$(echo $$($(COMPOSE) ps -q consumer) | wc -w) ready"; \
 	if has api; then \
-	  echo; echo "  export TOKEN=$$($(COMPOSE) exec -T api audit-token --sub dev-user)"; \
+	  echo; echo "  export TOKEN='$$($(COMPOSE) exec -T api audit-token --sub dev-user)'"; \
 	  has query && echo "  reader token (paste it into the viewer): $$($(COMPOSE) exec -T api audit-token --sub auditor --scope audit:read)"; \
 	  echo "  curl -s -X PATCH http://127.0.0.1:$(AUDIT_API_HOST_PORT)/accounts/acc-1 -H \"Authorization: Bearer \$$TOKEN\" -H 'Content-Type: application/json' -d '{\"email\": \"new@example.com\"}'"; \
 	fi; \
