@@ -78,6 +78,10 @@ bench-durability: sync ## Publish latency/throughput with NATS default fsync vs 
 bench: sync ## Benchmark against this machine's ceilings (DB, broker, consumer, API, end to end)
 	$(UV) run --frozen python -m bench.run $(BENCH_ARGS)
 
+.PHONY: bench-rolling
+bench-rolling: sync ## Rolling restart of the API under load behind nginx (needs nginx + its Lua module)
+	$(UV) run --frozen python -m bench.rolling
+
 .PHONY: bench-smoke
 bench-smoke: sync ## CI: the benchmark on tiny inputs (must finish and print; never asserts speed)
 	$(UV) run --frozen python -m bench.run --quick

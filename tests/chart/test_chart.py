@@ -139,6 +139,21 @@ def test_grace_period_exceeds_the_consumers_drain_time(render: Render, values: s
 
 
 @pytest.mark.parametrize("values", VALUES)
+def test_serving_pods_drain_before_sigterm(render: Render, values: str) -> None:
+    """A stopping API or audit-query pod keeps serving while its endpoint leaves the Service and
+    the ingress (preStop), then has uvicorn's graceful 10 s; with drainSeconds 0, no hook."""
+    for suffix, drain in (("-api", 5), ("-query", 7)):
+        objects = render(values, "--set", "query.drainSeconds=7")
+        spec = pod_spec(find(objects, "Deployment", suffix))
+        (container,) = spec["containers"]
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command == ["python", "-c", f"import time; time.sleep({drain})"]
+        assert spec["terminationGracePeriodSeconds"] >= drain + 10 + 5
+    undrained = pod_spec(find(render(values, "--set", "api.drainSeconds=0"), "Deployment", "-api"))
+    assert "lifecycle" not in undrained["containers"][0]
+
+
+@pytest.mark.parametrize("values", VALUES)
 def test_setup_job_is_a_hook_that_runs_before_the_apps_need_it(render: Render, values: str) -> None:
     objects = render(values)
     job = find(objects, "Job", "-setup")

@@ -1,7 +1,7 @@
-"""Every command a chart pod runs exists in the image it runs in: a console script of that
-image's workspace member, or ``python -c`` code whose imports that image installs. ``helm
-template`` renders a broken test pod happily (``from audit_api.auth import …`` after the module
-moved): only a cluster would notice, so this checks it against the workspace."""
+"""Every command a chart pod runs (lifecycle hooks too) exists in the image it runs in: a
+console script of that image's workspace member, or ``python -c`` code whose imports that image
+installs. ``helm template`` renders a broken test pod happily (``from audit_api.auth import …``
+after the module moved): only a cluster would notice, so this checks it against the workspace."""
 
 import ast
 import importlib.metadata
@@ -73,6 +73,10 @@ def problems(container: dict[str, Any]) -> list[str]:
         for module in sorted(imports(command[2]) & modules):
             if module.startswith("audit_"):
                 _resolvable(command[2], found, container["name"])
+    for hook, handler in container.get("lifecycle", {}).items():  # preStop runs in the image too
+        if "exec" in handler:
+            name, command = f"{container['name']} {hook}", handler["exec"]["command"]
+            found += problems({"name": name, "image": container["image"], "command": command})
     return found
 
 
@@ -113,3 +117,10 @@ def test_the_check_names_a_moved_import_and_a_missing_command() -> None:
     assert problems(old) == ["request: module 'audit_api.auth' does not exist"]
     gone = {"name": "verify", "image": "audit-consumer:0.1.0", "command": ["audit-verify"]}
     assert problems(gone) == ["verify: 'audit-verify' is not a command of audit-consumer"]
+    hook = {
+        "name": "api",
+        "image": "audit-api:0.1.0",
+        "command": ["audit-api"],
+        "lifecycle": {"preStop": {"exec": {"command": ["audit-drain"]}}},
+    }
+    assert problems(hook) == ["api preStop: 'audit-drain' is not a command of audit-api"]

@@ -343,3 +343,17 @@ spec:
           {{- end }}
     {{- end }}
 {{- end }}
+
+{{/*
+A serving pod's preStop (the argument: its drainSeconds): it keeps serving while Kubernetes
+removes its endpoint and kube-proxy and ingress controllers stop routing to it; only then does
+SIGTERM come (uvicorn stops listening, closes idle keep-alive connections, finishes what is in
+flight). Without it, a proxy still sends requests into sockets the pod is closing: a PATCH sent
+into one is answered 502 and not retried (docs/performance.md, "Rolling restart").
+*/}}
+{{- define "audit.preStopDrain" -}}
+lifecycle:
+  preStop:
+    exec:
+      command: ["python", "-c", "import time; time.sleep({{ . }})"]
+{{- end }}
