@@ -5,6 +5,7 @@ forged cut; a legal hold respected; a run stopped midway finished by the next.""
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import hashlib
 import subprocess
@@ -42,10 +43,8 @@ KEYS = SealKeys([SEAL_PUBLIC_KEY])
 RECORDS: list[AuditEvent] = []  # what a run published (the CLI's Recorder publishes them)
 
 
-@pytest.fixture
-async def log(db: Any, migrated: str) -> AsyncIterator[Sealer]:
-    """20 rows of epoch 1 (sequences 1-20): 10 old, 10 now; sealed with the ack floor at 20.
-    Yields the sealer, sealing every 0.1 s in the background (as the consumers do)."""
+async def write_twenty(migrated: str) -> Sealer:
+    """20 rows of epoch 1 (sequences 1-20): 10 old, 10 now; a sealer with the ack floor at 20."""
     writer = await BatchWriter.connect(migrated)
     rows = []
     for seq in range(1, 21):
@@ -56,7 +55,14 @@ async def log(db: Any, migrated: str) -> AsyncIterator[Sealer]:
     result = await writer.write(rows)
     assert result.inserted == 20
     await writer.close()
-    sealer = Sealer(migrated, SealKey(SEAL_KEY), 0.1, floor=lambda: Floor(1, 1, 20))
+    return Sealer(migrated, SealKey(SEAL_KEY), 0.1, floor=lambda: Floor(1, 1, 20))
+
+
+@pytest.fixture
+async def log(db: Any, migrated: str) -> AsyncIterator[Sealer]:
+    """:func:`write_twenty`'s rows, the sealer sealing every 0.1 s in the background (as the
+    consumers do)."""
+    sealer = await write_twenty(migrated)
     task = asyncio.create_task(sealer.run())
     yield sealer
     task.cancel()
@@ -118,6 +124,36 @@ async def test_a_run_archives_cuts_and_drops_and_everything_still_verifies(
 
     # a rerun has nothing left to do
     assert await asyncio.to_thread(retain, migrated, tmp_path) == []
+
+
+async def test_one_sealer_round_cuts_every_partition_a_run_removes(
+    db: Any, migrated: str, tmp_path: Path
+) -> None:
+    """A run asks for every cut before waiting for one: a first run over many old partitions
+    takes one round of the consumers' sealer, not one round per partition."""
+    sealer = await write_twenty(migrated)
+    try:
+        await sealer.seal()  # every row sealed; from here on the sealer runs only when told
+        due = await (await db.execute(
+            "SELECT count(*) FROM audit_partitions WHERE hi <= now() - interval '30 days'"
+        )).fetchone()  # fmt: skip
+        assert due is not None
+        assert due[0] > 2
+        one_try = functools.partial(retain, migrated, tmp_path, wait_seconds=30)
+        running = asyncio.create_task(asyncio.to_thread(one_try))
+        asked = "SELECT count(DISTINCT partition) = %s FROM audit_cut_requests"
+        await wait_for(lambda: _exists_async(db, asked, due[0]))
+        await sealer.seal()  # one round
+        removed = await running
+        assert len(removed) == due[0]
+        assert (await verified(migrated)).findings == []
+    finally:
+        await sealer.close()
+
+
+async def _exists_async(db: Any, query: str, *params: Any) -> bool:
+    row = await (await db.execute(query, params)).fetchone()
+    return bool(row and row[0])
 
 
 async def test_an_altered_dropped_or_added_archive_line_is_named(

@@ -12,9 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from audit_consumer.settings import Settings
 from audit_events.authorship import REMOVALS, bound
 from audit_events.broker import RETENTION
+from audit_retention.removal import LOCK
 from audit_verify.checker import verify
 from tests.env import BIN, EVENT_KEY, SEAL_PUBLIC_KEY, identity_env, service_env
 from tests.helpers import make_event, published, verify_settings, wait_for
@@ -121,3 +124,17 @@ def _offline(archive: Path) -> subprocess.CompletedProcess[str]:
 
 async def _at_least(db: Any, n: int, where: str = "TRUE") -> bool:
     return await count(db, where) >= n
+
+
+def test_a_second_run_at_once_leaves_the_work_to_the_first_and_fails_nothing(
+    streams: Settings, tmp_path: Path
+) -> None:
+    """A run holding the lock (a slow one, or ``--every``'s): another exits 0 — nothing failed,
+    and ``AuditRetentionJobFailed`` must not fire — having removed nothing."""
+    with psycopg.connect(streams.database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
+        before = other.execute("SELECT count(*) FROM audit_partitions").fetchone()
+        done = retention(streams, "run", "--days", "30", "--archive", str(tmp_path / "a"))
+        assert done.returncode == 0, done.stderr
+        assert "another retention run is in progress" in done.stderr
+        assert other.execute("SELECT count(*) FROM audit_partitions").fetchone() == before

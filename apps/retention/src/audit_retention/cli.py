@@ -1,7 +1,7 @@
 """``audit-retention``: ``run`` (the policy: ``AUDIT_RETENTION_DAYS``, ``AUDIT_ARCHIVE_URL``),
 ``hold add|list|remove`` (legal holds), ``partitions`` (list, or create for a past range).
-Exit 0 done or nothing to do, 1 a check failed, 2 could not run. Connects as the table's owner
-(``DATABASE_URL``): the DDL of removing a partition needs it."""
+Exit 0 done or nothing to do (another run in progress included), 1 a check failed, 2 could not
+run. Connects as the table's owner (``DATABASE_URL``): the DDL of removing a partition needs it."""
 
 import argparse
 import getpass
@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from audit_events.publishing import ProducerSettings
 from audit_events.seals import SealKeys
 from audit_retention.recording import Recorder, hold
-from audit_retention.removal import Failed, Policy, run
+from audit_retention.removal import Busy, Failed, Policy, run
 
 log = logging.getLogger("audit.retention")
 
@@ -100,9 +100,12 @@ def _command(conn: psycopg.Connection[Any], args: argparse.Namespace, s: Retenti
         log.warning("retention: keeping %d days; older partitions are archived to %s and"
                     " REMOVED%s", days, archive, " (dry run)" if args.dry_run else "")  # fmt: skip
         while True:
-            removed = run(conn, policy)
-            log.info("%s %d partition(s)", "would remove" if args.dry_run else "removed",
-                     len(removed))  # fmt: skip
+            try:
+                removed = run(conn, policy)
+                log.info("%s %d partition(s)", "would remove" if args.dry_run else "removed",
+                         len(removed))  # fmt: skip
+            except Busy as exc:
+                log.info("%s", exc)
             if args.every is None:
                 return 0
             conn.execute("SELECT pg_advisory_unlock_all()")  # the next run takes it again

@@ -14,7 +14,8 @@ in this order —
 
 Crash anywhere and run again: every step looks at what is there before acting (a closed
 partition is not closed again, a cut is not asked for twice, a finished cut is finished), so a
-rerun finishes or changes nothing. Two runs at once: the second finds the lock taken and exits.
+rerun finishes or changes nothing. Two runs at once: the second finds the lock taken and exits
+(0: nothing failed, and a run that never ends shows as ``AuditRetentionBehind``).
 Runs as the table's owner (the DDL needs it): a short-lived job, the only one that holds the
 owner's password besides ``audit-setup``.
 """
@@ -53,11 +54,14 @@ _SEALED = (  # no row of the partition beyond the newest seal's range (the archi
     " coalesce((SELECT upto_tx FROM audit_seals ORDER BY seq DESC LIMIT 1), '0'::xid8))"
 )
 _CUTS = f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut'"  # noqa: S608
-_CUT_OF = _CUTS + " AND scope = %s"
 
 
 class Failed(Exception):
     """A check failed or a wait ran out: exit 1, nothing removed that was not proven."""
+
+
+class Busy(Exception):
+    """Another run holds the lock: nothing failed, that run does the work (exit 0)."""
 
 
 @dataclass
@@ -78,36 +82,50 @@ class Policy:
 
 def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
     """One run over ``conn`` (the owner's, autocommit): the partitions removed (or, dry, that
-    would be). Raises :class:`Failed`."""
+    would be). The steps go partition by partition, but every candidate is closed before the
+    first wait and every cut asked for before waiting for one: a consumer's sealer seals and
+    cuts all of them in the same rounds, so a first run over months of partitions takes seconds
+    plus the archiving, not a round per partition. Raises :class:`Failed`."""
     if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,)).fetchone()[0]:  # type: ignore[index]
-        raise Failed("another retention run is in progress")
+        raise Busy("another retention run is in progress: this one leaves it the work")
     if not policy.dry_run:
         for row in conn.execute(_CUTS).fetchall():  # a run that stopped after a cut
             finish(conn, policy, seal_of(row))
-    removed = []
+    due = []
     for name, lo, hi, closed, hold in conn.execute(_CANDIDATES, (policy.days,)).fetchall():
-        if hold is not None:
-            log.info("%s is under legal hold #%d: kept", name, hold)
-            if closed and not policy.dry_run:
-                _reopen(conn, name)
+        if hold is None:
+            due.append((name, lo, hi, closed))
             continue
-        if policy.dry_run:
+        log.info("%s is under legal hold #%d: kept", name, hold)
+        if closed and not policy.dry_run:
+            _reopen(conn, name)
+    if policy.dry_run:
+        for name, lo, hi, _ in due:
             rows = conn.execute(
                 "SELECT count(*) FROM audit_events WHERE tableoid = %s::regclass", (name,)
             ).fetchone()
             log.info("would archive and remove %s [%s, %s): %d rows", name, lo, hi,
                      rows[0] if rows else 0)  # fmt: skip
-        else:
-            remove(conn, policy, name, lo, hi, closed)
-        removed.append(name)
-    return removed
+        return [name for name, *_ in due]
+    for name, _, _, closed in due:
+        if not closed:
+            _close(conn, name)
+    for name, lo, hi, _ in due:
+        archive(conn, policy, name, lo, hi)
+    cuts: dict[str, Seal] = {}
+
+    def signed() -> bool:
+        cuts.update((s.scope, s) for s in map(seal_of, conn.execute(_CUTS).fetchall()))
+        return all(name in cuts for name, *_ in due)
+
+    _until(policy, f"the cuts of {len(due)} partition(s) signed by a consumer's sealer", signed)
+    for name, *_ in due:
+        finish(conn, policy, cuts[name])
+    return [name for name, *_ in due]
 
 
-def remove(
-    conn: psycopg.Connection[Any], policy: Policy, name: str, lo: Any, hi: Any, closed: bool
-) -> None:
-    if not closed:
-        _close(conn, name)
+def archive(conn: psycopg.Connection[Any], policy: Policy, name: str, lo: Any, hi: Any) -> None:
+    """Steps 2 to 4 for a closed partition: sealed, archived and checked, its cut asked for."""
     _until(policy, f"every row of {name} sealed",
            lambda: conn.execute(_SEALED, (name,)).fetchone() == (True,))  # fmt: skip
     path, manifest = write_archive(conn, policy.folder, name, lo, hi)
@@ -121,14 +139,6 @@ def remove(
         "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
         (name, manifest),
     )
-    found: list[Seal] = []
-
-    def signed() -> bool:
-        found[:] = [seal_of(r) for r in conn.execute(_CUT_OF, (name,)).fetchall()]
-        return bool(found)
-
-    _until(policy, f"the cut of {name} signed by a consumer's sealer", signed)
-    finish(conn, policy, found[0])
 
 
 def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
