@@ -151,6 +151,42 @@ async def test_one_sealer_round_cuts_every_partition_a_run_removes(
         await sealer.close()
 
 
+async def test_a_removal_record_too_old_to_store_is_not_published_again(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    """Until a consumer stored it, each run publishes a removal's record again (JetStream
+    dedupes); but once the record is older than every open partition — it aged out with its
+    own partition, one day — it is never published again (every run would be dead-lettered)."""
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    RECORDS.clear()
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    assert {e.action for e in RECORDS} == {"audit.retention.partition_removed"}  # not stored here
+    RECORDS.clear()
+    # The records' time in no open partition. (In threads: the sealer, on this event loop,
+    # must go on, or reopening would wait for its lock for ever.)
+    closed = await asyncio.to_thread(_close_up_to_now, migrated)
+    try:
+        await asyncio.to_thread(retain, migrated, tmp_path)
+    finally:
+        await asyncio.to_thread(_reopen, migrated, closed)
+    assert RECORDS == []
+
+
+def _close_up_to_now(url: str) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = "SELECT name FROM audit_partitions WHERE lo <= now() AND NOT closed"
+        names = [name for (name,) in conn.execute(query).fetchall()]
+        for name in names:
+            removal._close(conn, name)
+        return names
+
+
+def _reopen(url: str, names: list[str]) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in names:
+            removal._reopen(conn, name)
+
+
 async def _exists_async(db: Any, query: str, *params: Any) -> bool:
     row = await (await db.execute(query, params)).fetchone()
     return bool(row and row[0])

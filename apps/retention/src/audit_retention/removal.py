@@ -54,6 +54,13 @@ _SEALED = (  # no row of the partition beyond the newest seal's range (the archi
     " coalesce((SELECT upto_tx FROM audit_seals ORDER BY seq DESC LIMIT 1), '0'::xid8))"
 )
 _CUTS = f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut'"  # noqa: S608
+_CUTS_OF = _CUTS + " AND scope = ANY(%s)"
+_UNRECORDED = (  # a removal's record not stored yet, and still storable: one that aged out
+    # with its own partition was stored once, and published again it would be dead-lettered
+    # as too old — by every run after
+    "SELECT NOT EXISTS (SELECT FROM audit_events WHERE id = %s)"
+    " AND %s >= (SELECT min(lo) FROM audit_partitions WHERE NOT closed)"
+)
 
 
 class Failed(Exception):
@@ -115,7 +122,8 @@ def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
     cuts: dict[str, Seal] = {}
 
     def signed() -> bool:
-        cuts.update((s.scope, s) for s in map(seal_of, conn.execute(_CUTS).fetchall()))
+        found = conn.execute(_CUTS_OF, ([name for name, *_ in due],)).fetchall()
+        cuts.update((seal.scope, seal) for seal in map(seal_of, found))
         return all(name in cuts for name, *_ in due)
 
     _until(policy, f"the cuts of {len(due)} partition(s) signed by a consumer's sealer", signed)
@@ -172,7 +180,7 @@ def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
     if emptied:
         log.info("cut #%d: entries of %d seals moved to the archive", seal.seq, emptied)
     record = removal(seal, cut)
-    if conn.execute("SELECT FROM audit_events WHERE id = %s", (record.id,)).fetchone() is None:
+    if conn.execute(_UNRECORDED, (record.id, record.occurred_at)).fetchone() == (True,):
         policy.record([record])  # (until a consumer stored it; JetStream dedupes a repeat)
 
 
