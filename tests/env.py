@@ -14,7 +14,7 @@ from audit_events.seals import SealKey, generate_seal_key
 
 PAST = "2026-09-01"
 EMPTY_LOG = (
-    "TRUNCATE audit_events, audit_seals, audit_dead_letters, audit_duplicates, audit_epochs,"
+    "TRUNCATE audit_events, audit_seals, audit_dead_letters, audit_duplicates, audit_epochs,"  # noqa: S608 (constants only)
     " audit_hold_releases, audit_holds, audit_cut_requests RESTART IDENTITY;"
     " DO $$ DECLARE p record; BEGIN"
     "  IF EXISTS (SELECT FROM audit_partitions WHERE closed) OR EXISTS (SELECT FROM"
