@@ -151,8 +151,8 @@ async def _sizes(conn: psycopg.AsyncConnection[Any], n: int) -> dict[str, float]
 async def drain_while_removing(bench: Bench, archive: Path) -> None:
     """The consumer's throughput while a run archives and removes an old partition of ``n``
     rows (sealed before; the consumer's sealer signs the cut) vs the same drain alone."""
-    # (40 days back: past a 30-day policy with few partitions; a run cuts one partition per
-    # sealer round, so hundreds of empty ones would be the measurement)
+    # (40 days back: past a 30-day policy with few partitions, so the one with rows is what
+    # is measured, not the archiving of hundreds of empty ones)
     old = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=40)
 
     async def old_partition() -> None:  # n old rows, sealed before the drain starts
