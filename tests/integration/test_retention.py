@@ -129,8 +129,9 @@ async def test_a_run_archives_cuts_and_drops_and_everything_still_verifies(
 async def test_one_sealer_round_cuts_every_partition_a_run_removes(
     db: Any, migrated: str, tmp_path: Path
 ) -> None:
-    """A run asks for every cut before waiting for one: a first run over many old partitions
-    takes one round of the consumers' sealer, not one round per partition."""
+    """A run asks for every cut at once, after archiving (a sealer looks at the last hour's
+    requests only, and archiving may take longer): a first run over many old partitions takes
+    one round of the consumers' sealer, not one round per partition."""
     sealer = await write_twenty(migrated)
     try:
         await sealer.seal()  # every row sealed; from here on the sealer runs only when told
@@ -143,6 +144,8 @@ async def test_one_sealer_round_cuts_every_partition_a_run_removes(
         running = asyncio.create_task(asyncio.to_thread(one_try))
         asked = "SELECT count(DISTINCT partition) = %s FROM audit_cut_requests"
         await wait_for(lambda: _exists_async(db, asked, due[0]))
+        together = "SELECT count(DISTINCT requested_at) FROM audit_cut_requests"
+        assert await (await db.execute(together)).fetchone() == (1,)
         await sealer.seal()  # one round
         removed = await running
         assert len(removed) == due[0]

@@ -89,10 +89,10 @@ class Policy:
 
 def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
     """One run over ``conn`` (the owner's, autocommit): the partitions removed (or, dry, that
-    would be). The steps go partition by partition, but every candidate is closed before the
-    first wait and every cut asked for before waiting for one: a consumer's sealer seals and
-    cuts all of them in the same rounds, so a first run over months of partitions takes seconds
-    plus the archiving, not a round per partition. Raises :class:`Failed`."""
+    would be). Every candidate is closed before the first wait, archived, and then every cut
+    asked for at once: a consumer's sealer seals and cuts all of them in the same rounds, so a
+    first run over months of partitions takes its archiving plus seconds, not a round per
+    partition. Raises :class:`Failed`."""
     if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,)).fetchone()[0]:  # type: ignore[index]
         raise Busy("another retention run is in progress: this one leaves it the work")
     if not policy.dry_run:
@@ -117,8 +117,14 @@ def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
     for name, _, _, closed in due:
         if not closed:
             _close(conn, name)
-    for name, lo, hi, _ in due:
-        archive(conn, policy, name, lo, hi)
+    manifests = [(name, archive(conn, policy, name, lo, hi)) for name, lo, hi, _ in due]
+    # Asked for together once every archive is written: a consumer's sealer looks only at the
+    # last hour's requests, and archiving months of partitions may take longer than that.
+    with conn.transaction():
+        conn.cursor().executemany(
+            "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
+            manifests,
+        )
     cuts: dict[str, Seal] = {}
 
     def signed() -> bool:
@@ -132,8 +138,8 @@ def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
     return [name for name, *_ in due]
 
 
-def archive(conn: psycopg.Connection[Any], policy: Policy, name: str, lo: Any, hi: Any) -> None:
-    """Steps 2 to 4 for a closed partition: sealed, archived and checked, its cut asked for."""
+def archive(conn: psycopg.Connection[Any], policy: Policy, name: str, lo: Any, hi: Any) -> bytes:
+    """Steps 2 and 3 for a closed partition: sealed, archived and checked. The manifest."""
     _until(policy, f"every row of {name} sealed",
            lambda: conn.execute(_SEALED, (name,)).fetchone() == (True,))  # fmt: skip
     path, manifest = write_archive(conn, policy.folder, name, lo, hi)
@@ -143,10 +149,7 @@ def archive(conn: psycopg.Connection[Any], policy: Policy, name: str, lo: Any, h
     if is_s3(str(policy.archive)):
         upload(path, str(policy.archive))
     log.info("archived %s: %d rows to %s", name, report.rows, policy.archive)
-    conn.execute(
-        "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
-        (name, manifest),
-    )
+    return manifest
 
 
 def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
