@@ -8,6 +8,7 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,14 +25,24 @@ from audit_consumer.sealer import Sealer
 from audit_consumer.writer import BatchWriter
 from audit_devservers import Child, free_port
 from audit_events import AuditEvent, encode
+from audit_events.archives import CUT, seal_line
 from audit_events.cuts import Cut
 from audit_events.model import row
-from audit_events.seals import Floor, Seal, SealKey, SealKeys, generate_seal_key
+from audit_events.seals import (
+    SEAL_COLUMNS,
+    Floor,
+    Seal,
+    SealKey,
+    SealKeys,
+    generate_seal_key,
+    seal_of,
+)
 from audit_retention import removal
 from audit_retention.archiving import write_archive
 from audit_retention.removal import Policy, run
 from audit_verify.archived import check_archives
 from audit_verify.checker import verify
+from audit_verify.locations import upload
 from tests.env import BIN, SEAL_KEY, SEAL_PUBLIC_KEY
 from tests.helpers import assert_intact as assert_sealed
 from tests.helpers import make_event, sign, verify_settings, wait_for
@@ -430,6 +441,76 @@ async def test_archives_in_object_storage_are_checked_from_there(
     assert "altered" in done.stdout
 
 
+async def _stopped_after_the_cut(db: Any, migrated: str, folder: Path) -> str:
+    """A run that closed the old rows' partition, archived it into ``folder``, asked for its
+    cut and had it signed, then died: the partition's name."""
+    found = await (await db.execute(
+        "SELECT name, lo, hi FROM audit_partitions WHERE lo <= %s AND hi > %s", (OLD, OLD)
+    )).fetchone()  # fmt: skip
+    assert found is not None
+    name, lo, hi = found
+    await assert_sealed(migrated)
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        removal._close(conn, name)
+        _, manifest = write_archive(conn, folder, name, lo, hi)
+        conn.execute(
+            "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
+            (name, manifest),
+        )
+        signed = "SELECT 1 FROM audit_seals WHERE kind = 'cut' AND scope = %s"
+        await wait_for(lambda: _exists(conn, signed, name))  # the fixture's sealer signs
+    return str(name)
+
+
+async def test_a_lost_archive_is_written_again_before_its_partition_goes(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    """The archive of a cut partition is gone when the next run comes (a new pod, a disk
+    moved): it is written again from the rows still there, the bytes the cut signed, and only
+    then is the partition dropped."""
+    name = await _stopped_after_the_cut(db, migrated, tmp_path)
+    shutil.rmtree(tmp_path / name)
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    assert await (await db.execute("SELECT to_regclass(%s)", (name,))).fetchone() == (None,)
+    archived = check_archives(tmp_path, KEYS)
+    assert archived.findings == []
+    assert archived.rows == 10
+
+
+async def test_a_detached_partition_whose_archive_is_lost_is_not_dropped(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    """Detached, its rows no longer readable through the table, and its archive gone: the run
+    stops and names it; the table stays for a person to look at."""
+    name = await _stopped_after_the_cut(db, migrated, tmp_path)
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {name} CONCURRENTLY")
+    shutil.rmtree(tmp_path / name)
+    try:
+        with pytest.raises(removal.Failed, match="cannot be written again"):
+            await asyncio.to_thread(retain, migrated, tmp_path)
+        kept = await (await db.execute("SELECT to_regclass(%s)", (name,))).fetchone()
+        assert kept != (None,)
+    finally:
+        await db.execute(f"DROP TABLE {name}")  # (the next test's partitions take its name)
+
+
+async def test_a_rerun_in_a_new_pod_puts_the_cut_beside_its_archive_in_object_storage(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path, s3: str
+) -> None:
+    """A run died after its cut was signed; the next runs in a new pod (empty staging): the
+    cut still reaches the bucket, so the archive there verifies."""
+    url = "s3://audit-archive/prod/audit"
+    name = await _stopped_after_the_cut(db, migrated, tmp_path / "pod-1")
+    upload(tmp_path / "pod-1" / name, url)  # as the run did before asking
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        policy = Policy(30, url, KEYS, RECORDS.extend, staging=tmp_path / "pod-2")
+        await asyncio.to_thread(run, conn, policy)
+    assert await (await db.execute("SELECT to_regclass(%s)", (name,))).fetchone() == (None,)
+    done = await asyncio.to_thread(_cli_check, url, {**S3_ENV, "AWS_ENDPOINT_URL": s3})
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 STEPS = ("closed", "archived", "asked", "cut", "detached", "dropped")
 
 
@@ -458,7 +539,13 @@ async def test_a_run_stopped_after_any_step_is_finished_by_the_next(
         if "cut" in done:
             signed = "SELECT 1 FROM audit_seals WHERE kind = 'cut' AND scope = %s"
             await wait_for(lambda: _exists(conn, signed, name))  # the fixture's sealer signs
-        if "detached" in done:
+        if "detached" in done:  # (the cut goes beside its archive first)
+            cut = conn.execute(
+                f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut' AND scope = %s",  # noqa: S608
+                (name,),
+            ).fetchone()
+            assert cut is not None
+            (tmp_path / name / CUT).write_bytes(seal_line(seal_of(cut), b""))
             conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {name} CONCURRENTLY")
         if "dropped" in done:
             conn.execute(f"DROP TABLE {name}")

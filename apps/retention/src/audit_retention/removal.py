@@ -8,9 +8,11 @@ in this order —
    upload it when the archive is object storage (written locally first, in ``staging``);
 4. ask for the **cut** (``audit_cut_requests``, with the manifest's SHA-256) and wait for a
    consumer's sealer to sign it — this job never holds the sealing key;
-5. **finish**: the signed cut into the archive, ``DETACH … CONCURRENTLY`` (writers keep
-   writing to the other partitions) and ``DROP``, then the cut seals' entries emptied (they
-   are in the archive), and the removal recorded as an audit event (``recording.py``).
+5. **finish**: the archive checked to be where it belongs (written again, to the bytes the
+   cut signed, when a rerun finds it gone), the signed cut beside it, ``DETACH …
+   CONCURRENTLY`` (writers keep writing to the other partitions) and ``DROP``, then the cut
+   seals' entries emptied (they are in the archive), and the removal recorded as an audit
+   event (``recording.py``).
 
 Crash anywhere and run again: every step looks at what is there before acting (a closed
 partition is not closed again, a cut is not asked for twice, a finished cut is finished), so a
@@ -32,13 +34,13 @@ import psycopg
 from psycopg import sql
 
 from audit_events import AuditEvent
-from audit_events.archives import CUT, seal_line
+from audit_events.archives import CUT, MANIFEST, seal_line, sha256_hex
 from audit_events.cuts import Cut
 from audit_events.seals import SEAL_COLUMNS, Seal, SealKeys, seal_of
 from audit_retention.archiving import write_archive
 from audit_retention.recording import removal
 from audit_verify.archived import check_archive
-from audit_verify.locations import is_s3, upload
+from audit_verify.locations import fetch, is_s3, upload
 
 log = logging.getLogger("audit.retention")
 
@@ -55,6 +57,7 @@ _SEALED = (  # no row of the partition beyond the newest seal's range (the archi
 )
 _CUTS = f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut'"  # noqa: S608
 _CUTS_OF = _CUTS + " AND scope = ANY(%s)"
+_BOUNDS = "SELECT lo, hi FROM audit_partitions WHERE name = %s"
 _UNRECORDED = (  # a removal's record not stored yet, and still storable: one that aged out
     # with its own partition was stored once, and published again it would be dead-lettered
     # as too old — by every run after
@@ -162,12 +165,8 @@ def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
         " WHERE inhrelid = to_regclass(%s))", (cut.partition, cut.partition)
     ).fetchone()  # fmt: skip
     exists, pending = state if state else (False, None)
-    folder = policy.folder / cut.partition
-    if folder.exists() and not (folder / CUT).exists():
-        (folder / CUT).write_bytes(seal_line(seal, b""))
-        if is_s3(str(policy.archive)):
-            upload(folder, str(policy.archive), [CUT])
     if exists:
+        _kept(conn, policy, seal, cut, attached=pending is False)
         if pending is False:
             conn.execute(sql.SQL("ALTER TABLE audit_events DETACH PARTITION {} CONCURRENTLY")
                          .format(ident))  # fmt: skip
@@ -185,6 +184,36 @@ def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
     record = removal(seal, cut)
     if conn.execute(_UNRECORDED, (record.id, record.occurred_at)).fetchone() == (True,):
         policy.record([record])  # (until a consumer stored it; JetStream dedupes a repeat)
+
+
+def _kept(conn: psycopg.Connection[Any], policy: Policy, seal: Seal, cut: Cut,
+          attached: bool) -> None:  # fmt: skip
+    """Before a partition goes: its archive is where the policy keeps them, with the manifest
+    its cut signed, and the cut beside it. A rerun may find it missing (a new pod's staging is
+    empty; someone moved it): then it is written again from the rows still there — the same
+    bytes, or :class:`Failed` and nothing removed."""
+    name, url = cut.partition, str(policy.archive)
+    folder = policy.folder / name
+    if is_s3(url):
+        kept = fetch(url, name, MANIFEST)
+    else:
+        kept = (folder / MANIFEST).read_bytes() if (folder / MANIFEST).exists() else None
+    if kept is None or sha256_hex(kept) != cut.manifest_sha256:
+        bounds = conn.execute(_BOUNDS, (name,)).fetchone()
+        if not attached or bounds is None:
+            raise Failed(f"{name}: not removed: its archive is missing from {url} and the"
+                         " partition is detached, so it cannot be written again")  # fmt: skip
+        path, manifest = write_archive(conn, policy.folder, name, *bounds)
+        if sha256_hex(manifest) != cut.manifest_sha256:
+            raise Failed(f"{name}: not removed: its archive, written again, differs from the"
+                         " one its cut signed")  # fmt: skip
+        if is_s3(url):
+            upload(path, url)
+        log.info("%s: archive written again (it was missing or changed at %s)", name, url)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CUT).write_bytes(seal_line(seal, b""))
+    if is_s3(url):
+        upload(folder, url, [CUT])
 
 
 def _close(conn: psycopg.Connection[Any], name: str) -> None:

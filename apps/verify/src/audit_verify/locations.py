@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+from botocore.exceptions import ClientError
 
 
 def is_s3(location: str) -> bool:
@@ -35,6 +36,18 @@ def upload(folder: Path, url: str, names: list[str] | None = None) -> None:
         if names is None or path.name in names:
             key = "/".join(p for p in (prefix, folder.name, path.name) if p)
             s3.upload_file(str(path), bucket, key)
+
+
+def fetch(url: str, name: str, file: str) -> bytes | None:
+    """One file of the archive ``name`` under ``url``; ``None`` when it is not there."""
+    bucket, prefix = _split(url)
+    key = "/".join(p for p in (prefix, name, file) if p)
+    try:
+        return bytes(_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
 
 
 def download(url: str, into: Path) -> Path:
