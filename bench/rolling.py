@@ -25,7 +25,6 @@ import json
 import os
 import re
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -195,16 +194,20 @@ async def measure(bench: Bench, root: Path, way: str, seconds: float) -> dict[st
         for port in ports:
             bench.wait_http(port)
         bench.wait_http(proxy.port)
-        outcome: dict[str, Any] = {}
-        load = threading.Thread(
-            target=lambda: outcome.update(
-                bench.loadgen(proxy.port, concurrency=32, seconds=seconds, ids=True)
-            )
+
+        started = time.monotonic()
+
+        async def rolled() -> list[str]:  # under load from its start to its end
+            await asyncio.sleep(2)
+            steps = await asyncio.to_thread(roll, bench, proxy, apis, 5 if way == "drained" else 0)
+            if time.monotonic() - started > seconds:
+                raise SystemExit(f"the roll outlasted the load: raise --seconds above {seconds}")
+            return steps
+
+        load = asyncio.to_thread(
+            bench.loadgen, proxy.port, concurrency=32, seconds=seconds, ids=True
         )
-        load.start()
-        await asyncio.sleep(2)
-        steps = await asyncio.to_thread(roll, bench, proxy, apis, 5.0 if way == "drained" else 0)
-        load.join()
+        outcome, steps = await asyncio.gather(load, rolled())
         acked = {i for i, _ in outcome.pop("acked")}
         result = {"way": way, **outcome, "steps": steps, **await stored(bench, acked)}
         result["nginx_errors"] = upstream_errors(root / "error.log")
