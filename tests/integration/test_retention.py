@@ -299,6 +299,31 @@ async def test_a_legal_hold_keeps_its_partitions(
     assert (await verified(migrated)).findings == []
 
 
+async def test_a_hold_that_comes_after_the_cut_keeps_the_partition_until_released(
+    log: Sealer, db: Any, migrated: str, tmp_path: Path
+) -> None:
+    """A hold added between the cut's signature and the drop (a run died in between): the
+    partition stays — closed, its rows readable, never reopened (the cut counts them) — and
+    the chain still verifies; released, the next run finishes the removal."""
+    name = await _stopped_after_the_cut(db, migrated, tmp_path)
+    await db.execute(
+        "INSERT INTO audit_holds (lo, hi, reason) VALUES (%s, %s, 'subpoena 9')",
+        (OLD - timedelta(hours=1), OLD + timedelta(hours=1)),
+    )
+    assert name not in await asyncio.to_thread(retain, migrated, tmp_path)
+    assert await (await db.execute("SELECT count(*) FROM audit_events")).fetchone() == (20,)
+    closed = "SELECT closed FROM audit_partitions WHERE name = %s"
+    assert await (await db.execute(closed, (name,))).fetchone() == (True,)
+    assert (await verified(migrated)).findings == []
+    await db.execute(
+        "INSERT INTO audit_hold_releases (hold_id, reason) SELECT id, 'over' FROM audit_holds"
+    )
+    await asyncio.to_thread(retain, migrated, tmp_path)
+    assert await (await db.execute("SELECT count(*) FROM audit_events")).fetchone() == (10,)
+    assert (await verified(migrated)).findings == []
+    assert check_archives(tmp_path, KEYS).findings == []
+
+
 async def test_a_run_stopped_after_asking_for_its_cut_is_finished_by_the_next(
     log: Sealer, db: Any, migrated: str, tmp_path: Path
 ) -> None:

@@ -58,6 +58,9 @@ _SEALED = (  # no row of the partition beyond the newest seal's range (the archi
 _CUTS = f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut'"  # noqa: S608
 _CUTS_OF = _CUTS + " AND scope = ANY(%s)"
 _BOUNDS = "SELECT lo, hi FROM audit_partitions WHERE name = %s"
+_HELD = (
+    "SELECT min(id) FROM audit_active_holds WHERE lo < %(hi)s AND hi > %(lo)s HAVING count(*) > 0"
+)
 _UNRECORDED = (  # a removal's record not stored yet, and still storable: one that aged out
     # with its own partition was stored once, and published again it would be dead-lettered
     # as too old — by every run after
@@ -98,16 +101,17 @@ def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
     partition. Raises :class:`Failed`."""
     if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,)).fetchone()[0]:  # type: ignore[index]
         raise Busy("another retention run is in progress: this one leaves it the work")
+    cut = {seal.scope: seal for seal in map(seal_of, conn.execute(_CUTS).fetchall())}
     if not policy.dry_run:
-        for row in conn.execute(_CUTS).fetchall():  # a run that stopped after a cut
-            finish(conn, policy, seal_of(row))
+        for seal in cut.values():  # a run that stopped after a cut (or a hold that came after)
+            finish(conn, policy, seal)
     due = []
     for name, lo, hi, closed, hold in conn.execute(_CANDIDATES, (policy.days,)).fetchall():
         if hold is None:
             due.append((name, lo, hi, closed))
             continue
         log.info("%s is under legal hold #%d: kept", name, hold)
-        if closed and not policy.dry_run:
+        if closed and name not in cut and not policy.dry_run:  # (a cut one stays closed)
             _reopen(conn, name)
     if policy.dry_run:
         for name, lo, hi, _ in due:
@@ -136,9 +140,7 @@ def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
         return all(name in cuts for name, *_ in due)
 
     _until(policy, f"the cuts of {len(due)} partition(s) signed by a consumer's sealer", signed)
-    for name, *_ in due:
-        finish(conn, policy, cuts[name])
-    return [name for name, *_ in due]
+    return [name for name, *_ in due if finish(conn, policy, cuts[name])]
 
 
 def archive(conn: psycopg.Connection[Any], policy: Policy, name: str, lo: Any, hi: Any) -> bytes:
@@ -155,9 +157,9 @@ def archive(conn: psycopg.Connection[Any], policy: Policy, name: str, lo: Any, h
     return manifest
 
 
-def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
+def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> bool:
     """After the cut: the cut into the archive, the partition detached and dropped, its seals'
-    entries emptied. Each part is skipped when already done."""
+    entries emptied. Each part is skipped when already done. False: kept, under a hold."""
     cut = Cut.parse(seal.body)
     ident = sql.Identifier(cut.partition)
     state = conn.execute(
@@ -165,6 +167,12 @@ def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
         " WHERE inhrelid = to_regclass(%s))", (cut.partition, cut.partition)
     ).fetchone()  # fmt: skip
     exists, pending = state if state else (False, None)
+    if exists and (hold := conn.execute(_HELD, {"lo": cut.lo, "hi": cut.hi}).fetchone()):
+        # A hold that came after the cut was signed: the rows stay (closed, readable, cut in
+        # the chain) until it is released; a later run then finishes.
+        log.warning("%s: under legal hold #%d since its cut #%d: kept until the hold is released",
+                    cut.partition, hold[0], seal.seq)  # fmt: skip
+        return False
     if exists:
         _kept(conn, policy, seal, cut, attached=pending is False)
         if pending is False:
@@ -184,6 +192,7 @@ def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> None:
     record = removal(seal, cut)
     if conn.execute(_UNRECORDED, (record.id, record.occurred_at)).fetchone() == (True,):
         policy.record([record])  # (until a consumer stored it; JetStream dedupes a repeat)
+    return True
 
 
 def _kept(conn: psycopg.Connection[Any], policy: Policy, seal: Seal, cut: Cut,
