@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from audit_consumer import metrics
 from audit_consumer.bounds import Bounds
 from audit_consumer.database import ensure_logins
 from audit_consumer.settings import Settings
@@ -126,6 +127,17 @@ async def test_the_writer_may_extend_partitions_and_nothing_else(
         await bounds.extend(conn)
         assert bounds.newest is not None
         assert bounds.newest >= datetime.now(UTC) + timedelta(days=8)
+        # What retention should remove first, for AuditRetentionBehind: the oldest partition,
+        # unless a legal hold keeps it (then the next one).
+        parts = [lo for (lo,) in await (await db.execute(
+            "SELECT lo FROM audit_partitions ORDER BY lo LIMIT 2")).fetchall()]  # fmt: skip
+        assert metrics.PARTITION_UNHELD._value.get() == parts[0].timestamp()
+        await db.execute(
+            "INSERT INTO audit_holds (lo, hi, reason) VALUES (%s, %s, 'case 1')",
+            (parts[0], parts[0] + timedelta(hours=1)),
+        )
+        await bounds.extend(conn)
+        assert metrics.PARTITION_UNHELD._value.get() == parts[1].timestamp()
         attempts: tuple[LiteralString, ...] = (
             "SELECT audit_partition_create(now() - interval '9 days', now() - interval '8 days')",
             "SELECT audit_partitions_prepend(now() - interval '900 days', interval '1 day')",

@@ -28,6 +28,10 @@ log = logging.getLogger("audit.partitions")
 
 _AT = COLUMNS.index("occurred_at")
 _EXTEND = "SELECT oldest, newest FROM audit_partitions_extend(%s, %s)"
+_UNHELD = (  # a legal hold keeps its partitions on purpose: not a retention job behind
+    "SELECT min(p.lo) FROM audit_partitions p WHERE NOT EXISTS"
+    " (SELECT FROM audit_active_holds h WHERE h.lo < p.hi AND h.hi > p.lo)"
+)
 
 
 @dataclass
@@ -77,6 +81,9 @@ class Bounds:
             metrics.PARTITION_RUNWAY.set((self.newest - datetime.now(UTC)).total_seconds())
         if self.oldest is not None:
             metrics.PARTITION_OLDEST.set(self.oldest.timestamp())
+        unheld = await (await conn.execute(_UNHELD)).fetchone()
+        if unheld and unheld[0] is not None:
+            metrics.PARTITION_UNHELD.set(unheld[0].timestamp())
 
 
 def no_partition(exc: psycopg.Error) -> bool:

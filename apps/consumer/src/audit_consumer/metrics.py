@@ -82,8 +82,13 @@ PARTITION_OLDEST = Gauge(
     "audit_consumer_partition_oldest_timestamp_seconds",
     "Start of the oldest partition still taking rows: older events are refused (dead-lettered)",
 )
+PARTITION_UNHELD = Gauge(
+    "audit_consumer_partition_unheld_oldest_timestamp_seconds",
+    "Start of the oldest partition under no legal hold: what retention should remove first"
+    " (AuditRetentionBehind; held partitions are kept on purpose)",
+)
 RETENTION_DAYS = Gauge(
     "audit_consumer_retention_days",
     "AUDIT_RETENTION_DAYS as this consumer was given it (0: retention off); AuditRetentionBehind"
-    " compares the oldest partition with it",
+    " compares the oldest partition under no hold with it",
 )
