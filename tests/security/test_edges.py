@@ -2,6 +2,7 @@
 sockets, slow headers, header bombs. Against real processes on loopback, bounded in count."""
 
 import contextlib
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -107,13 +108,20 @@ def request_on(sock: socket.socket, path: str = "/healthz") -> bytes:
     sock.settimeout(10)
     answer = b""
     while b"\r\n\r\n" not in answer:
-        answer += sock.recv(65536)
+        answer += _more(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length")))  # fmt: skip
     while len(body) < length:
-        body += sock.recv(65536)
-    return answer
+        body += _more(sock)
+    return head + b"\r\n\r\n" + body
+
+
+def _more(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionError("closed by the server before a whole answer")
+    return data
 
 
 @pytest.mark.timeout(200)
@@ -127,6 +135,36 @@ def test_an_idle_keep_alive_connection_outlives_the_proxies_in_front(server: Ser
         assert request_on(sock).startswith(b"HTTP/1.1 200 ")
     finally:
         sock.close()
+
+
+def test_a_graceful_stop_answers_a_request_on_an_idle_connection_and_then_closes(
+    streams: Settings, tmp_path: Path
+) -> None:
+    """A proxy sends into a pooled keep-alive connection just as the service stops: uvicorn
+    closed idle connections at once (a reset, a 502 for a PATCH). The stop refuses new
+    connections at once, but an idle one still takes a request — answered, with
+    ``Connection: close`` — and only then closes; the process exits."""
+    env = service_env(streams, **LIMITS, AUDIT_API_SHUTDOWN_IDLE_SECONDS="8")
+    service = api(env, tmp_path).start()
+    try:
+        service.wait_ready()
+        sock = socket.create_connection(("127.0.0.1", service.port))
+        assert request_on(sock).startswith(b"HTTP/1.1 200 ")
+        service.signal(signal.SIGTERM)
+        while True:  # until the stop has begun (a state, not a time)
+            try:
+                socket.create_connection(("127.0.0.1", service.port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            time.sleep(0.05)
+        answer = request_on(sock)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+        assert closed_by_peer(sock) == b""  # nothing more, then closed
+        sock.close()
+        assert service.wait(30) in (0, -signal.SIGTERM)  # (uvicorn re-raises what it handled)
+    finally:
+        service.stop()
 
 
 def test_at_the_cap_the_oldest_idle_connection_makes_room(

@@ -13,7 +13,13 @@ ever: 20,000 of them exhausted the process's file descriptors), caps neither the
 - answers 431 and closes once a request head grows past ``<PREFIX>MAX_HEADER_BYTES``;
 - beyond ``<PREFIX>MAX_CONNECTIONS`` per process, closes the oldest *idle* keep-alive connection
   to make room (so long idle connections cannot lock newcomers out), or, with none idle, the
-  new one at once: the process keeps descriptors (and memory) for what it serves.
+  new one at once: the process keeps descriptors (and memory) for what it serves;
+- at a graceful stop, keeps an idle keep-alive connection open ``<PREFIX>SHUTDOWN_IDLE_SECONDS``
+  (3) instead of closing it at once (uvicorn's way): a proxy or client may be sending a request
+  into it at that moment — a reset, a 502 for a PATCH. A request that arrives is answered with
+  ``Connection: close``; new connections are refused from the start (a proxy retries those
+  elsewhere), and what is still idle at the end is closed, by then out of every proxy's
+  endpoints.
 """
 
 import asyncio
@@ -38,6 +44,7 @@ class EdgeLimits(BaseSettings):
     keep_alive_seconds: float = Field(75.0, gt=0)
     max_header_bytes: int = Field(16 * 1024, ge=1024)
     max_connections: int = Field(2048, ge=8)
+    shutdown_idle_seconds: float = Field(3.0, ge=0, le=8)  # within uvicorn's graceful 10 s
 
 
 class Bounded(HttpToolsProtocol):
@@ -60,6 +67,7 @@ def bounded_http(env_prefix: str) -> type[Bounded]:
         _head_bytes = 0
         _tail = b""  # the last bytes of the head so far: its end may straddle two reads
         _head_timer: asyncio.TimerHandle | None = None
+        _stopping = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -111,6 +119,8 @@ def bounded_http(env_prefix: str) -> type[Bounded]:
         def on_headers_complete(self) -> None:
             self._cancel_head_timer()
             super().on_headers_complete()
+            if self._stopping and self.cycle is not None:
+                self.cycle.keep_alive = False  # a request during the stop: the last one
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -119,6 +129,18 @@ def bounded_http(env_prefix: str) -> type[Bounded]:
                 self._cancel_head_timer()
                 self._head_timer = self.loop.call_later(limits.keep_alive_seconds, self._late)
                 idle[self] = None
+
+        def shutdown(self) -> None:
+            """uvicorn's graceful stop: an idle connection lingers (the module says why)."""
+            self._stopping = True
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.keep_alive = False  # in flight: answered, then closed (uvicorn's)
+            elif limits.shutdown_idle_seconds and not self.transport.is_closing():
+                idle.pop(self, None)  # (never closed to make room now: no newcomers)
+                self._cancel_head_timer()
+                self._head_timer = self.loop.call_later(limits.shutdown_idle_seconds, self._late)
+            else:
+                self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
