@@ -101,9 +101,9 @@ def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
     partition. Raises :class:`Failed`."""
     if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,)).fetchone()[0]:  # type: ignore[index]
         raise Busy("another retention run is in progress: this one leaves it the work")
-    cut = {seal.scope: seal for seal in map(seal_of, conn.execute(_CUTS).fetchall())}
+    earlier = {seal.scope: seal for seal in map(seal_of, conn.execute(_CUTS).fetchall())}
     if not policy.dry_run:
-        for seal in cut.values():  # a run that stopped after a cut (or a hold that came after)
+        for seal in earlier.values():  # a run that stopped after a cut (or a hold came after)
             finish(conn, policy, seal)
     due = []
     for name, lo, hi, closed, hold in conn.execute(_CANDIDATES, (policy.days,)).fetchall():
@@ -111,7 +111,7 @@ def run(conn: psycopg.Connection[Any], policy: Policy) -> list[str]:
             due.append((name, lo, hi, closed))
             continue
         log.info("%s is under legal hold #%d: kept", name, hold)
-        if closed and name not in cut and not policy.dry_run:  # (a cut one stays closed)
+        if closed and name not in earlier and not policy.dry_run:  # (a cut one stays closed)
             _reopen(conn, name)
     if policy.dry_run:
         for name, lo, hi, _ in due:
