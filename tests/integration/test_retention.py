@@ -299,13 +299,51 @@ async def test_a_legal_hold_keeps_its_partitions(
     assert (await verified(migrated)).findings == []
 
 
+STEPS = ("closed", "archived", "asked", "cut", "detached", "dropped")
+
+
+async def _replay(db: Any, migrated: str, folder: Path, until: str) -> str:
+    """A run over the old rows' partition that died after step ``until`` of :data:`STEPS`
+    (replayed here as the run takes them, archiving into ``folder``): the partition's name."""
+    found = await (await db.execute(
+        "SELECT name, lo, hi FROM audit_partitions WHERE lo <= %s AND hi > %s", (OLD, OLD)
+    )).fetchone()  # fmt: skip
+    assert found is not None
+    name, lo, hi = found
+    await assert_sealed(migrated)
+    done = STEPS[: STEPS.index(until) + 1]
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        removal._close(conn, name)
+        if "archived" in done:
+            _, manifest = write_archive(conn, folder, name, lo, hi)
+        if "asked" in done:
+            conn.execute(
+                "INSERT INTO audit_cut_requests (partition, manifest_sha256)"
+                " VALUES (%s, sha256(%s))", (name, manifest),
+            )  # fmt: skip
+        if "cut" in done:
+            signed = "SELECT 1 FROM audit_seals WHERE kind = 'cut' AND scope = %s"
+            await wait_for(lambda: _exists(conn, signed, name))  # the fixture's sealer signs
+        if "detached" in done:  # (the cut goes beside its archive first)
+            cut = conn.execute(
+                f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut' AND scope = %s",  # noqa: S608
+                (name,),
+            ).fetchone()
+            assert cut is not None
+            (folder / name / CUT).write_bytes(seal_line(seal_of(cut), b""))
+            conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {name} CONCURRENTLY")
+        if "dropped" in done:
+            conn.execute(f"DROP TABLE {name}")
+    return str(name)
+
+
 async def test_a_hold_that_comes_after_the_cut_keeps_the_partition_until_released(
     log: Sealer, db: Any, migrated: str, tmp_path: Path
 ) -> None:
     """A hold added between the cut's signature and the drop (a run died in between): the
     partition stays — closed, its rows readable, never reopened (the cut counts them) — and
     the chain still verifies; released, the next run finishes the removal."""
-    name = await _stopped_after_the_cut(db, migrated, tmp_path)
+    name = await _replay(db, migrated, tmp_path, "cut")
     await db.execute(
         "INSERT INTO audit_holds (lo, hi, reason) VALUES (%s, %s, 'subpoena 9')",
         (OLD - timedelta(hours=1), OLD + timedelta(hours=1)),
@@ -329,17 +367,7 @@ async def test_a_run_stopped_after_asking_for_its_cut_is_finished_by_the_next(
 ) -> None:
     """A run that died after closing, archiving and asking (the steps it took, replayed here):
     the closed partition refuses rows meanwhile; the next run finishes, nothing doubled."""
-    name, lo, hi = await (await db.execute(
-        "SELECT p.name, p.lo, p.hi FROM audit_partitions p WHERE p.lo <= %s AND p.hi > %s",
-        (OLD, OLD))).fetchone()  # fmt: skip
-    await assert_sealed(migrated)
-    with psycopg.connect(migrated, autocommit=True) as conn:
-        removal._close(conn, name)
-        _, manifest = write_archive(conn, tmp_path, name, lo, hi)
-        conn.execute(
-            "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
-            (name, manifest),
-        )
+    await _replay(db, migrated, tmp_path, "asked")
     with pytest.raises(psycopg.errors.CheckViolation, match="closed: retention"):
         await db.execute(
             "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, action,"
@@ -466,34 +494,13 @@ async def test_archives_in_object_storage_are_checked_from_there(
     assert "altered" in done.stdout
 
 
-async def _stopped_after_the_cut(db: Any, migrated: str, folder: Path) -> str:
-    """A run that closed the old rows' partition, archived it into ``folder``, asked for its
-    cut and had it signed, then died: the partition's name."""
-    found = await (await db.execute(
-        "SELECT name, lo, hi FROM audit_partitions WHERE lo <= %s AND hi > %s", (OLD, OLD)
-    )).fetchone()  # fmt: skip
-    assert found is not None
-    name, lo, hi = found
-    await assert_sealed(migrated)
-    with psycopg.connect(migrated, autocommit=True) as conn:
-        removal._close(conn, name)
-        _, manifest = write_archive(conn, folder, name, lo, hi)
-        conn.execute(
-            "INSERT INTO audit_cut_requests (partition, manifest_sha256) VALUES (%s, sha256(%s))",
-            (name, manifest),
-        )
-        signed = "SELECT 1 FROM audit_seals WHERE kind = 'cut' AND scope = %s"
-        await wait_for(lambda: _exists(conn, signed, name))  # the fixture's sealer signs
-    return str(name)
-
-
 async def test_a_lost_archive_is_written_again_before_its_partition_goes(
     log: Sealer, db: Any, migrated: str, tmp_path: Path
 ) -> None:
     """The archive of a cut partition is gone when the next run comes (a new pod, a disk
     moved): it is written again from the rows still there, the bytes the cut signed, and only
     then is the partition dropped."""
-    name = await _stopped_after_the_cut(db, migrated, tmp_path)
+    name = await _replay(db, migrated, tmp_path, "cut")
     shutil.rmtree(tmp_path / name)
     await asyncio.to_thread(retain, migrated, tmp_path)
     assert await (await db.execute("SELECT to_regclass(%s)", (name,))).fetchone() == (None,)
@@ -507,7 +514,7 @@ async def test_a_detached_partition_whose_archive_is_lost_is_not_dropped(
 ) -> None:
     """Detached, its rows no longer readable through the table, and its archive gone: the run
     stops and names it; the table stays for a person to look at."""
-    name = await _stopped_after_the_cut(db, migrated, tmp_path)
+    name = await _replay(db, migrated, tmp_path, "cut")
     with psycopg.connect(migrated, autocommit=True) as conn:
         conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {name} CONCURRENTLY")
     shutil.rmtree(tmp_path / name)
@@ -526,7 +533,7 @@ async def test_a_rerun_in_a_new_pod_puts_the_cut_beside_its_archive_in_object_st
     """A run died after its cut was signed; the next runs in a new pod (empty staging): the
     cut still reaches the bucket, so the archive there verifies."""
     url = "s3://audit-archive/prod/audit"
-    name = await _stopped_after_the_cut(db, migrated, tmp_path / "pod-1")
+    name = await _replay(db, migrated, tmp_path / "pod-1", "cut")
     upload(tmp_path / "pod-1" / name, url)  # as the run did before asking
     with psycopg.connect(migrated, autocommit=True) as conn:
         policy = Policy(30, url, KEYS, RECORDS.extend, staging=tmp_path / "pod-2")
@@ -536,44 +543,13 @@ async def test_a_rerun_in_a_new_pod_puts_the_cut_beside_its_archive_in_object_st
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-STEPS = ("closed", "archived", "asked", "cut", "detached", "dropped")
-
-
 @pytest.mark.parametrize("stopped_after", STEPS)
 async def test_a_run_stopped_after_any_step_is_finished_by_the_next(
     log: Sealer, db: Any, migrated: str, tmp_path: Path, stopped_after: str
 ) -> None:
     """A run killed after each of its steps (the steps replayed up to there): the next run
     finishes it — one cut per partition, every row accounted for, the archive intact."""
-    found = await (await db.execute(
-        "SELECT name, lo, hi FROM audit_partitions WHERE lo <= %s AND hi > %s", (OLD, OLD)
-    )).fetchone()  # fmt: skip
-    assert found is not None
-    name, lo, hi = found
-    await assert_sealed(migrated)
-    done = STEPS[: STEPS.index(stopped_after) + 1]
-    with psycopg.connect(migrated, autocommit=True) as conn:
-        removal._close(conn, name)
-        if "archived" in done:
-            _, manifest = write_archive(conn, tmp_path, name, lo, hi)
-        if "asked" in done:
-            conn.execute(
-                "INSERT INTO audit_cut_requests (partition, manifest_sha256)"
-                " VALUES (%s, sha256(%s))", (name, manifest),
-            )  # fmt: skip
-        if "cut" in done:
-            signed = "SELECT 1 FROM audit_seals WHERE kind = 'cut' AND scope = %s"
-            await wait_for(lambda: _exists(conn, signed, name))  # the fixture's sealer signs
-        if "detached" in done:  # (the cut goes beside its archive first)
-            cut = conn.execute(
-                f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE kind = 'cut' AND scope = %s",  # noqa: S608
-                (name,),
-            ).fetchone()
-            assert cut is not None
-            (tmp_path / name / CUT).write_bytes(seal_line(seal_of(cut), b""))
-            conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {name} CONCURRENTLY")
-        if "dropped" in done:
-            conn.execute(f"DROP TABLE {name}")
+    name = await _replay(db, migrated, tmp_path, stopped_after)
     await asyncio.to_thread(retain, migrated, tmp_path)
     assert await (await db.execute("SELECT to_regclass(%s)", (name,))).fetchone() == (None,)
     cuts = await (await db.execute(
