@@ -9,8 +9,8 @@ process in turn is restarted as Kubernetes restarts a pod, in two ways:
 - ``drained`` — the chart's way (``api.drainSeconds``, a preStop sleep): the process leaves the
   balancer's endpoints first (as when Kubernetes removes a terminating pod's endpoint; ingress-nginx
   is told without a reload), keeps serving for the drain, then
-  SIGTERM — uvicorn stops listening, closes idle keep-alive connections, finishes in-flight
-  requests — and a new process starts on its port and rejoins once ready;
+  SIGTERM — it stops listening, finishes in-flight requests, lets idle keep-alive connections
+  linger (``audit_web/edges.py``) — and a new process starts on its port and rejoins once ready;
 - ``abrupt`` — SIGTERM while still routed (a pod without the preStop), to show what it buys.
 
 Every 200 must be stored exactly once (the consumer runs throughout). Needs nginx and its Lua

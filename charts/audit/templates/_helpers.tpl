@@ -347,9 +347,10 @@ spec:
 {{/*
 A serving pod's preStop (the argument: its drainSeconds): it keeps serving while Kubernetes
 removes its endpoint and kube-proxy and ingress controllers stop routing to it; only then does
-SIGTERM come (uvicorn stops listening, closes idle keep-alive connections, finishes what is in
-flight). Without it, a proxy still sends requests into sockets the pod is closing: a PATCH sent
-into one is answered 502 and not retried (docs/performance.md, "Rolling restart").
+SIGTERM come (the app stops listening, finishes what is in flight, and closes its idle
+keep-alive connections after AUDIT_*_SHUTDOWN_IDLE_SECONDS). Without it, clients that reach the
+pod through its Service still open connections to a process that no longer listens
+(docs/performance.md, "Rolling restart").
 */}}
 {{- define "audit.preStopDrain" -}}
 lifecycle:

@@ -167,13 +167,13 @@ def finish(conn: psycopg.Connection[Any], policy: Policy, seal: Seal) -> bool:
         " WHERE inhrelid = to_regclass(%s))", (cut.partition, cut.partition)
     ).fetchone()  # fmt: skip
     exists, pending = state if state else (False, None)
-    if exists and (hold := conn.execute(_HELD, {"lo": cut.lo, "hi": cut.hi}).fetchone()):
-        # A hold that came after the cut was signed: the rows stay (closed, readable, cut in
-        # the chain) until it is released; a later run then finishes.
-        log.warning("%s: under legal hold #%d since its cut #%d: kept until the hold is released",
-                    cut.partition, hold[0], seal.seq)  # fmt: skip
-        return False
     if exists:
+        if hold := conn.execute(_HELD, {"lo": cut.lo, "hi": cut.hi}).fetchone():
+            # A hold that came after the cut was signed: the rows stay (closed, readable, cut
+            # in the chain) until it is released; a later run then finishes.
+            log.warning("%s: under legal hold #%d since its cut #%d: kept until released",
+                        cut.partition, hold[0], seal.seq)  # fmt: skip
+            return False
         _kept(conn, policy, seal, cut, attached=pending is False)
         if pending is False:
             conn.execute(sql.SQL("ALTER TABLE audit_events DETACH PARTITION {} CONCURRENTLY")

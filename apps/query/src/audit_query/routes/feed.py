@@ -5,11 +5,12 @@ reader, feed session and window."""
 from typing import Annotated, Any
 from uuid import UUID
 
+import psycopg
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from audit_query import answers, store
-from audit_query.deps import Cursor, Limit, Reader, Services
+from audit_query.deps import Cursor, Limit, Parts, Reader, Services
 from audit_query.recording import record
 from audit_query.routes.events import bad_cursor
 
@@ -54,10 +55,12 @@ async def follow(
     return answers.send({"items": page.items, "next_cursor": page.next_cursor})
 
 
-async def _missed(conn: Any, app: Any, after: str, accepted: int) -> Response | None:
+async def _missed(
+    conn: psycopg.AsyncConnection[Any], app: Parts, after: str, accepted: int
+) -> Response | None:
     """410 if a cut not yet accepted removed rows after the position ``after``."""
     tx_id, event_id, _ = store.decode_cursor(after, int, UUID, str)
-    missed = [
+    missed: list[dict[str, Any]] = [
         {"seal": seq, "partition": cut.partition, "rows": cut.rows, "lo": cut.lo.isoformat(),
          "hi": cut.hi.isoformat()}
         for seq, cut in await app.trust.cuts(conn)
